@@ -1,0 +1,183 @@
+"""The configuration file: TOML in, frozen attrs objects out.
+
+Everything is validated here at start-up, so a typo stops the daemon with one
+line naming the key (``ConfigError``) instead of surfacing later as odd
+behaviour.  Provider tables (``[storage]``, ``[index]``, ``[upstream]``) are
+passed on to the provider's factory, which validates its own keys.
+
+With no file at all the embedded default applies: filesystem storage and a
+SQLite index under the data directory, the public PyPI as upstream, and a
+listener on the loopback interface only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+
+from pypicache.errors import ConfigError
+from pypicache.providers import HTTPSettings
+
+__all__ = ["Config", "ConfigError", "ProviderConfig", "load", "parse", "DEFAULT_LISTEN"]
+
+DEFAULT_LISTEN = "tcp:8141:interface=127.0.0.1"
+
+
+def default_data_dir() -> Path:
+    """Where data lives when the config does not say: the XDG data home."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "pypicache"
+
+
+@attrs.frozen
+class ProviderConfig:
+    """Which provider to use for one kind, and its own options."""
+
+    name: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Config:
+    """The whole validated configuration."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    data_dir: Path = attrs.field(factory=default_data_dir)
+    offline: bool = False
+    page_ttl: float = 600.0
+    root_ttl: float = 3600.0
+    threads: int = 4
+    access_log: bool = True
+    storage: ProviderConfig = ProviderConfig("filesystem")
+    index: ProviderConfig = ProviderConfig("sqlite")
+    upstream: ProviderConfig = ProviderConfig("simple")
+    http: HTTPSettings = HTTPSettings()
+    source: str = "<embedded default>"
+
+
+_SERVER_KEYS: dict[str, Any] = {
+    "listen": (str, list),
+    "data_dir": str,
+    "offline": bool,
+    "page_ttl": (int, float),
+    "root_ttl": (int, float),
+    "threads": int,
+    "access_log": bool,
+}
+_HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes"}
+
+
+def _check_type(where: str, value: Any, kind: Any) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+
+
+def _positive(where: str, value: float, *, upper: float | None = None) -> float:
+    if value <= 0 or (upper is not None and value > upper):
+        bound = f" and at most {upper:g}" if upper is not None else ""
+        raise ConfigError(f"{where}: must be greater than 0{bound}, got {value!r}")
+    return float(value)
+
+
+def _provider(table: Any, section: str, default: str) -> ProviderConfig:
+    if table is None:
+        return ProviderConfig(default)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{section}: must be a table")
+    options = dict(table)
+    name = options.pop("provider", default)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{section}.provider: expected a provider name, got {name!r}")
+    return ProviderConfig(name, options)
+
+
+def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document into a Config (or raise ConfigError)."""
+    known = {"server", "http", "storage", "index", "upstream"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError("server: must be a table")
+    kwargs: dict[str, Any] = {}
+    for key, value in server.items():
+        if key not in _SERVER_KEYS:
+            raise ConfigError(f"server.{key}: unknown key (known: {', '.join(sorted(_SERVER_KEYS))})")
+        _check_type(f"server.{key}", value, _SERVER_KEYS[key])
+    if "listen" in server:
+        listen = server["listen"]
+        listen = [listen] if isinstance(listen, str) else listen
+        if not listen or not all(isinstance(x, str) and x for x in listen):
+            raise ConfigError("server.listen: expected an endpoint string or a list of them")
+        kwargs["listen"] = tuple(listen)
+    if "data_dir" in server:
+        path = Path(os.path.expanduser(server["data_dir"]))
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        kwargs["data_dir"] = path
+    for key in ("offline", "access_log"):
+        if key in server:
+            kwargs[key] = server[key]
+    for key in ("page_ttl", "root_ttl"):
+        if key in server:
+            if server[key] < 0:
+                raise ConfigError(f"server.{key}: must be 0 or more seconds, got {server[key]!r}")
+            kwargs[key] = float(server[key])
+    if "threads" in server:
+        if not 1 <= server["threads"] <= 64:
+            raise ConfigError(f"server.threads: must be between 1 and 64, got {server['threads']!r}")
+        kwargs["threads"] = server["threads"]
+
+    http = data.get("http", {})
+    if not isinstance(http, dict):
+        raise ConfigError("http: must be a table")
+    http_kwargs: dict[str, Any] = {}
+    for key, value in http.items():
+        if key not in _HTTP_KEYS:
+            raise ConfigError(f"http.{key}: unknown key (known: {', '.join(sorted(_HTTP_KEYS))})")
+        if key == "user_agent":
+            _check_type(f"http.{key}", value, str)
+            http_kwargs[key] = value
+        elif key == "max_page_bytes":
+            _check_type(f"http.{key}", value, int)
+            http_kwargs[key] = int(_positive(f"http.{key}", value))
+        else:
+            _check_type(f"http.{key}", value, (int, float))
+            # Bounded so pip (15 s default timeout) always gets an answer.
+            http_kwargs[key] = _positive(f"http.{key}", value, upper=300)
+
+    return Config(
+        **kwargs,
+        storage=_provider(data.get("storage"), "storage", "filesystem"),
+        index=_provider(data.get("index"), "index", "sqlite"),
+        upstream=_provider(data.get("upstream"), "upstream", "simple"),
+        http=HTTPSettings(**http_kwargs),
+        source=source,
+    )
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file; None gives the embedded default."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror or e}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    try:
+        return parse(data, source=str(p), base_dir=p.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from e

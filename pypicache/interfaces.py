@@ -1,0 +1,211 @@
+"""Every contract in pypicache, in one place: the file a plugin author reads.
+
+Three kinds of provider make up a server, each chosen by name in the config:
+
+* storage  (:class:`IStorage`)  keeps file bytes, addressed by their sha256;
+* index    (:class:`IIndex`)    the catalog: projects, files, hashes, freshness;
+* upstream (:class:`IUpstream`) where pages and files come from when not cached.
+
+A provider is made by a factory (:class:`IProviderFactory`) registered in the
+entry-point group ``pypicache.<kind>``; see docs/providers.md.  Methods that may
+wait return a ``Deferred``; its result and failures are given per method.
+Implementations must never block the reactor thread for long: do disk or
+database work in the thread pool from :class:`pypicache.providers.ProviderContext`
+or keep each call tiny.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IProviderFactory(Interface):
+    """Makes one provider from its config table.
+
+    Registered as an entry point in the group ``pypicache.storage``,
+    ``pypicache.index`` or ``pypicache.upstream``; the entry point's name is the
+    ``provider = "..."`` value users write in the config.
+    """
+
+    kind = Attribute("'storage', 'index' or 'upstream': the interface it provides.")
+
+    def create(options, context):
+        """Build the provider.
+
+        :param options: the provider's config table (a dict) without the
+            ``provider`` key.  Unknown keys or bad values must raise
+            :class:`pypicache.config.ConfigError` naming the key.
+        :param context: a :class:`pypicache.providers.ProviderContext`
+            (reactor, thread pool, data directory, HTTP settings).
+        :return: an object providing the interface named by ``kind``.
+        """
+
+
+# --------------------------------------------------------------------- storage
+
+
+class IBlobWriter(Interface):
+    """A blob being written.  Nothing is visible until :meth:`commit` succeeds."""
+
+    def write(data):
+        """Append ``data`` (bytes).  Synchronous and cheap (a small chunk)."""
+
+    def commit():
+        """Finish: verify the sha256 and make the blob visible atomically.
+
+        :return: Deferred firing with :class:`pypicache.model.BlobInfo`; fails
+            with :class:`pypicache.model.HashMismatch` (and stores nothing)
+            when the bytes do not match the expected digest.
+        """
+
+    def abort():
+        """Throw the partial blob away.  Safe to call more than once."""
+
+
+class IBlobReader(Interface):
+    """An open blob.  Close it when done."""
+
+    size = Attribute("Length of the blob in bytes.")
+
+    def seek(offset):
+        """Move to ``offset`` bytes from the start."""
+
+    def read(length):
+        """Deferred firing with up to ``length`` bytes; ``b''`` at the end."""
+
+    def fileno():
+        """A readable OS file descriptor positioned like the reader, or None.
+
+        When not None the server may use ``os.sendfile`` (zero copy)."""
+
+    def close():
+        """Release the blob."""
+
+
+class IStorage(Interface):
+    """A content-addressed blob store: every blob's key is its sha256 (hex).
+
+    Keys are validated (64 lower-case hex digits), so no client-supplied
+    string ever reaches a file system path.
+    """
+
+    def open_write(expected_sha256):
+        """Start writing a blob.
+
+        :param expected_sha256: hex digest the bytes must have, or None to
+            accept any content (the key is then the computed digest).
+        :return: an :class:`IBlobWriter`.
+        """
+
+    def ingest(path, sha256):
+        """Take over a complete local temporary file whose sha256 the caller
+        has computed from the bytes it wrote (the download spool).
+
+        The storage moves (or copies, then deletes) it into place atomically.
+        :return: Deferred firing with :class:`pypicache.model.BlobInfo`.
+        """
+
+    def open_read(sha256):
+        """Deferred firing with an :class:`IBlobReader`; fails with
+        :class:`pypicache.model.BlobNotFound`."""
+
+    def exists(sha256):
+        """Deferred firing with True when the blob is stored."""
+
+    def size(sha256):
+        """Deferred firing with the blob's size; fails with BlobNotFound."""
+
+    def delete(sha256):
+        """Deferred firing with None once the blob is gone (absent is fine)."""
+
+
+# -------------------------------------------------------------------- upstream
+
+
+class IUpstreamDownload(Interface):
+    """A file download from the upstream whose headers have arrived."""
+
+    length = Attribute("Content-Length announced by the upstream, or None.")
+
+    def deliver(write):
+        """Stream the body: ``write(bytes)`` is called for every chunk.
+
+        :return: Deferred firing with None when the whole body arrived; fails
+            with :class:`pypicache.model.UpstreamError` on reset, stall
+            (read timeout), or fewer/more bytes than announced.
+        """
+
+    def cancel():
+        """Abort the transfer (the Deferred from deliver then fails)."""
+
+
+class IUpstream(Interface):
+    """An index the server proxies: the public PyPI by default."""
+
+    url = Attribute("Root of the upstream Simple API, ending in '/'.")
+
+    def fetch_project_list(validators):
+        """Deferred firing with :class:`pypicache.model.ProjectList`.
+
+        :param validators: :class:`pypicache.model.Validators` of the copy we
+            hold, for a conditional request.  Fails with NotModified when
+            the copy is current, UpstreamError when the upstream fails.
+        """
+
+    def fetch_project(name, validators):
+        """Deferred firing with :class:`pypicache.model.ProjectPage`.
+
+        :param name: normalised project name.
+        Fails with NotModified, UpstreamNotFound (404/410) or UpstreamError.
+        File URLs in the result are absolute; sha256 hashes, requires-python,
+        yanked, core-metadata, size and upload-time are kept when given.
+        """
+
+    def open_file(url):
+        """Deferred firing with an :class:`IUpstreamDownload` once headers
+        arrived; fails with UpstreamNotFound or UpstreamError."""
+
+
+# ----------------------------------------------------------------------- index
+
+
+class IIndex(Interface):
+    """The catalog of what the server knows: projects, files and freshness."""
+
+    def get_project(name):
+        """Deferred firing with a :class:`pypicache.model.ProjectRecord`, or
+        None when the project is unknown."""
+
+    def list_projects():
+        """Deferred firing with a sorted list of normalised names of every
+        project that has a record."""
+
+    def save_upstream_page(page, refreshed_at):
+        """Replace a project's upstream-listed files with those of ``page``.
+
+        Files that are stored keep their ``stored``/``metadata_stored`` state;
+        a stored file the upstream no longer lists is kept with
+        ``listed=False``; other unlisted files are dropped.
+        :return: Deferred firing with the new ProjectRecord.
+        """
+
+    def mark_refreshed(name, refreshed_at, validators):
+        """The upstream confirmed the page is current (a 304).
+        Deferred firing with the ProjectRecord, or None if unknown."""
+
+    def mark_stored(name, filename, blob):
+        """Record that a file's bytes are in storage (``blob`` is BlobInfo).
+        Deferred firing with the new ProjectRecord."""
+
+    def mark_metadata_stored(name, filename, sha256):
+        """Record that a file's METADATA is in storage under ``sha256``.
+        Deferred firing with the new ProjectRecord."""
+
+    def get_project_list():
+        """Deferred firing with ``(ProjectList, refreshed_at)`` or None."""
+
+    def save_project_list(project_list, refreshed_at):
+        """Store the upstream's root list.  Deferred firing with None."""
+
+    def close():
+        """Deferred firing once all pending writes are durable."""

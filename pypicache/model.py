@@ -1,0 +1,166 @@
+"""Value types shared by every provider and the web layer.
+
+Everything here is a frozen attrs class: records travel between threads (the
+SQLite provider answers from a thread pool) and are cached in memory, so they
+must never be mutated after construction.  Use ``attrs.evolve`` to change one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import attrs
+from packaging.utils import canonicalize_name
+
+#: The Simple API version this server speaks (PEP 691 / PEP 700).
+API_VERSION = "1.1"
+
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class InvalidName(ValueError):
+    """A project name that PEP 508 does not allow (and so no index can hold)."""
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalised form of a *valid* project name.
+
+    Raises InvalidName for anything else, so a client-supplied string that is
+    not a project name never reaches the index or a URL.
+    """
+    if not isinstance(name, str) or len(name) > 200 or not _VALID_NAME.fullmatch(name):
+        raise InvalidName(f"not a valid project name: {name!r}")
+    return str(canonicalize_name(name))
+
+
+def is_sha256(value: object) -> bool:
+    """True for a lower-case 64-digit hex string: the only key storage accepts."""
+    return isinstance(value, str) and bool(_SHA256.fullmatch(value))
+
+
+@attrs.frozen
+class Validators:
+    """HTTP cache validators that the upstream gave for a page."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@attrs.frozen
+class FileRecord:
+    """One distribution file of a project, as the index knows it.
+
+    ``url`` is where the upstream serves the file (absolute); empty for files
+    that were uploaded here.  ``hashes`` maps hash names to hex digests, as in
+    PEP 691 (the sha256 is what the cache verifies against).
+    ``core_metadata`` is None when no PEP 658 metadata is advertised, else the
+    hashes of the METADATA file (possibly empty: advertised without a hash).
+    ``stored`` says that the file's bytes are in storage under ``hashes['sha256']``;
+    ``metadata_stored`` the same for the METADATA file.
+    ``listed`` is False when the upstream no longer lists a file we still hold.
+    """
+
+    filename: str
+    url: str = ""
+    hashes: Mapping[str, str] = attrs.field(factory=dict)
+    requires_python: str | None = None
+    yanked: bool = False
+    yanked_reason: str | None = None
+    core_metadata: Mapping[str, str] | None = None
+    size: int | None = None
+    upload_time: str | None = None
+    stored: bool = False
+    metadata_stored: bool = False
+    listed: bool = True
+    origin: str = "upstream"
+
+    @property
+    def sha256(self) -> str | None:
+        value = self.hashes.get("sha256")
+        return value if is_sha256(value) else None
+
+    @property
+    def metadata_sha256(self) -> str | None:
+        if self.core_metadata is None:
+            return None
+        value = self.core_metadata.get("sha256")
+        return value if is_sha256(value) else None
+
+
+@attrs.frozen
+class ProjectPage:
+    """One project's page as an upstream served it (already parsed).
+
+    ``files`` keep the upstream's order.  ``meta`` holds extra page-level keys
+    worth passing on (for example PEP 708 ``tracks``); ``versions`` is the PEP
+    700 list when the upstream gave one.
+    """
+
+    name: str
+    files: tuple[FileRecord, ...] = ()
+    validators: Validators = Validators()
+    versions: tuple[str, ...] | None = None
+    meta: Mapping[str, object] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ProjectRecord:
+    """One project as the index holds it: its files plus cache bookkeeping.
+
+    ``refreshed_at`` is the time (seconds since the epoch) at which the
+    upstream last confirmed the page (200 or 304); None for a project never
+    fetched from upstream (a private one, or a stub).
+    """
+
+    name: str
+    files: tuple[FileRecord, ...] = ()
+    validators: Validators = Validators()
+    refreshed_at: float | None = None
+    origin: str = "upstream"
+    versions: tuple[str, ...] | None = None
+    meta: Mapping[str, object] = attrs.field(factory=dict)
+
+    def file(self, filename: str) -> FileRecord | None:
+        for record in self.files:
+            if record.filename == filename:
+                return record
+        return None
+
+
+@attrs.frozen
+class ProjectList:
+    """The upstream's list of project names (the Simple API root)."""
+
+    names: tuple[str, ...] = ()
+    validators: Validators = Validators()
+
+
+@attrs.frozen
+class BlobInfo:
+    """What storage reports about a committed blob."""
+
+    sha256: str
+    size: int
+
+
+class NotModified(Exception):
+    """The upstream answered 304 to a conditional request."""
+
+
+class UpstreamNotFound(Exception):
+    """The upstream does not know this project or file (404/410)."""
+
+
+class UpstreamError(Exception):
+    """The upstream could not be asked or answered wrongly (5xx, reset,
+    timeout, malformed page).  Callers fall back to what is cached."""
+
+
+class HashMismatch(Exception):
+    """Bytes whose sha256 differs from the expected digest: nothing is stored."""
+
+
+class BlobNotFound(KeyError):
+    """No blob with that sha256 in storage."""

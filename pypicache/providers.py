@@ -1,0 +1,123 @@
+"""Finding providers by name and checking that they keep their contract.
+
+Providers are registered as entry points in the groups ``pypicache.storage``,
+``pypicache.index`` and ``pypicache.upstream`` (docs/providers.md explains why
+entry points rather than Twisted's ``getPlugins``).  The entry point names an
+object providing :class:`~pypicache.interfaces.IProviderFactory`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+from zope.interface import Interface
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from pypicache.errors import ConfigError
+from pypicache.interfaces import IIndex, IProviderFactory, IStorage, IUpstream
+
+KINDS: dict[str, type[Interface]] = {"storage": IStorage, "index": IIndex, "upstream": IUpstream}
+
+
+@attrs.frozen
+class HTTPSettings:
+    """How the server talks to upstreams: every timeout is bounded."""
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    page_timeout: float = 10.0
+    user_agent: str = "pypicache"
+    max_page_bytes: int = 64 * 1024 * 1024
+
+
+@attrs.frozen
+class ProviderContext:
+    """What a provider factory may use: injected so tests can replace it.
+
+    ``threadpool`` is a started ``twisted.python.threadpool.ThreadPool`` for
+    blocking work (``deferToThreadPool(reactor, threadpool, f)``).
+    """
+
+    reactor: Any
+    threadpool: Any
+    data_dir: Path
+    http: HTTPSettings = HTTPSettings()
+
+
+def _builtin(kind: str) -> dict[str, str]:
+    # Used when the package's own metadata is missing (running from a bare
+    # checkout without `pip install`): the built-ins still resolve.
+    return {
+        "storage": {"filesystem": "pypicache.storage.filesystem:factory",
+                    "memory": "pypicache.storage.memory:factory"},
+        "index": {"sqlite": "pypicache.index.sqlite:factory",
+                  "memory": "pypicache.index.memory:factory"},
+        "upstream": {"simple": "pypicache.upstream.simple:factory"},
+    }[kind]
+
+
+def available(kind: str) -> dict[str, Any]:
+    """Name -> entry point (or import string) for every provider of ``kind``."""
+    found: dict[str, Any] = dict(_builtin(kind))
+    for ep in entry_points(group=f"pypicache.{kind}"):
+        found[ep.name] = ep
+    return found
+
+
+def _load(ref: Any) -> Any:
+    if isinstance(ref, str):
+        from importlib import import_module
+
+        module, _, attr = ref.partition(":")
+        return getattr(import_module(module), attr)
+    return ref.load()
+
+
+def load_factory(kind: str, name: str) -> Any:
+    """The verified factory named ``name`` for ``kind``, or ConfigError."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown provider kind {kind!r}")
+    known = available(kind)
+    if name not in known:
+        names = ", ".join(sorted(known)) or "none"
+        raise ConfigError(f"{kind}.provider: no {kind} provider named {name!r} is installed "
+                          f"(installed: {names})")
+    try:
+        factory = _load(known[name])
+    except Exception as e:  # a broken plugin must not give a traceback
+        raise ConfigError(f"{kind}.provider: {name!r} failed to import: {e}") from e
+    try:
+        verifyObject(IProviderFactory, factory)
+    except Invalid as e:
+        raise ConfigError(f"{kind}.provider: {name!r} is not an IProviderFactory: {e}") from e
+    if factory.kind != kind:
+        raise ConfigError(f"{kind}.provider: {name!r} makes {factory.kind!r} providers")
+    return factory
+
+
+def create(kind: str, name: str, options: Mapping[str, Any], context: ProviderContext) -> Any:
+    """Build and verify the provider ``name`` of ``kind`` from its options."""
+    factory = load_factory(kind, name)
+    provider = factory.create(dict(options), context)
+    try:
+        verifyObject(KINDS[kind], provider)
+    except Invalid as e:
+        raise ConfigError(f"{kind}.provider: {name!r} built an object that does not provide "
+                          f"{KINDS[kind].__name__}: {e}") from e
+    return provider
+
+
+def check_options(kind: str, options: Mapping[str, Any], allowed: Mapping[str, type | tuple]) -> None:
+    """Reject unknown keys and wrongly typed values in a provider's table.
+
+    A helper for factories: ``allowed`` maps key -> accepted type(s).
+    """
+    for key, value in options.items():
+        if key not in allowed:
+            raise ConfigError(f"{kind}.{key}: unknown key (allowed: {', '.join(sorted(allowed)) or 'none'})")
+        if not isinstance(value, allowed[key]) or isinstance(value, bool) and allowed[key] in (int, float):
+            raise ConfigError(f"{kind}.{key}: bad value {value!r}")
