@@ -1,0 +1,745 @@
+"""Public test helpers and contract tests that provider authors reuse.
+
+A third-party provider proves it keeps the contract by running the same suite
+as the built-ins.  For storage::
+
+    from pypicache.testing import StorageContract
+
+    class TestMyStorage(StorageContract):
+        def make_storage(self, tmp_path, context):
+            return MyStorage(tmp_path / "blobs", context.reactor, context.threadpool)
+
+Needs pytest and pytest-twisted (the ``test`` extra).  Sections: shared
+helpers, then one contract class per interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.python.threadpool import ThreadPool
+from zope.interface.verify import verifyObject
+
+from pypicache.interfaces import IBlobReader, IBlobWriter, IStorage
+from pypicache.model import BlobInfo, BlobNotFound, HashMismatch
+from pypicache.providers import ProviderContext
+
+#: How long any single wait in a contract test may take before it fails.
+TIMEOUT = 10.0
+
+
+# ============================================================ shared helpers
+
+
+def make_context(tmp_path: Path) -> ProviderContext:
+    """A ProviderContext with the global reactor, a *started* thread pool and
+    ``data_dir = tmp_path``.  Stop it with :func:`stop_context` (the
+    ``provider_context`` fixture does both)."""
+    from twisted.internet import reactor
+
+    pool = ThreadPool(minthreads=0, maxthreads=4, name="pypicache-test")
+    pool.start()
+    return ProviderContext(reactor=reactor, threadpool=pool, data_dir=Path(tmp_path))
+
+
+def stop_context(context: ProviderContext) -> None:
+    """Stop the thread pool of a context from :func:`make_context`."""
+    if context.threadpool.started:
+        context.threadpool.stop()
+
+
+@pytest.fixture
+def provider_context(tmp_path: Path) -> Iterator[ProviderContext]:
+    """``make_context(tmp_path)``, stopped at teardown.  Import it into a test
+    module or conftest to use it."""
+    context = make_context(tmp_path)
+    yield context
+    stop_context(context)
+
+
+async def wait(value: Any, timeout: float = TIMEOUT) -> Any:
+    """Await ``value`` if it is a Deferred (failing after ``timeout``
+    seconds so a hang fails fast), else return it."""
+    if isinstance(value, defer.Deferred):
+        from twisted.internet import reactor
+
+        value.addTimeout(timeout, reactor)
+        return await value
+    return value
+
+
+async def wait_for_error(error: type[BaseException], f: Any, *args: Any) -> BaseException:
+    """Call ``f(*args)`` and expect ``error``, raised directly or as the
+    failure of the Deferred it returns."""
+    try:
+        await wait(f(*args))
+    except error as e:
+        return e
+    raise AssertionError(f"{getattr(f, '__name__', f)}{args!r} did not raise {error.__name__}")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ============================================================ storage contract
+
+
+_COMPUTE = object()
+
+
+async def write_blob(storage: Any, data: bytes, expected: Any = _COMPUTE, chunk: int = 1000) -> BlobInfo:
+    """Store ``data`` through a writer in ``chunk``-sized writes and commit.
+
+    ``expected`` defaults to the true digest; pass None or another digest."""
+    writer = storage.open_write(sha256_of(data) if expected is _COMPUTE else expected)
+    for start in range(0, len(data), chunk):
+        writer.write(data[start:start + chunk])
+    return await wait(writer.commit())
+
+
+async def read_blob(storage: Any, sha256: str, chunk: int = 65536) -> bytes:
+    """The whole blob, read through a reader ``chunk`` bytes at a time."""
+    reader = await wait(storage.open_read(sha256))
+    try:
+        parts = []
+        while True:
+            part = await wait(reader.read(chunk))
+            if not part:
+                break
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        reader.close()
+
+
+class StorageContract:
+    """Mixin: the behaviour every :class:`~pypicache.interfaces.IStorage`
+    must have.  Subclass it in a ``Test*`` class and implement
+    :meth:`make_storage`; optionally override :meth:`list_files`.
+    """
+
+    def make_storage(self, tmp_path: Path, context: ProviderContext) -> Any:
+        """Return a fresh, empty storage provider (override this)."""
+        raise NotImplementedError
+
+    def list_files(self, storage: Any) -> set[str] | None:
+        """Every file the storage holds on disk (relative paths), to check
+        that nothing stray is left behind; None when it has no disk root.
+
+        The default lists everything under ``storage.root`` when the provider
+        exposes such a ``Path`` attribute."""
+        root = getattr(storage, "root", None)
+        if not isinstance(root, Path):
+            return None
+        found = set()
+        for directory, _, files in os.walk(root):
+            for name in files:
+                found.add(str(Path(directory, name).relative_to(root)))
+        return found
+
+    def assert_no_files(self, storage: Any, *allowed_sha256: str) -> None:
+        """No file on disk other than those named after ``allowed_sha256``."""
+        files = self.list_files(storage)
+        if files is None:
+            return
+        stray = {f for f in files if Path(f).name not in allowed_sha256}
+        assert not stray, f"stray files left in storage: {sorted(stray)}"
+        assert len(files) == len(set(allowed_sha256)), f"expected one file per blob: {sorted(files)}"
+
+    @pytest.fixture
+    def context(self, tmp_path: Path) -> Iterator[ProviderContext]:
+        context = make_context(tmp_path)
+        yield context
+        stop_context(context)
+
+    @pytest.fixture
+    def storage(self, tmp_path: Path, context: ProviderContext) -> Any:
+        return self.make_storage(tmp_path, context)
+
+    # ----------------------------------------------------------------- tests
+
+    @pytest_twisted.ensureDeferred
+    async def test_provides_interfaces(self, storage: Any) -> None:
+        data = b"interfaces"
+        assert verifyObject(IStorage, storage)
+        writer = storage.open_write(sha256_of(data))
+        assert verifyObject(IBlobWriter, writer)
+        writer.write(data)
+        await wait(writer.commit())
+        reader = await wait(storage.open_read(sha256_of(data)))
+        try:
+            assert verifyObject(IBlobReader, reader)
+        finally:
+            reader.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_write_commit_read(self, storage: Any) -> None:
+        data = b"hello, blob"
+        digest = sha256_of(data)
+        assert await wait(storage.exists(digest)) is False
+        info = await write_blob(storage, data)
+        assert info == BlobInfo(sha256=digest, size=len(data))
+        assert await wait(storage.exists(digest)) is True
+        assert await read_blob(storage, digest) == data
+        self.assert_no_files(storage, digest)
+
+    @pytest_twisted.ensureDeferred
+    async def test_empty_blob(self, storage: Any) -> None:
+        info = await write_blob(storage, b"")
+        assert info == BlobInfo(sha256=sha256_of(b""), size=0)
+        assert await read_blob(storage, info.sha256) == b""
+        assert await wait(storage.size(info.sha256)) == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_streaming_many_chunks(self, storage: Any) -> None:
+        data = os.urandom(4096) * 300 + b"tail"  # 1.2 MB in 4 KiB chunks
+        info = await write_blob(storage, data, chunk=4096)
+        assert info.size == len(data)
+        assert await read_blob(storage, info.sha256, chunk=10_000) == data
+
+    @pytest_twisted.ensureDeferred
+    async def test_hash_mismatch_stores_nothing(self, storage: Any) -> None:
+        data = b"the real bytes"
+        claimed = sha256_of(b"what the index said")
+        writer = storage.open_write(claimed)
+        writer.write(data)
+        await wait_for_error(HashMismatch, writer.commit)
+        writer.abort()  # still safe after a failed commit
+        assert await wait(storage.exists(claimed)) is False
+        assert await wait(storage.exists(sha256_of(data))) is False
+        await wait_for_error(BlobNotFound, storage.open_read, claimed)
+        self.assert_no_files(storage)
+
+    @pytest_twisted.ensureDeferred
+    async def test_expected_none_accepts_and_returns_digest(self, storage: Any) -> None:
+        data = b"whatever arrives"
+        info = await write_blob(storage, data, expected=None)
+        assert info == BlobInfo(sha256=sha256_of(data), size=len(data))
+        assert await read_blob(storage, info.sha256) == data
+
+    @pytest_twisted.ensureDeferred
+    async def test_recommit_existing_blob(self, storage: Any) -> None:
+        data = b"twice"
+        first = await write_blob(storage, data)
+        second = await write_blob(storage, data)
+        assert first == second
+        assert await read_blob(storage, first.sha256) == data
+        self.assert_no_files(storage, first.sha256)
+
+    @pytest_twisted.ensureDeferred
+    async def test_abort_leaves_nothing(self, storage: Any) -> None:
+        data = b"never mind"
+        writer = storage.open_write(sha256_of(data))
+        writer.write(data)
+        writer.abort()
+        writer.abort()  # idempotent
+        assert await wait(storage.exists(sha256_of(data))) is False
+        self.assert_no_files(storage)
+        with pytest.raises(Exception):
+            writer.write(b"more")
+        with pytest.raises(Exception):
+            await wait(writer.commit())
+        self.assert_no_files(storage)
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_unusable_after_commit(self, storage: Any) -> None:
+        data = b"done"
+        writer = storage.open_write(sha256_of(data))
+        writer.write(data)
+        await wait(writer.commit())
+        with pytest.raises(Exception):
+            writer.write(b"more")
+        with pytest.raises(Exception):
+            await wait(writer.commit())
+        writer.abort()  # allowed, and does not undo the commit
+        assert await read_blob(storage, sha256_of(data)) == data
+
+    BAD_KEYS = [
+        "",
+        "abc",
+        "../../../../etc/passwd",
+        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",  # upper case
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n",
+        "/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855e3",
+        b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        42,
+    ]
+
+    @pytest_twisted.ensureDeferred
+    async def test_bad_keys_raise_value_error(self, storage: Any, tmp_path: Path) -> None:
+        spool = tmp_path / "spool-bad-key"
+        spool.write_bytes(b"")
+        for key in self.BAD_KEYS:
+            await wait_for_error(ValueError, storage.open_write, key)
+            await wait_for_error(ValueError, storage.open_read, key)
+            await wait_for_error(ValueError, storage.exists, key)
+            await wait_for_error(ValueError, storage.size, key)
+            await wait_for_error(ValueError, storage.delete, key)
+            await wait_for_error(ValueError, storage.ingest, spool, key)
+            assert spool.exists(), f"ingest with bad key {key!r} touched the file"
+        await wait_for_error(ValueError, storage.exists, None)
+        self.assert_no_files(storage)
+
+    @pytest_twisted.ensureDeferred
+    async def test_missing_blob(self, storage: Any) -> None:
+        digest = sha256_of(b"absent")
+        error = await wait_for_error(BlobNotFound, storage.open_read, digest)
+        assert isinstance(error, KeyError)
+        await wait_for_error(BlobNotFound, storage.size, digest)
+        assert await wait(storage.exists(digest)) is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_size(self, storage: Any) -> None:
+        data = b"x" * 12345
+        info = await write_blob(storage, data)
+        assert await wait(storage.size(info.sha256)) == 12345
+        reader = await wait(storage.open_read(info.sha256))
+        try:
+            assert reader.size == 12345
+        finally:
+            reader.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete(self, storage: Any) -> None:
+        keep = await write_blob(storage, b"keep me")
+        gone = await write_blob(storage, b"delete me")
+        assert await wait(storage.delete(gone.sha256)) is None
+        assert await wait(storage.exists(gone.sha256)) is False
+        await wait_for_error(BlobNotFound, storage.open_read, gone.sha256)
+        await wait_for_error(BlobNotFound, storage.size, gone.sha256)
+        assert await wait(storage.delete(gone.sha256)) is None  # absent is fine
+        assert await read_blob(storage, keep.sha256) == b"keep me"
+        self.assert_no_files(storage, keep.sha256)
+        # A deleted blob can be stored again.
+        assert await write_blob(storage, b"delete me") == gone
+
+    @pytest_twisted.ensureDeferred
+    async def test_ingest_moves_file_in(self, storage: Any, tmp_path: Path) -> None:
+        data = os.urandom(100_000)
+        spool = tmp_path / "spool" / "download.part"
+        spool.parent.mkdir()
+        spool.write_bytes(data)
+        info = await wait(storage.ingest(spool, sha256_of(data)))
+        assert info == BlobInfo(sha256=sha256_of(data), size=len(data))
+        assert not spool.exists()
+        assert await wait(storage.exists(info.sha256)) is True
+        assert await read_blob(storage, info.sha256) == data
+        self.assert_no_files(storage, info.sha256)
+
+    @pytest_twisted.ensureDeferred
+    async def test_ingest_existing_blob(self, storage: Any, tmp_path: Path) -> None:
+        data = b"already here"
+        await write_blob(storage, data)
+        spool = tmp_path / "again.part"
+        spool.write_bytes(data)
+        info = await wait(storage.ingest(str(spool), sha256_of(data)))  # str works too
+        assert info == BlobInfo(sha256=sha256_of(data), size=len(data))
+        assert not spool.exists()
+        assert await read_blob(storage, info.sha256) == data
+        self.assert_no_files(storage, info.sha256)
+
+    @pytest_twisted.ensureDeferred
+    async def test_seek_and_read_ranges(self, storage: Any) -> None:
+        data = bytes(range(256)) * 40
+        info = await write_blob(storage, data)
+        reader = await wait(storage.open_read(info.sha256))
+        try:
+            assert reader.size == len(data)
+            reader.seek(10)
+            assert await wait(reader.read(5)) == data[10:15]
+            assert await wait(reader.read(5)) == data[15:20]
+            reader.seek(len(data) - 3)  # a suffix range
+            assert await wait(reader.read(100)) == data[-3:]
+            assert await wait(reader.read(100)) == b""
+            reader.seek(len(data) + 10)
+            assert await wait(reader.read(10)) == b""
+            reader.seek(0)
+            assert await wait(reader.read(len(data) * 2)) == data
+            reader.seek(1000)
+            fd = reader.fileno()
+            if fd is not None:  # positioned like the reader, for sendfile
+                assert os.read(fd, 7) == data[1000:1007]
+        finally:
+            reader.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_writers_of_one_blob(self, storage: Any) -> None:
+        data = os.urandom(50_000)
+        digest = sha256_of(data)
+        writers = [storage.open_write(digest), storage.open_write(None), storage.open_write(digest)]
+        for start in range(0, len(data), 5000):
+            for writer in writers:
+                writer.write(data[start:start + 5000])
+        results = await wait(defer.gatherResults([defer.maybeDeferred(w.commit) for w in writers],
+                                                 consumeErrors=True))
+        assert results == [BlobInfo(sha256=digest, size=len(data))] * 3
+        assert await read_blob(storage, digest) == data
+        self.assert_no_files(storage, digest)
+
+    @pytest_twisted.ensureDeferred
+    async def test_many_blobs(self, storage: Any) -> None:
+        blobs = [f"blob number {i}".encode() for i in range(20)]
+        infos = await wait(defer.gatherResults(
+            [defer.ensureDeferred(write_blob(storage, b)) for b in blobs], consumeErrors=True))
+        for data, info in zip(blobs, infos):
+            assert await read_blob(storage, info.sha256) == data
+        self.assert_no_files(storage, *(info.sha256 for info in infos))
+
+
+# ============================================================ index contract
+# (IndexContract is appended below by the index author.)
+
+
+# ------------------------------------------------------------------------------
+# IndexContract -- written by the index author.  Self-contained: its own imports.
+# ------------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
+
+import attrs as _attrs  # noqa: E402
+import pytest  # noqa: E402
+import pytest_twisted  # noqa: E402
+from twisted.internet import defer  # noqa: E402
+from zope.interface.verify import verifyObject as _verify_index  # noqa: E402
+
+from pypicache.interfaces import IIndex as _IIndex  # noqa: E402
+from pypicache.model import (  # noqa: E402
+    BlobInfo as _BlobInfo,
+    FileRecord as _FileRecord,
+    ProjectList as _ProjectList,
+    ProjectPage as _ProjectPage,
+    ProjectRecord as _ProjectRecord,
+    Validators as _Validators,
+)
+from pypicache.providers import ProviderContext  # noqa: E402
+
+# Shared helpers from the top of this module: make_context, stop_context,
+# wait, wait_for_error and TIMEOUT.
+
+
+def _digest(label: str) -> str:
+    """A well-formed sha256 hex digest named by ``label`` (no real bytes)."""
+    return hashlib.sha256(label.encode()).hexdigest()
+
+
+def index_file(filename: str, **fields: Any) -> _FileRecord:
+    """A FileRecord as an upstream page would give it: a URL and a sha256
+    derived from the filename unless ``fields`` say otherwise."""
+    fields.setdefault("url", f"https://files.example/packages/{filename}")
+    fields.setdefault("hashes", {"sha256": _digest(filename)})
+    return _FileRecord(filename=filename, **fields)
+
+
+def index_page(name: str, *files: _FileRecord, **fields: Any) -> _ProjectPage:
+    """A ProjectPage for ``name`` with ``files`` in the given order."""
+    return _ProjectPage(name=name, files=tuple(files), **fields)
+
+
+class IndexContract:
+    """Mixin: the behaviour every :class:`~pypicache.interfaces.IIndex` must
+    have.  Subclass it in a ``Test*`` class and implement :meth:`make_index`;
+    set ``persistent = False`` for a provider that forgets everything on close.
+
+    ``make_index`` is called again with the same ``tmp_path`` and context to
+    reopen a persistent index.  Indexes opened through :meth:`open_index`
+    (the ``index`` fixture uses it) are closed at teardown.
+    """
+
+    persistent: bool = True
+
+    def make_index(self, tmp_path: Path, context: ProviderContext) -> Any:
+        """Return an index provider keeping its data under ``tmp_path``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ plumbing
+
+    @pytest.fixture
+    def index_context(self, tmp_path: Path) -> Iterator[ProviderContext]:
+        context = make_context(tmp_path)
+        yield context
+        stop_context(context)
+
+    @pytest.fixture
+    def index(self, tmp_path: Path, index_context: ProviderContext) -> Iterator[Any]:
+        self._open_indexes: list[Any] = []
+        yield self.open_index(tmp_path, index_context)
+        from twisted.internet import reactor
+
+        for index in self._open_indexes:
+            d = defer.maybeDeferred(index.close)
+            d.addTimeout(TIMEOUT, reactor)
+            pytest_twisted.blockon(d)
+
+    def open_index(self, tmp_path: Path, context: ProviderContext) -> Any:
+        """``make_index`` and remember to close the result at teardown."""
+        index = self.make_index(tmp_path, context)
+        self._open_indexes.append(index)
+        return index
+
+    async def close_index(self, index: Any) -> None:
+        """Close ``index`` now (teardown will not close it again)."""
+        self._open_indexes.remove(index)
+        await wait(index.close())
+
+    # --------------------------------------------------------------- basics
+
+    def test_provides_iindex(self, index: Any) -> None:
+        assert _verify_index(_IIndex, index)
+
+    @pytest_twisted.ensureDeferred
+    async def test_empty_index(self, index: Any) -> None:
+        assert await wait(index.get_project("nothing-here")) is None
+        assert await wait(index.list_projects()) == []
+        assert await wait(index.get_project_list()) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_round_trip_every_field(self, index: Any) -> None:
+        files = (
+            index_file("demo-2.0.tar.gz", hashes={}, size=None),
+            index_file("demo-1.0-py3-none-any.whl",
+                       hashes={"sha256": _digest("w"), "md5": "0" * 32},
+                       requires_python=">=3.8, <4", yanked=True, yanked_reason="broken <b>",
+                       core_metadata={"sha256": _digest("w.metadata")}, size=1234,
+                       upload_time="2024-01-02T03:04:05.123456Z"),
+            index_file("demo-1.0.tar.gz", yanked=True, core_metadata={}, size=0),
+            index_file("Demo-0.1.zip", url="https://elsewhere.example/Demo-0.1.zip?x=1#frag",
+                       requires_python="", upload_time="2001-01-01T00:00:00Z"),
+        )
+        page = index_page("demo", *files, validators=_Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT"),
+                          versions=("0.1", "1.0", "2.0"), meta={"tracks": ["https://x.example/simple/demo/"]})
+        saved = await wait(index.save_upstream_page(page, 1700000000.25))
+        assert isinstance(saved, _ProjectRecord)
+        assert saved.name == "demo"
+        assert saved.files == files  # every field, and the page's order
+        assert saved.validators == _Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT")
+        assert saved.refreshed_at == 1700000000.25
+        assert saved.origin == "upstream"
+        assert saved.versions == ("0.1", "1.0", "2.0")
+        assert saved.meta == {"tracks": ["https://x.example/simple/demo/"]}
+        got = await wait(index.get_project("demo"))
+        assert got == saved
+        assert got.file("demo-2.0.tar.gz").core_metadata is None
+        assert got.file("demo-1.0.tar.gz").core_metadata == {}
+        for record in got.files:
+            assert type(record.hashes) is dict
+            assert record.stored is False and record.metadata_stored is False
+            assert record.listed is True and record.origin == "upstream"
+
+    @pytest_twisted.ensureDeferred
+    async def test_minimal_page(self, index: Any) -> None:
+        saved = await wait(index.save_upstream_page(index_page("empty"), 5.0))
+        assert saved == _ProjectRecord(name="empty", refreshed_at=5.0)
+        assert await wait(index.get_project("empty")) == saved
+        assert (await wait(index.get_project("empty"))).versions is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_projects_are_separate(self, index: Any) -> None:
+        await wait(index.save_upstream_page(index_page("one", index_file("one-1.tar.gz")), 1.0))
+        await wait(index.save_upstream_page(index_page("two", index_file("two-1.tar.gz")), 2.0))
+        await wait(index.save_upstream_page(index_page("one", index_file("one-2.tar.gz")), 3.0))
+        one = await wait(index.get_project("one"))
+        two = await wait(index.get_project("two"))
+        assert [f.filename for f in one.files] == ["one-2.tar.gz"]
+        assert [f.filename for f in two.files] == ["two-1.tar.gz"]
+        assert (one.refreshed_at, two.refreshed_at) == (3.0, 2.0)
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_projects_sorted(self, index: Any) -> None:
+        for name in ["zope-interface", "attrs", "twisted", "a", "pip"]:
+            await wait(index.save_upstream_page(index_page(name), 1.0))
+        assert await wait(index.list_projects()) == ["a", "attrs", "pip", "twisted", "zope-interface"]
+
+    # ---------------------------------------------------------------- merge
+
+    @pytest_twisted.ensureDeferred
+    async def test_merge_keeps_stored_state(self, index: Any) -> None:
+        wheel = index_file("m-1.0-py3-none-any.whl", core_metadata={"sha256": _digest("meta")})
+        await wait(index.save_upstream_page(index_page("m", wheel, index_file("m-1.0.tar.gz")), 1.0))
+        await wait(index.mark_stored("m", wheel.filename, _BlobInfo(wheel.sha256, 42)))
+        await wait(index.mark_metadata_stored("m", wheel.filename, _digest("meta")))
+        newer = _attrs.evolve(wheel, yanked=True, yanked_reason="oops", size=42)
+        page = index_page("m", index_file("m-1.1.tar.gz"), newer, index_file("m-1.0.tar.gz"),
+                          validators=_Validators("v2", None))
+        record = await wait(index.save_upstream_page(page, 2.0))
+        assert [f.filename for f in record.files] == ["m-1.1.tar.gz", wheel.filename, "m-1.0.tar.gz"]
+        kept = record.file(wheel.filename)
+        assert kept == _attrs.evolve(newer, stored=True, metadata_stored=True)
+        assert record.file("m-1.0.tar.gz").stored is False
+        assert record.validators == _Validators("v2", None)
+        assert await wait(index.get_project("m")) == record
+
+    @pytest_twisted.ensureDeferred
+    async def test_merge_hash_change_resets_stored(self, index: Any) -> None:
+        old = index_file("h-1.0.tar.gz", core_metadata={"sha256": _digest("old meta")})
+        await wait(index.save_upstream_page(index_page("h", old), 1.0))
+        await wait(index.mark_stored("h", old.filename, _BlobInfo(old.sha256, 10)))
+        await wait(index.mark_metadata_stored("h", old.filename, _digest("old meta")))
+        new = index_file("h-1.0.tar.gz", hashes={"sha256": _digest("replaced")},
+                         core_metadata={"sha256": _digest("new meta")}, size=11)
+        record = await wait(index.save_upstream_page(index_page("h", new), 2.0))
+        assert record.file(new.filename) == new  # not stored, the page's hash
+        assert await wait(index.get_project("h")) == record
+
+    @pytest_twisted.ensureDeferred
+    async def test_merge_metadata_hash_change_resets_metadata_only(self, index: Any) -> None:
+        old = index_file("mh-1.0-py3-none-any.whl", core_metadata={"sha256": _digest("old meta")})
+        await wait(index.save_upstream_page(index_page("mh", old), 1.0))
+        await wait(index.mark_stored("mh", old.filename, _BlobInfo(old.sha256, 10)))
+        await wait(index.mark_metadata_stored("mh", old.filename, _digest("old meta")))
+        new = _attrs.evolve(old, core_metadata={"sha256": _digest("new meta")}, size=10)
+        record = await wait(index.save_upstream_page(index_page("mh", new), 2.0))
+        assert record.file(old.filename) == _attrs.evolve(new, stored=True)
+
+    @pytest_twisted.ensureDeferred
+    async def test_merge_page_without_hash_keeps_verified_digest(self, index: Any) -> None:
+        # A page that gives no sha256 is no evidence of change: our verified
+        # digest and size stay, so the stored bytes remain usable.
+        bare = index_file("b-1.0-py3-none-any.whl", hashes={}, core_metadata={})
+        await wait(index.save_upstream_page(index_page("b", bare), 1.0))
+        await wait(index.mark_stored("b", bare.filename, _BlobInfo(_digest("bytes"), 99)))
+        await wait(index.mark_metadata_stored("b", bare.filename, _digest("meta")))
+        record = await wait(index.save_upstream_page(index_page("b", bare), 2.0))
+        assert record.file(bare.filename) == _attrs.evolve(
+            bare, hashes={"sha256": _digest("bytes")}, size=99, stored=True,
+            core_metadata={"sha256": _digest("meta")}, metadata_stored=True)
+
+    @pytest_twisted.ensureDeferred
+    async def test_merge_unlisted_files(self, index: Any) -> None:
+        kept = index_file("u-1.0.tar.gz")
+        dropped = index_file("u-0.9.tar.gz")
+        only_meta = index_file("u-0.8-py3-none-any.whl", core_metadata={"sha256": _digest("m")})
+        current = index_file("u-2.0.tar.gz")
+        await wait(index.save_upstream_page(index_page("u", only_meta, dropped, kept), 1.0))
+        await wait(index.mark_stored("u", kept.filename, _BlobInfo(kept.sha256, 5)))
+        await wait(index.mark_metadata_stored("u", only_meta.filename, _digest("m")))
+        record = await wait(index.save_upstream_page(index_page("u", current), 2.0))
+        assert [f.filename for f in record.files] == [current.filename, kept.filename]
+        gone = record.file(kept.filename)
+        assert gone == _attrs.evolve(kept, stored=True, size=5, listed=False)
+        assert await wait(index.get_project("u")) == record
+        # Still unlisted after another refresh; listed again when the upstream relists it.
+        record = await wait(index.save_upstream_page(index_page("u", current), 3.0))
+        assert record.file(kept.filename).listed is False
+        record = await wait(index.save_upstream_page(index_page("u", kept, current), 4.0))
+        assert [f.filename for f in record.files] == [kept.filename, current.filename]
+        assert record.file(kept.filename) == _attrs.evolve(kept, stored=True, size=5)
+
+    @pytest_twisted.ensureDeferred
+    async def test_duplicate_filename_in_page_keeps_first(self, index: Any) -> None:
+        first = index_file("d-1.0.tar.gz", size=1)
+        second = index_file("d-1.0.tar.gz", size=2)
+        record = await wait(index.save_upstream_page(index_page("d", first, second), 1.0))
+        assert record.files == (first,)
+        assert await wait(index.get_project("d")) == record
+
+    # ---------------------------------------------------------------- marks
+
+    @pytest_twisted.ensureDeferred
+    async def test_mark_refreshed(self, index: Any) -> None:
+        page = index_page("r", index_file("r-1.tar.gz"), validators=_Validators("a", "b"))
+        saved = await wait(index.save_upstream_page(page, 1.0))
+        record = await wait(index.mark_refreshed("r", 2.5, _Validators("c", None)))
+        assert record == _attrs.evolve(saved, refreshed_at=2.5, validators=_Validators("c", None))
+        assert await wait(index.get_project("r")) == record
+        assert await wait(index.mark_refreshed("unknown", 3.0, _Validators())) is None
+        assert await wait(index.get_project("unknown")) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_mark_stored(self, index: Any) -> None:
+        with_hash = index_file("s-1.0.tar.gz", size=None)
+        without_hash = index_file("s-1.0-py3-none-any.whl", hashes={"md5": "1" * 32}, size=7)
+        await wait(index.save_upstream_page(index_page("s", with_hash, without_hash), 1.0))
+        record = await wait(index.mark_stored("s", with_hash.filename, _BlobInfo(with_hash.sha256, 321)))
+        assert record.file(with_hash.filename) == _attrs.evolve(with_hash, stored=True, size=321)
+        assert record.file(without_hash.filename) == without_hash
+        record = await wait(index.mark_stored("s", without_hash.filename, _BlobInfo(_digest("x"), 8)))
+        assert record.file(without_hash.filename) == _attrs.evolve(
+            without_hash, stored=True, size=8, hashes={"md5": "1" * 32, "sha256": _digest("x")})
+        assert await wait(index.get_project("s")) == record
+
+    @pytest_twisted.ensureDeferred
+    async def test_mark_stored_other_hash_changes_nothing(self, index: Any) -> None:
+        # The page changed while a download ran: the blob is not this file.
+        listed = index_file("o-1.0.tar.gz")
+        saved = await wait(index.save_upstream_page(index_page("o", listed), 1.0))
+        record = await wait(index.mark_stored("o", listed.filename, _BlobInfo(_digest("other"), 1)))
+        assert record == saved
+        assert await wait(index.get_project("o")) == saved
+
+    @pytest_twisted.ensureDeferred
+    async def test_mark_unknown_raises_key_error(self, index: Any) -> None:
+        await wait(index.save_upstream_page(index_page("k", index_file("k-1.tar.gz")), 1.0))
+        blob = _BlobInfo(_digest("k"), 1)
+        await wait_for_error(KeyError, index.mark_stored, "nope", "k-1.tar.gz", blob)
+        await wait_for_error(KeyError, index.mark_stored, "k", "k-2.tar.gz", blob)
+        await wait_for_error(KeyError, index.mark_metadata_stored, "nope", "k-1.tar.gz", blob.sha256)
+        await wait_for_error(KeyError, index.mark_metadata_stored, "k", "k-2.tar.gz", blob.sha256)
+        assert await wait(index.get_project("nope")) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_mark_metadata_stored(self, index: Any) -> None:
+        hashed = index_file("mm-1-py3-none-any.whl", core_metadata={"sha256": _digest("a")})
+        empty = index_file("mm-2-py3-none-any.whl", core_metadata={})
+        absent = index_file("mm-3-py3-none-any.whl")
+        await wait(index.save_upstream_page(index_page("mm", hashed, empty, absent), 1.0))
+        await wait(index.mark_metadata_stored("mm", hashed.filename, _digest("a")))
+        await wait(index.mark_metadata_stored("mm", empty.filename, _digest("b")))
+        record = await wait(index.mark_metadata_stored("mm", absent.filename, _digest("c")))
+        assert record.files == (
+            _attrs.evolve(hashed, metadata_stored=True),
+            _attrs.evolve(empty, metadata_stored=True, core_metadata={"sha256": _digest("b")}),
+            _attrs.evolve(absent, metadata_stored=True, core_metadata={"sha256": _digest("c")}),
+        )
+        assert all(not f.stored for f in record.files)
+        assert await wait(index.get_project("mm")) == record
+        # A different digest than the page lists is not recorded.
+        again = await wait(index.mark_metadata_stored("mm", hashed.filename, _digest("zz")))
+        assert again.file(hashed.filename) == record.file(hashed.filename)
+
+    # --------------------------------------------------------- project list
+
+    @pytest_twisted.ensureDeferred
+    async def test_project_list(self, index: Any) -> None:
+        first = _ProjectList(names=("b", "a", "ünï-code"), validators=_Validators('W/"1"', None))
+        assert await wait(index.save_project_list(first, 10.0)) is None
+        assert await wait(index.get_project_list()) == (first, 10.0)
+        second = _ProjectList(names=(), validators=_Validators(None, "yesterday"))
+        await wait(index.save_project_list(second, 11.5))
+        assert await wait(index.get_project_list()) == (second, 11.5)
+        assert await wait(index.list_projects()) == []  # names alone make no records
+
+    # ----------------------------------------------------------- persistence
+
+    @pytest_twisted.ensureDeferred
+    async def test_survives_reopen(self, index: Any, tmp_path: Path,
+                                   index_context: ProviderContext) -> None:
+        if not self.persistent:
+            pytest.skip("provider is not persistent")
+        wheel = index_file("p-1-py3-none-any.whl", core_metadata={"sha256": _digest("pm")})
+        page = index_page("p", wheel, index_file("p-1.tar.gz"), validators=_Validators("e", "lm"),
+                          versions=("1",), meta={"k": {"nested": [1, 2]}})
+        await wait(index.save_upstream_page(page, 1.0))
+        await wait(index.mark_stored("p", wheel.filename, _BlobInfo(wheel.sha256, 77)))
+        record = await wait(index.mark_metadata_stored("p", wheel.filename, _digest("pm")))
+        record = await wait(index.mark_refreshed("p", 2.0, _Validators("e2", None)))
+        names = _ProjectList(("p", "q"), _Validators("root", None))
+        await wait(index.save_project_list(names, 3.0))
+        await self.close_index(index)
+
+        reopened = self.open_index(tmp_path, index_context)
+        assert await wait(reopened.get_project("p")) == record
+        assert await wait(reopened.list_projects()) == ["p"]
+        assert await wait(reopened.get_project_list()) == (names, 3.0)
+
+# ------------------------------------------------------------ end IndexContract
