@@ -1,0 +1,430 @@
+"""The SQLite index: the default, persistent catalog.
+
+Every SQLite call runs on one dedicated thread owned by the provider.  A
+connection may only be used by the thread that made it, and a single writer
+thread means our own writes never contend for the lock ("database is
+locked"); WAL mode lets other processes (the admin CLI) read meanwhile.  The
+reactor thread only queues work and receives frozen records.
+
+What a save or a mark *means* is defined once, by the pure functions in
+:mod:`pypicache.index.memory`; this module loads a record, applies them and
+writes the result inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from pypicache.errors import ConfigError
+from pypicache.index.memory import (
+    merge_upstream_page,
+    refreshed,
+    with_file_stored,
+    with_metadata_stored,
+)
+from pypicache.interfaces import IIndex, IProviderFactory
+from pypicache.model import (
+    BlobInfo,
+    FileRecord,
+    ProjectList,
+    ProjectPage,
+    ProjectRecord,
+    Validators,
+)
+from pypicache.providers import check_options
+
+log = Logger()
+
+T = TypeVar("T")
+
+#: PRAGMA user_version this code writes.  Bump it and add a step to
+#: ``_MIGRATIONS`` to change the schema; older files are upgraded on open.
+SCHEMA_VERSION = 1
+
+#: Milliseconds a statement waits for another process's lock before failing.
+BUSY_TIMEOUT_MS = 10_000
+
+#: Step ``n`` takes a database from version ``n - 1`` to ``n``.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE projects (
+            name TEXT PRIMARY KEY,
+            origin TEXT NOT NULL,
+            etag TEXT,
+            last_modified TEXT,
+            refreshed_at REAL,
+            versions TEXT,
+            meta TEXT NOT NULL DEFAULT '{}'
+        ) WITHOUT ROWID""",
+        """CREATE TABLE files (
+            project TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            url TEXT NOT NULL,
+            hashes TEXT NOT NULL,
+            requires_python TEXT,
+            yanked INTEGER NOT NULL,
+            yanked_reason TEXT,
+            core_metadata TEXT,
+            size INTEGER,
+            upload_time TEXT,
+            stored INTEGER NOT NULL,
+            metadata_stored INTEGER NOT NULL,
+            listed INTEGER NOT NULL,
+            origin TEXT NOT NULL,
+            PRIMARY KEY (project, filename)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE project_list (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            names TEXT NOT NULL,
+            etag TEXT,
+            last_modified TEXT,
+            refreshed_at REAL
+        )""",
+    ),
+}
+
+_FILE_COLUMNS = ("filename, url, hashes, requires_python, yanked, yanked_reason, core_metadata, "
+                 "size, upload_time, stored, metadata_stored, listed, origin")
+_SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE project = ? ORDER BY position"
+_INSERT_FILE = (f"INSERT INTO files (project, position, {_FILE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_UPDATE_FILE = ("UPDATE files SET url = ?, hashes = ?, requires_python = ?, yanked = ?, "
+                "yanked_reason = ?, core_metadata = ?, size = ?, upload_time = ?, stored = ?, "
+                "metadata_stored = ?, listed = ?, origin = ? WHERE project = ? AND filename = ?")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_scanners = threading.local()
+
+
+def _loads(text: str) -> Any:
+    """Decode JSON that this module wrote.
+
+    Calls the decoder's C scanner directly: ``json.loads`` spends most of its
+    time in wrappers (type checks, whitespace regex), and a 600-file project
+    has 1200 small documents to decode per read.  The text is always ours, so
+    the skipped checks buy nothing.  One scanner per thread: it keeps a memo.
+    """
+    scan = getattr(_scanners, "scan", None)
+    if scan is None:
+        scan = _scanners.scan = json.JSONDecoder().scan_once
+    return scan(text, 0)[0]
+
+
+class IndexClosed(RuntimeError):
+    """The index was used after :meth:`SQLiteIndex.close`."""
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer pypicache: refuse to touch it."""
+
+
+# ------------------------------------------------------- thread-side helpers
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating or upgrading) the database at ``path``.
+
+    Autocommit mode (``isolation_level=None``): transactions are explicit,
+    so none is ever left open by accident between calls.
+    """
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            log.warn("index: SQLite refused WAL mode for {path} (using {mode})", path=path, mode=mode)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    with _transaction(conn):
+        # Re-read under the write lock: another process may have migrated.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"index schema version {version} is newer than this pypicache "
+                               f"understands ({SCHEMA_VERSION})")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if version < SCHEMA_VERSION:
+        log.info("index: schema upgraded from {old} to {new}", old=version, new=SCHEMA_VERSION)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, write: bool = True) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so a read-modify-write cannot
+    # fail half-way with SQLITE_BUSY on lock upgrade; a read transaction just
+    # gives the several SELECTs of one answer a consistent snapshot.
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def _file_from_row(row: tuple) -> FileRecord:
+    (filename, url, hashes, requires_python, yanked, yanked_reason, core_metadata,
+     size, upload_time, stored, metadata_stored, listed, origin) = row
+    return FileRecord(
+        filename, url, _loads(hashes), requires_python, bool(yanked), yanked_reason,
+        None if core_metadata is None else _loads(core_metadata), size, upload_time,
+        bool(stored), bool(metadata_stored), bool(listed), origin,
+    )
+
+
+def _file_values(f: FileRecord) -> tuple:
+    """Column values of ``f`` in ``_FILE_COLUMNS`` order."""
+    return (f.filename, f.url, _dumps(dict(f.hashes)), f.requires_python, int(f.yanked),
+            f.yanked_reason,
+            None if f.core_metadata is None else _dumps(dict(f.core_metadata)),
+            f.size, f.upload_time, int(f.stored), int(f.metadata_stored), int(f.listed), f.origin)
+
+
+def _load_project(conn: sqlite3.Connection, name: str) -> ProjectRecord | None:
+    row = conn.execute("SELECT origin, etag, last_modified, refreshed_at, versions, meta "
+                       "FROM projects WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    origin, etag, last_modified, refreshed_at, versions, meta = row
+    files = tuple(map(_file_from_row, conn.execute(_SELECT_FILES, (name,))))
+    return ProjectRecord(
+        name=name,
+        files=files,
+        validators=Validators(etag, last_modified),
+        refreshed_at=refreshed_at,
+        origin=origin,
+        versions=None if versions is None else tuple(_loads(versions)),
+        meta=_loads(meta),
+    )
+
+
+def _write_project_row(conn: sqlite3.Connection, record: ProjectRecord) -> None:
+    conn.execute(
+        "INSERT INTO projects (name, origin, etag, last_modified, refreshed_at, versions, meta) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET origin = excluded.origin, "
+        "etag = excluded.etag, last_modified = excluded.last_modified, "
+        "refreshed_at = excluded.refreshed_at, versions = excluded.versions, meta = excluded.meta",
+        (record.name, record.origin, record.validators.etag, record.validators.last_modified,
+         record.refreshed_at, _json_or_none(None if record.versions is None else list(record.versions)),
+         _dumps(dict(record.meta))),
+    )
+
+
+def _update_file(conn: sqlite3.Connection, project: str, f: FileRecord) -> None:
+    values = _file_values(f)
+    conn.execute(_UPDATE_FILE, values[1:] + (project, f.filename))
+
+
+# ----------------------------------------------------------------- queries
+# Each runs on the index thread with the connection as first argument.
+
+
+def _q_get_project(conn: sqlite3.Connection, name: str) -> ProjectRecord | None:
+    with _transaction(conn, write=False):
+        return _load_project(conn, name)
+
+
+def _q_list_projects(conn: sqlite3.Connection) -> list[str]:
+    return [name for (name,) in conn.execute("SELECT name FROM projects ORDER BY name")]
+
+
+def _q_save_upstream_page(conn: sqlite3.Connection, page: ProjectPage,
+                          refreshed_at: float) -> ProjectRecord:
+    with _transaction(conn):
+        record = merge_upstream_page(_load_project(conn, page.name), page, refreshed_at)
+        _write_project_row(conn, record)
+        conn.execute("DELETE FROM files WHERE project = ?", (record.name,))
+        conn.executemany(_INSERT_FILE, [(record.name, position) + _file_values(f)
+                                        for position, f in enumerate(record.files)])
+    return record
+
+
+def _q_mark_refreshed(conn: sqlite3.Connection, name: str, refreshed_at: float,
+                      validators: Validators | None) -> ProjectRecord | None:
+    with _transaction(conn):
+        record = _load_project(conn, name)
+        if record is None:
+            return None
+        record = refreshed(record, refreshed_at, validators)
+        conn.execute("UPDATE projects SET refreshed_at = ?, etag = ?, last_modified = ? "
+                     "WHERE name = ?", (record.refreshed_at, record.validators.etag,
+                                        record.validators.last_modified, name))
+    return record
+
+
+def _q_mark(conn: sqlite3.Connection, how: Callable, name: str, filename: str,
+            what: Any) -> ProjectRecord:
+    with _transaction(conn):
+        record = _load_project(conn, name)
+        if record is None:
+            raise KeyError(f"no project {name!r}")
+        new_record, new_file = how(record, filename, what)
+        if new_record is not record:
+            _update_file(conn, name, new_file)
+    return new_record
+
+
+def _q_get_project_list(conn: sqlite3.Connection) -> tuple[ProjectList, float] | None:
+    row = conn.execute("SELECT names, etag, last_modified, refreshed_at FROM project_list "
+                       "WHERE id = 1").fetchone()
+    if row is None:
+        return None
+    names, etag, last_modified, refreshed_at = row
+    return ProjectList(tuple(_loads(names)), Validators(etag, last_modified)), refreshed_at
+
+
+def _q_save_project_list(conn: sqlite3.Connection, project_list: ProjectList,
+                         refreshed_at: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO project_list (id, names, etag, last_modified, refreshed_at) "
+        "VALUES (1, ?, ?, ?, ?)",
+        (_dumps(list(project_list.names)), project_list.validators.etag,
+         project_list.validators.last_modified, refreshed_at),
+    )
+
+
+# ------------------------------------------------------------------ provider
+
+
+@implementer(IIndex)
+class SQLiteIndex:
+    """The catalog in one SQLite file, answered from a private thread.
+
+    Made by :data:`factory`; call :meth:`close` to stop its thread.  A
+    database that cannot be opened makes every call fail with the error
+    (and logs it once at start).
+    """
+
+    def __init__(self, path: Path, reactor: Any) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._conn: sqlite3.Connection | None = None  # only touched on the pool thread
+        self._closing: defer.Deferred | None = None
+        self._pool = ThreadPool(1, 1, name=f"pypicache-index:{path.name}")
+        self._pool.start()
+        # Stop the (non-daemon) thread at shutdown even if nobody calls close().
+        self._trigger: Any = reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        self._call(lambda conn: None).addErrback(
+            lambda f: log.failure("index: cannot open {path}", f, path=path))
+
+    def _in_thread(self, query: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return query(self._conn, *args)
+
+    def _call(self, query: Callable[..., T], *args: Any) -> defer.Deferred:
+        """Run ``query(conn, *args)`` on the index thread (for tests too)."""
+        if self._closing is not None:
+            return defer.fail(IndexClosed(f"index {self.path} is closed"))
+        return deferToThreadPool(self._reactor, self._pool, self._in_thread, query, *args)
+
+    def get_project(self, name: str) -> defer.Deferred:
+        return self._call(_q_get_project, name)
+
+    def list_projects(self) -> defer.Deferred:
+        return self._call(_q_list_projects)
+
+    def save_upstream_page(self, page: ProjectPage, refreshed_at: float) -> defer.Deferred:
+        return self._call(_q_save_upstream_page, page, refreshed_at)
+
+    def mark_refreshed(self, name: str, refreshed_at: float,
+                       validators: Validators | None) -> defer.Deferred:
+        return self._call(_q_mark_refreshed, name, refreshed_at, validators)
+
+    def mark_stored(self, name: str, filename: str, blob: BlobInfo) -> defer.Deferred:
+        return self._call(_q_mark, with_file_stored, name, filename, blob)
+
+    def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred:
+        return self._call(_q_mark, with_metadata_stored, name, filename, sha256)
+
+    def get_project_list(self) -> defer.Deferred:
+        return self._call(_q_get_project_list)
+
+    def save_project_list(self, project_list: ProjectList, refreshed_at: float) -> defer.Deferred:
+        return self._call(_q_save_project_list, project_list, refreshed_at)
+
+    def _close_in_thread(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()  # the last connection checkpoints the WAL into the file
+
+    def close(self) -> defer.Deferred:
+        """Finish queued work, close the database, stop the thread.
+
+        Safe to call more than once; later calls fire when the first is done.
+        """
+        if self._closing is None:
+            self._closing = deferToThreadPool(self._reactor, self._pool, self._close_in_thread)
+            self._closing.addBoth(self._stopped)
+        if self._closing.called:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._closing.addBoth(lambda result: (waiter.callback(None), result)[1])
+        return waiter
+
+    def _shutdown(self) -> defer.Deferred:
+        self._trigger = None  # firing now: it must not be removed any more
+        return self.close()
+
+    def _stopped(self, result: Any) -> Any:
+        self._pool.stop()
+        if self._trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
+        if isinstance(result, Failure):
+            log.failure("index: error closing {path}", result, path=self.path)
+            return None
+        return result
+
+
+@implementer(IProviderFactory)
+class SQLiteIndexFactory:
+    """``provider = "sqlite"``; option ``path`` (relative to the data directory)."""
+
+    kind = "index"
+
+    def create(self, options: Mapping[str, Any], context: Any) -> SQLiteIndex:
+        check_options("index", options, {"path": str})
+        name = options.get("path", "index.sqlite3")
+        if not name.strip():
+            raise ConfigError("index.path: must name a file")
+        path = Path(context.data_dir) / name
+        if path.is_dir():
+            raise ConfigError(f"index.path: {str(path)!r} is a directory")
+        try:
+            # One tiny syscall at start-up, not reactor-blocking work.
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"index.path: cannot create {str(path.parent)!r}: {e.strerror}") from e
+        return SQLiteIndex(path, context.reactor)
+
+
+factory = SQLiteIndexFactory()

@@ -1,0 +1,258 @@
+"""The index providers: the shared contract, then what only SQLite must do."""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from pypicache import providers
+from pypicache.errors import ConfigError
+from pypicache.index import memory, sqlite
+from pypicache.interfaces import IIndex, IProviderFactory
+from pypicache.model import BlobInfo, ProjectList, Validators
+from pypicache.testing import (
+    IndexContract,
+    _digest,
+    index_file,
+    index_page,
+    make_context,
+    stop_context,
+    wait,
+    wait_for_error,
+)
+
+
+class TestMemoryIndex(IndexContract):
+    persistent = False
+
+    def make_index(self, tmp_path: Path, context: Any) -> Any:
+        return memory.factory.create({}, context)
+
+
+class TestSQLiteIndex(IndexContract):
+    def make_index(self, tmp_path: Path, context: Any) -> Any:
+        return sqlite.factory.create({}, context)
+
+
+# ------------------------------------------------------------------ factories
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Any:
+    context = make_context(tmp_path)
+    yield context
+    stop_context(context)
+
+
+@pytest.fixture
+def opened(context: Any) -> Any:
+    """Call ``opened(index)`` to have it closed at teardown."""
+    from twisted.internet import reactor
+
+    indexes: list[Any] = []
+    yield indexes.append
+    for index in indexes:
+        pytest_twisted.blockon(defer.maybeDeferred(index.close).addTimeout(10, reactor))
+
+
+@pytest.fixture
+def index(context: Any, opened: Any) -> sqlite.SQLiteIndex:
+    index = sqlite.factory.create({}, context)
+    opened(index)
+    return index
+
+
+@pytest.mark.parametrize("module", [sqlite, memory])
+def test_factories_provide_the_interface(module: Any) -> None:
+    assert verifyObject(IProviderFactory, module.factory)
+    assert module.factory.kind == "index"
+
+
+@pytest.mark.parametrize("name", ["sqlite", "memory"])
+@pytest_twisted.ensureDeferred
+async def test_load_by_name(name: str, context: Any, opened: Any) -> None:
+    index = providers.create("index", name, {}, context)
+    opened(index)
+    assert verifyObject(IIndex, index)
+    assert await wait(index.get_project("x")) is None
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"nonsense": 1}, "index.nonsense"),
+    ({"path": 3}, "index.path"),
+    ({"path": ""}, "index.path"),
+    ({"path": "."}, "index.path"),
+])
+def test_bad_sqlite_options(options: dict, key: str, context: Any) -> None:
+    with pytest.raises(ConfigError, match=key):
+        providers.create("index", "sqlite", options, context)
+
+
+def test_bad_memory_options(context: Any) -> None:
+    with pytest.raises(ConfigError, match="index.path"):
+        providers.create("index", "memory", {"path": "x"}, context)
+
+
+def test_unwritable_directory_is_config_error(context: Any, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="index.path"):
+        sqlite.factory.create({"path": "a-file/sub/index.db"}, context)
+
+
+@pytest_twisted.ensureDeferred
+async def test_path_option(context: Any, opened: Any, tmp_path: Path) -> None:
+    relative = sqlite.factory.create({"path": "deep/er/catalog.db"}, context)
+    opened(relative)
+    absolute = sqlite.factory.create({"path": str(tmp_path / "abs.db")}, context)
+    opened(absolute)
+    await wait(relative.save_upstream_page(index_page("rel"), 1.0))
+    await wait(absolute.save_upstream_page(index_page("abs"), 1.0))
+    assert (tmp_path / "deep/er/catalog.db").is_file()
+    assert (tmp_path / "abs.db").is_file()
+    assert await wait(relative.list_projects()) == ["rel"]
+    assert not (tmp_path / "index.sqlite3").exists()
+
+
+# ------------------------------------------------------------ SQLite specifics
+
+
+@pytest_twisted.ensureDeferred
+async def test_pragmas_and_schema(index: sqlite.SQLiteIndex, tmp_path: Path) -> None:
+    def pragmas(conn: sqlite3.Connection) -> tuple:
+        return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0]
+                     for p in ("journal_mode", "synchronous", "busy_timeout", "user_version"))
+
+    assert await wait(index._call(pragmas)) == ("wal", 1, sqlite.BUSY_TIMEOUT_MS,
+                                                sqlite.SCHEMA_VERSION)
+    await wait(index.save_upstream_page(index_page("w", index_file("w-1.tar.gz")), 1.0))
+    # Another process can read while we hold the database open (WAL).
+    other = sqlite3.connect(tmp_path / "index.sqlite3")
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {name for (name,) in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"projects", "files", "project_list"} <= tables
+        assert other.execute("SELECT filename, listed FROM files").fetchall() == [("w-1.tar.gz", 1)]
+    finally:
+        other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_call_runs_off_the_reactor_thread(index: sqlite.SQLiteIndex) -> None:
+    idents: set[int] = set()
+    await wait(index._call(lambda conn: conn.set_trace_callback(
+        lambda statement: idents.add(threading.get_ident()))))
+    wheel = index_file("t-1-py3-none-any.whl")
+    await wait(index.save_upstream_page(index_page("t", wheel), 1.0))
+    await wait(index.get_project("t"))
+    await wait(index.list_projects())
+    await wait(index.mark_refreshed("t", 2.0, Validators("e", None)))
+    await wait(index.mark_stored("t", wheel.filename, BlobInfo(wheel.sha256, 1)))
+    await wait(index.mark_metadata_stored("t", wheel.filename, _digest("m")))
+    await wait(index.save_project_list(ProjectList(("t",)), 3.0))
+    await wait(index.get_project_list())
+    assert len(idents) == 1  # one dedicated thread ...
+    assert threading.get_ident() not in idents  # ... which is not the reactor's
+    assert idents <= {t.ident for t in index._pool.threads}
+
+
+@pytest_twisted.ensureDeferred
+async def test_reopen_keeps_data(context: Any, opened: Any) -> None:
+    first = sqlite.factory.create({}, context)
+    opened(first)
+    wheel = index_file("keep-1-py3-none-any.whl")
+    await wait(first.save_upstream_page(index_page("keep", wheel), 1.0))
+    record = await wait(first.mark_stored("keep", wheel.filename, BlobInfo(wheel.sha256, 9)))
+    await wait(first.close())
+    await wait(first.close())  # idempotent
+    await wait_for_error(sqlite.IndexClosed, first.get_project, "keep")
+    second = sqlite.factory.create({}, context)
+    opened(second)
+    assert await wait(second.get_project("keep")) == record
+    assert not first._pool.started  # its thread is gone
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_project_round_trip_is_fast(index: sqlite.SQLiteIndex) -> None:
+    files = [index_file(f"big-1.{i}-cp3{i % 13}-cp3{i % 13}-manylinux_2_17_x86_64.whl",
+                        requires_python=">=3.8", size=100_000 + i,
+                        core_metadata={"sha256": _digest(f"m{i}")},
+                        upload_time="2024-05-06T07:08:09.123456Z",
+                        yanked=i % 50 == 0, yanked_reason="bad" if i % 100 == 0 else None)
+             for i in range(650)]
+    page = index_page("big", *files, versions=tuple(f"1.{i}" for i in range(650)))
+    saved = await wait(index.save_upstream_page(page, 1.0))
+    assert saved.files == tuple(files)
+    assert await wait(index.get_project("big")) == saved
+    again = await wait(index.save_upstream_page(page, 2.0))  # a refresh rewrites all rows
+    assert again.files == saved.files
+
+    def timed(conn: sqlite3.Connection) -> float:
+        start = time.perf_counter()
+        sqlite._q_get_project(conn, "big")
+        return time.perf_counter() - start
+
+    # Time on the index thread (no reactor hop); median of several runs so
+    # a busy test machine does not make this flaky.  Typically ~3 ms.
+    samples = [await wait(index._call(timed)) for _ in range(9)]
+    assert statistics.median(samples) < 0.025, samples
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_concurrent_calls(index: sqlite.SQLiteIndex) -> None:
+    pages = [index_page(f"c{n}", *(index_file(f"c{n}-{i}.tar.gz") for i in range(20)))
+             for n in range(10)]
+    calls = []
+    for round_ in range(5):
+        for page in pages:
+            calls.append(index.save_upstream_page(page, float(round_)))
+            calls.append(index.get_project(page.name))
+        calls.append(index.list_projects())
+    results = await wait(defer.gatherResults(calls, consumeErrors=True), timeout=30)
+    assert len(results) == len(calls)
+    for page in pages:
+        record = await wait(index.get_project(page.name))
+        assert record.files == page.files
+        assert record.refreshed_at == 4.0
+    assert await wait(index.list_projects()) == sorted(p.name for p in pages)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_save_changes_nothing(index: sqlite.SQLiteIndex) -> None:
+    saved = await wait(index.save_upstream_page(index_page("a", index_file("a-1.tar.gz")), 1.0))
+    # A value that cannot be stored fails after the old rows were deleted:
+    # the transaction must roll that back.
+    bad = attrs.evolve(index_file("a-2.tar.gz"), hashes={"sha256": _digest("x"), "bad": object()})
+    await wait_for_error(TypeError, index.save_upstream_page, index_page("a", bad), 2.0)
+    assert await wait(index.get_project("a")) == saved
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_schema_is_refused(context: Any, opened: Any, tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    conn.execute(f"PRAGMA user_version = {sqlite.SCHEMA_VERSION + 1}")
+    conn.close()
+    index = sqlite.factory.create({}, context)
+    opened(index)
+    await wait_for_error(sqlite.SchemaTooNew, index.get_project, "x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_trigger_removed_on_close(context: Any) -> None:
+    from twisted.internet import reactor
+
+    index = sqlite.factory.create({}, context)
+    trigger = index._trigger
+    await wait(index.close())
+    assert index._trigger is None
+    with pytest.raises(ValueError):
+        reactor.removeSystemEventTrigger(trigger)
