@@ -1,0 +1,432 @@
+"""Parsing Simple API pages (PEP 503 HTML, PEP 691 JSON) into model values.
+
+Pure functions on bytes, no I/O: the upstream provider may run them in a
+thread for big pages, and tests drive them with plain strings.
+
+Everything the upstream sends is untrusted.  A page that cannot be understood
+raises ValueError (and only ValueError, so callers need one ``except``); a
+single file entry that is unusable (no filename, a filename that could escape
+a directory, a URL that is not http(s)) is skipped, because one bad entry must
+not hide the rest of a project.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from html.parser import HTMLParser
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+
+from pypicache.model import FileRecord, InvalidName, ProjectPage, normalize
+
+__all__ = [
+    "parse_index",
+    "parse_index_html",
+    "parse_index_json",
+    "parse_project",
+    "parse_project_html",
+    "parse_project_json",
+    "page_format",
+]
+
+_T = TypeVar("_T")
+
+_API_VERSION = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
+_HASH_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_FILENAME = 255
+
+JSON_TYPES = frozenset({"application/vnd.pypi.simple.v1+json", "application/json"})
+HTML_TYPES = frozenset({"application/vnd.pypi.simple.v1+html", "text/html", "application/xhtml+xml"})
+
+
+def _only_value_errors(func: Callable[..., _T]) -> Callable[..., _T]:
+    """Turn any stray exception (RecursionError on deeply nested JSON, a
+    TypeError from a surprising shape) into ValueError: the promised contract."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hostile input may raise anything
+            raise ValueError(f"malformed page ({type(e).__name__})") from e
+
+    return wrapper
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _check_api_version(value: object, where: str) -> None:
+    """PEP 629/691: a client must refuse a major version it does not know."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where} is missing or not a string")
+    match = _API_VERSION.fullmatch(value)
+    if not match:
+        raise ValueError(f"{where} {value!r} is not a version")
+    if int(match.group(1)) != 1:
+        raise ValueError(f"unsupported API major version {value!r}")
+
+
+def _clean_hash(name: object, value: object) -> tuple[str, str] | None:
+    """A (name, lower-case hex) pair, or None when it is not a usable digest.
+
+    Known hashlib algorithms must also have the right length, so that a
+    truncated sha256 never reaches storage as if it were a key.
+    """
+    if not isinstance(name, str) or not isinstance(value, str):
+        return None
+    name, value = name.strip().lower(), value.strip().lower()
+    if not _HASH_NAME.fullmatch(name) or not _HEX.fullmatch(value):
+        return None
+    if name in hashlib.algorithms_guaranteed and not name.startswith("shake_"):
+        if len(value) != hashlib.new(name).digest_size * 2:
+            return None
+    return name, value
+
+
+def _clean_hashes(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for name, digest in value.items():
+        pair = _clean_hash(name, digest)
+        if pair is not None:
+            out[pair[0]] = pair[1]
+    return out
+
+
+def _valid_filename(name: str) -> bool:
+    """A bare file name: nothing that could be a path or smuggle a header."""
+    return (
+        0 < len(name) <= _MAX_FILENAME
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and not _CONTROL.search(name)
+    )
+
+
+def _absolute_url(base: str, href: str) -> str | None:
+    """``href`` resolved against ``base``, or None unless it is http(s)."""
+    href = href.strip()
+    if _CONTROL.search(href):
+        return None
+    url = urljoin(base, href).replace(" ", "%20")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+def _last_segment(url: str) -> str:
+    path = urlsplit(url).path
+    return unquote(path.rsplit("/", 1)[-1])
+
+
+def _optional_str(value: object) -> str | None:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return None
+
+
+def _page_name(name: str | None, fallback: object, page_url: str) -> str:
+    """The page's normalised project name: the caller's, else the page's own,
+    else the last path segment of the page URL."""
+    for candidate in (name, fallback, urlsplit(page_url).path.rstrip("/").rsplit("/", 1)[-1]):
+        if isinstance(candidate, str) and candidate:
+            try:
+                return normalize(candidate)
+            except InvalidName:
+                if candidate is name:
+                    raise ValueError(f"invalid project name {name!r}") from None
+    raise ValueError("page names no valid project")
+
+
+def _dedupe(files: Iterable[FileRecord]) -> tuple[FileRecord, ...]:
+    """Keep the first entry of each filename: the index is keyed by it."""
+    seen: set[str] = set()
+    out = []
+    for record in files:
+        if record.filename not in seen:
+            seen.add(record.filename)
+            out.append(record)
+    return tuple(out)
+
+
+def _load_json(body: bytes) -> dict:
+    if not isinstance(body, (bytes, bytearray)):
+        raise ValueError("page body must be bytes")
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError("JSON page is not an object")
+    meta = data.get("meta")
+    if not isinstance(meta, dict):
+        raise ValueError("JSON page has no meta object")
+    _check_api_version(meta.get("api-version"), "meta.api-version")
+    return data
+
+
+# --------------------------------------------------------------------- JSON
+
+
+def _json_metadata(entry: Mapping[str, Any]) -> dict[str, str] | None:
+    # PEP 714 renamed the key; old servers still send only the old one.
+    value = entry.get("core-metadata", entry.get("dist-info-metadata"))
+    if value is True:
+        return {}
+    if isinstance(value, Mapping):
+        return _clean_hashes(value)
+    return None
+
+
+def _json_file(entry: object, page_url: str) -> FileRecord | None:
+    if not isinstance(entry, Mapping):
+        return None
+    filename = entry.get("filename")
+    href = entry.get("url")
+    if not isinstance(filename, str) or not _valid_filename(filename) or not isinstance(href, str):
+        return None
+    url = _absolute_url(page_url, href)
+    if url is None:
+        return None
+    yanked_value = entry.get("yanked", False)
+    # PEP 691: a truthy value means yanked; a non-empty string is the reason.
+    yanked = bool(yanked_value) and isinstance(yanked_value, (bool, str))
+    reason = _optional_str(yanked_value) if yanked else None
+    size = entry.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        size = None
+    return FileRecord(
+        filename=filename,
+        url=url,
+        hashes=_clean_hashes(entry.get("hashes")),
+        requires_python=_optional_str(entry.get("requires-python")),
+        yanked=yanked,
+        yanked_reason=reason,
+        core_metadata=_json_metadata(entry),
+        size=size,
+        upload_time=_optional_str(entry.get("upload-time")),
+    )
+
+
+@_only_value_errors
+def parse_project_json(body: bytes, page_url: str, *, name: str | None = None) -> ProjectPage:
+    """A PEP 691 project page (API 1.x).
+
+    :param page_url: the URL the page was finally served from; relative file
+        URLs are resolved against it.
+    :param name: the normalised name asked for; defaults to the page's own.
+    """
+    data = _load_json(body)
+    files = data.get("files")
+    if not isinstance(files, list):
+        raise ValueError("JSON page has no files list")
+    records = _dedupe(r for r in (_json_file(e, page_url) for e in files) if r is not None)
+    versions = data.get("versions")
+    if isinstance(versions, list):
+        versions = tuple(v for v in versions if isinstance(v, str))
+    else:
+        versions = None
+    meta = {k: v for k, v in data["meta"].items() if k != "api-version" and isinstance(k, str)}
+    return ProjectPage(
+        name=_page_name(name, data.get("name"), page_url),
+        files=records,
+        versions=versions,
+        meta=meta,
+    )
+
+
+@_only_value_errors
+def parse_index_json(body: bytes) -> tuple[str, ...]:
+    """Normalised names from a PEP 691 root page; invalid names are skipped."""
+    data = _load_json(body)
+    projects = data.get("projects")
+    if not isinstance(projects, list):
+        raise ValueError("JSON index has no projects list")
+    return _unique_names(p.get("name") for p in projects if isinstance(p, Mapping))
+
+
+def _unique_names(candidates: Iterable[object]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for candidate in candidates:
+        if isinstance(candidate, str):
+            try:
+                seen.setdefault(normalize(candidate.strip()), None)
+            except InvalidName:
+                continue
+    return tuple(seen)
+
+
+# --------------------------------------------------------------------- HTML
+
+
+class _AnchorParser(HTMLParser):
+    """Collects anchors (attributes + text), the first ``<base href>`` and the
+    PEP 629 repository version; everything else in the page is ignored."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.base: str | None = None
+        self.version: str | None = None
+        self.anchors: list[tuple[dict[str, str | None], str]] = []
+        self._attrs: dict[str, str | None] | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found: dict[str, str | None] = {}
+        for key, value in attrs:
+            found.setdefault(key, value)  # HTML keeps the first of a repeated attribute
+        if tag == "a":
+            self._finish_anchor()
+            self._attrs, self._text = found, []
+        elif tag == "base" and self.base is None and found.get("href"):
+            self.base = found["href"]
+        elif tag == "meta" and (found.get("name") or "").strip().lower() == "pypi:repository-version":
+            self.version = found.get("content") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._finish_anchor()
+
+    def handle_data(self, data: str) -> None:
+        if self._attrs is not None:
+            self._text.append(data)
+
+    def close(self) -> None:
+        super().close()
+        self._finish_anchor()
+
+    def _finish_anchor(self) -> None:
+        if self._attrs is not None:
+            self.anchors.append((self._attrs, "".join(self._text).strip()))
+        self._attrs, self._text = None, []
+
+
+def _parse_html(body: bytes) -> _AnchorParser:
+    if not isinstance(body, (bytes, bytearray)):
+        raise ValueError("page body must be bytes")
+    parser = _AnchorParser()
+    parser.feed(bytes(body).decode("utf-8", errors="replace"))
+    parser.close()
+    if parser.version is not None:
+        _check_api_version(parser.version, "pypi:repository-version")
+    return parser
+
+
+def _html_metadata(attrs: Mapping[str, str | None]) -> dict[str, str] | None:
+    for key in ("data-core-metadata", "data-dist-info-metadata"):
+        value = (attrs.get(key) or "").strip()
+        if value.lower() == "true":
+            return {}
+        if "=" in value:
+            pair = _clean_hash(*value.split("=", 1))
+            # Advertised, so the upstream serves it, even if the hash is junk.
+            return dict([pair]) if pair else {}
+    return None
+
+
+def _html_file(attrs: Mapping[str, str | None], text: str, base: str) -> FileRecord | None:
+    href = attrs.get("href")
+    if not href:
+        return None
+    url = _absolute_url(base, href)
+    if url is None:
+        return None
+    url, fragment = urldefrag(url)
+    filename = text or _last_segment(url)
+    if not _valid_filename(filename):
+        return None
+    hashes = {}
+    if "=" in fragment:
+        pair = _clean_hash(*fragment.split("=", 1))
+        if pair is not None:
+            hashes[pair[0]] = pair[1]
+    yanked = "data-yanked" in attrs
+    return FileRecord(
+        filename=filename,
+        url=url,
+        hashes=hashes,
+        requires_python=_optional_str(attrs.get("data-requires-python")),
+        yanked=yanked,
+        yanked_reason=_optional_str(attrs.get("data-yanked")) if yanked else None,
+        core_metadata=_html_metadata(attrs),
+    )
+
+
+@_only_value_errors
+def parse_project_html(body: bytes, page_url: str, *, name: str | None = None) -> ProjectPage:
+    """A PEP 503 project page (with the PEP 592/629/658/714 attributes).
+
+    Attribute values arrive unescaped (``&lt;`` is ``<``).  Links resolve
+    against ``<base href>`` when the page has one, else ``page_url``.
+    """
+    parser = _parse_html(body)
+    base = urljoin(page_url, parser.base.strip()) if parser.base else page_url
+    records = (_html_file(attrs, text, base) for attrs, text in parser.anchors)
+    return ProjectPage(
+        name=_page_name(name, None, page_url),
+        files=_dedupe(r for r in records if r is not None),
+    )
+
+
+@_only_value_errors
+def parse_index_html(body: bytes) -> tuple[str, ...]:
+    """Normalised names from a PEP 503 root page; invalid names are skipped."""
+    parser = _parse_html(body)
+    return _unique_names(
+        text or _last_segment((attrs.get("href") or "").rstrip("/")) for attrs, text in parser.anchors
+    )
+
+
+# ------------------------------------------------------- by content type
+
+
+def page_format(content_type: str | None) -> str | None:
+    """'json', 'html' or None (unknown: try both) for a Content-Type value."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime in JSON_TYPES or mime.endswith("+json"):
+        return "json"
+    if mime in HTML_TYPES or mime.endswith("+html"):
+        return "html"
+    return None
+
+
+def _by_type(content_type: str | None, body: bytes, as_json: Callable[[], _T], as_html: Callable[[], _T]) -> _T:
+    kind = page_format(content_type)
+    if kind == "json":
+        return as_json()
+    if kind == "html":
+        return as_html()
+    try:
+        return as_json()
+    except ValueError:
+        # Anything parses as HTML with no links; only call it HTML if it looks so.
+        if not bytes(body[:1024]).lstrip().startswith(b"<"):
+            raise ValueError(f"unknown page type {content_type!r}") from None
+        return as_html()
+
+
+def parse_project(body: bytes, content_type: str | None, page_url: str, *, name: str | None = None) -> ProjectPage:
+    """Parse a project page by its Content-Type (unknown: JSON, then HTML)."""
+    return _by_type(
+        content_type,
+        body,
+        lambda: parse_project_json(body, page_url, name=name),
+        lambda: parse_project_html(body, page_url, name=name),
+    )
+
+
+def parse_index(body: bytes, content_type: str | None) -> tuple[str, ...]:
+    """Parse the root list by its Content-Type (unknown: JSON, then HTML)."""
+    return _by_type(content_type, body, lambda: parse_index_json(body), lambda: parse_index_html(body))

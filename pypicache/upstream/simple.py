@@ -1,0 +1,581 @@
+"""The ``simple`` upstream: any index that speaks the Simple API over HTTP(S).
+
+Pages are fetched with treq (JSON preferred, HTML accepted), conditionally
+when we hold validators, and parsed by :mod:`pypicache.upstream.parse`.  Files
+are streamed chunk by chunk to the caller, so memory stays flat whatever the
+size of a wheel.
+
+Every wait is bounded (connect, whole page, idle download) and every failure
+-- refused, reset, timed out, truncated, malformed -- arrives as
+:class:`~pypicache.model.UpstreamError`, because the server's answer to any of
+them is the same: serve what is cached.
+
+Redirects are followed here (at most :data:`MAX_REDIRECTS` hops) rather than
+by Twisted's ``RedirectAgent``, which leaves the bodies of the intermediate
+responses unread (a connection held until the server gives up) and resolves
+a relative ``Location`` against the first URL instead of the current one.
+Configured extra headers (credentials) only go to the upstream's own origin.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import urldefrag, urljoin, urlsplit
+
+import attrs
+from hyperlink import EncodedURL
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from pypicache.errors import ConfigError
+from pypicache.interfaces import IProviderFactory, IUpstream, IUpstreamDownload
+from pypicache.model import (
+    InvalidName,
+    NotModified,
+    ProjectList,
+    ProjectPage,
+    UpstreamError,
+    UpstreamNotFound,
+    Validators,
+    normalize,
+)
+from pypicache.providers import HTTPSettings, ProviderContext, check_options
+from pypicache.upstream.parse import parse_index, parse_project
+
+__all__ = [
+    "ACCEPT",
+    "Download",
+    "MAX_REDIRECTS",
+    "SimpleUpstream",
+    "UpstreamStatusError",
+    "factory",
+]
+
+log = Logger()
+
+#: What we ask for: JSON first, the same weights uv uses.
+ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, "
+    "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+)
+DEFAULT_URL = "https://pypi.org/simple/"
+MAX_REDIRECTS = 5
+#: Pages bigger than this are parsed in the thread pool, not the reactor thread.
+THREAD_PARSE_BYTES = 256 * 1024
+#: Bodies of error and redirect responses are read (to keep the connection)
+#: up to this size, then the connection is dropped instead.
+_DRAIN_BYTES = 64 * 1024
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")  # latin-1, no CR/LF/NUL
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an unexpected HTTP status.
+
+    ``retry_after`` keeps the upstream's Retry-After (429, 503), so the server
+    can pass the hint on or back off.
+    """
+
+    def __init__(self, url: str, status: int, retry_after: str | None = None) -> None:
+        self.url = url
+        self.status = status
+        self.retry_after = retry_after
+        hint = f" (Retry-After: {retry_after})" if retry_after else ""
+        super().__init__(f"{url}: upstream answered HTTP {status}{hint}")
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, port
+
+
+def _http_url(url: str) -> str | None:
+    """``url`` without its fragment if it is absolute http(s), else None."""
+    if not isinstance(url, str):
+        return None
+    url = urldefrag(url.strip())[0]
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    return url
+
+
+def _wire_url(url: str) -> bytes:
+    """The URL as the request line needs it (IRIs percent-encoded)."""
+    return EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+
+
+def _header(response: Any, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1").strip() if values else None
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for a network failure, unwrapping Twisted's
+    ``ResponseFailed([Failure, ...])`` style wrappers."""
+    reasons = getattr(exc, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(
+            _describe(r.value) if isinstance(r, Failure) else str(r) for r in reasons
+        )
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and text != name else name
+
+
+def _validators(response: Any) -> Validators:
+    return Validators(etag=_header(response, b"etag"), last_modified=_header(response, b"last-modified"))
+
+
+# ------------------------------------------------------------ body reading
+
+
+class _BodyReader(Protocol):
+    """Receives one response body: hands chunks to ``sink`` and guards it.
+
+    Fails ``done`` with UpstreamError when the body exceeds ``max_bytes``, is
+    longer or shorter than ``expected`` (the Content-Length), ends without any
+    length (Twisted's PotentialDataLoss: a close that may be a reset), breaks
+    off, or sends nothing for ``idle_timeout`` seconds.  Every failure aborts
+    the connection so nothing lingers.  Cancelling ``done`` aborts too.
+    """
+
+    def __init__(
+        self,
+        sink: Callable[[bytes], Any],
+        url: str,
+        *,
+        clock: Any,
+        expected: int | None = None,
+        max_bytes: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self.done: Deferred[None] = Deferred(self._on_cancel)
+        self.received = 0
+        self._sink = sink
+        self._url = url
+        self._clock = clock
+        self._expected = expected
+        self._max_bytes = max_bytes
+        self._idle_timeout = idle_timeout
+        self._timer: Any = None
+
+    # Twisted calls makeConnection from deliverBody, before any data.
+    def connectionMade(self) -> None:
+        if self._idle_timeout is not None and not self.done.called:
+            self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.received += len(data)
+        if self._max_bytes is not None and self.received > self._max_bytes:
+            self.abort(UpstreamError(f"{self._url}: body larger than {self._max_bytes} bytes"))
+            return
+        if self._expected is not None and self.received > self._expected:
+            self.abort(UpstreamError(
+                f"{self._url}: overlong body: more than the announced {self._expected} bytes"))
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle_timeout)
+        try:
+            self._sink(data)
+        except Exception as e:  # the caller's own failure (disk full, ...): theirs to see
+            self.abort(e)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        reason = reason or Failure(ResponseDone())
+        self._stop_timer()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            if self._expected is not None and self.received != self._expected:
+                self.done.errback(UpstreamError(
+                    f"{self._url}: truncated: {self.received} of {self._expected} bytes"))
+            else:
+                self.done.callback(None)
+        elif reason.check(PotentialDataLoss):
+            self.done.errback(UpstreamError(
+                f"{self._url}: truncated? connection closed after {self.received} bytes "
+                "without a Content-Length"))
+        else:
+            self.done.errback(UpstreamError(
+                f"{self._url}: truncated after {self.received} bytes: {_describe(reason.value)}"))
+
+    def abort(self, exc: BaseException) -> None:
+        """Drop the connection and fail ``done`` with ``exc``."""
+        self._stop_timer()
+        self._drop()
+        if not self.done.called:
+            self.done.errback(exc)
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self.abort(UpstreamError(
+            f"{self._url}: stalled: no data for {self._idle_timeout}s after {self.received} bytes"))
+
+    def _on_cancel(self, _: Deferred) -> None:
+        self._stop_timer()
+        self._drop()
+
+    def _drop(self) -> None:
+        # The response's transport proxy stops the TCP connection (it is not
+        # reused: the pool never gets back a connection mid-body).
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def _drain_body(response: Any, url: str, clock: Any, idle_timeout: float) -> Deferred[None]:
+    """Read and forget a small body (error, redirect) so the connection can go
+    back to the pool; a big or slow one is cut off instead.  The Deferred
+    fires (never fails) once the body is gone."""
+    reader = _BodyReader(lambda _: None, url, clock=clock, max_bytes=_DRAIN_BYTES,
+                         idle_timeout=idle_timeout)
+    response.deliverBody(reader)
+    return reader.done.addErrback(lambda _: None)
+
+
+def _abandon(response: Any, url: str, clock: Any) -> _BodyReader:
+    """Take a body only to drop its connection (nothing else releases it)."""
+    reader = _BodyReader(lambda _: None, url, clock=clock)
+    reader.done.addErrback(lambda _: None)
+    response.deliverBody(reader)
+    reader.abort(UpstreamError(f"{url}: abandoned"))
+    return reader
+
+
+# --------------------------------------------------------------- download
+
+
+@implementer(IUpstreamDownload)
+class Download:
+    """A file whose headers arrived; call :meth:`deliver` or :meth:`cancel`
+    exactly once (an undelivered body holds its connection)."""
+
+    def __init__(self, response: Any, url: str, clock: Any, read_timeout: float) -> None:
+        self.url = url
+        length = response.length
+        self.length: int | None = length if length is not UNKNOWN_LENGTH and isinstance(length, int) else None
+        self._response = response
+        self._clock = clock
+        self._read_timeout = read_timeout
+        self._reader: _BodyReader | None = None
+        self._cancelled = False
+
+    def deliver(self, write: Callable[[bytes], Any]) -> Deferred[None]:
+        if self._cancelled:
+            return defer.fail(UpstreamError(f"{self.url}: download cancelled"))
+        if self._reader is not None:
+            return defer.fail(UpstreamError(f"{self.url}: body already delivered"))
+        self._reader = _BodyReader(write, self.url, clock=self._clock, expected=self.length,
+                                   idle_timeout=self._read_timeout)
+        self._response.deliverBody(self._reader)
+        return self._reader.done
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._reader is None:
+            self._reader = _abandon(self._response, self.url, self._clock)
+        else:
+            self._reader.abort(UpstreamError(f"{self.url}: download cancelled"))
+
+
+# --------------------------------------------------------------- upstream
+
+
+def _new_pool(reactor: Any, max_per_host: int) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_per_host
+    pool.cachedConnectionTimeout = 60
+    return pool
+
+
+@implementer(IUpstream)
+class SimpleUpstream:
+    """Pages and files from one Simple API root.
+
+    ``http_client`` (a treq ``HTTPClient``) and ``download_agent`` (an
+    ``IAgent``) may be injected by tests; by default each gets its own
+    persistent connection pool, so a burst of downloads never waits for the
+    page pool (and vice versa).  Call :meth:`close` on shutdown.
+    """
+
+    def __init__(
+        self,
+        context: ProviderContext,
+        url: str = DEFAULT_URL,
+        *,
+        http: HTTPSettings | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: Any = None,
+        download_agent: Any = None,
+    ) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self._reactor = context.reactor
+        self._threadpool = context.threadpool
+        self._http = http or context.http
+        self._extra = {k.encode("latin-1"): v.encode("latin-1") for k, v in (headers or {}).items()}
+        self._pools: list[HTTPConnectionPool] = []
+        self._draining: set[Deferred[None]] = set()
+        if http_client is None:
+            pool = _new_pool(self._reactor, 8)
+            self._pools.append(pool)
+            http_client = HTTPClient(Agent(self._reactor, connectTimeout=self._http.connect_timeout, pool=pool))
+        if download_agent is None:
+            pool = _new_pool(self._reactor, 16)
+            self._pools.append(pool)
+            download_agent = Agent(self._reactor, connectTimeout=self._http.connect_timeout, pool=pool)
+        self._client = http_client
+        self._download_agent = download_agent
+
+    async def _close(self) -> None:
+        # Let a response being parsed right now (close() called from one of
+        # its callbacks) finish and return its connection to the pool first;
+        # likewise a drained connection returns only once its body is read.
+        await deferLater(self._reactor, 0, lambda: None)
+        while self._draining:
+            await defer.DeferredList(list(self._draining))
+        await defer.gatherResults([p.closeCachedConnections() for p in self._pools])
+
+    def close(self) -> Deferred[None]:
+        """Close pooled connections (for shutdown and test teardown)."""
+        return ensureDeferred(self._close())
+
+    def _drain(self, response: Any, url: str) -> None:
+        d = _drain_body(response, url, self._reactor, self._http.read_timeout)
+        if not d.called:
+            self._draining.add(d)
+            d.addBoth(lambda _: self._draining.discard(d))
+
+    # -- requests ---------------------------------------------------------
+
+    def _headers(self, url: str, extra: Mapping[bytes, bytes]) -> Headers:
+        headers = Headers({b"User-Agent": [self._http.user_agent.encode("latin-1")]})
+        if self._extra and _origin(url) == _origin(self.url):
+            for name, value in self._extra.items():
+                headers.setRawHeaders(name, [value])
+        for name, value in extra.items():
+            headers.setRawHeaders(name, [value])
+        return headers
+
+    async def _get(self, url: str, extra: Mapping[bytes, bytes],
+                   send: Callable[[str, Headers], Awaitable[Any]]) -> tuple[Any, str]:
+        """GET ``url`` following redirects; the response and its final URL."""
+        start = url
+        for hop in range(MAX_REDIRECTS + 1):
+            response = await send(url, self._headers(url, extra))
+            if response.code not in _REDIRECT_CODES:
+                return response, url
+            location = _header(response, b"location")
+            self._drain(response, url)
+            if hop == MAX_REDIRECTS:
+                raise UpstreamError(f"{start}: more than {MAX_REDIRECTS} redirects")
+            target = _http_url(urljoin(url, location)) if location else None
+            if target is None:
+                raise UpstreamError(f"{url}: HTTP {response.code} redirect to unusable {location!r}")
+            url = target
+        raise AssertionError("unreachable")
+
+    def _send_page(self, url: str, headers: Headers) -> Deferred[Any]:
+        return self._client.get(url, headers=headers, allow_redirects=False, unbuffered=True)
+
+    def _send_file(self, url: str, headers: Headers) -> Deferred[Any]:
+        return self._download_agent.request(b"GET", _wire_url(url), headers)
+
+    def _bounded(self, coro: Awaitable[Any], url: str, timeout: float) -> Deferred[Any]:
+        """Run ``coro`` for at most ``timeout`` seconds; every failure other
+        than our own (and a caller's cancel) becomes UpstreamError."""
+        d = ensureDeferred(coro)
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        timer = self._reactor.callLater(timeout, expire)
+
+        def translate(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if not isinstance(result, Failure):
+                return result
+            # Cancelling mid-request surfaces as CancelledError or as Twisted's
+            # ResponseNeverReceived/ResponseFailed wrapping it: the flag is the truth.
+            if timed_out:
+                return Failure(UpstreamError(f"{url}: timed out after {timeout}s"))
+            if result.check(NotModified, UpstreamNotFound, UpstreamError, CancelledError):
+                return result
+            log.debug("upstream request to {url} failed: {f}", url=url, f=result)
+            return Failure(UpstreamError(f"{url}: {_describe(result.value)}"))
+
+        return d.addBoth(translate)
+
+    # -- pages ------------------------------------------------------------
+
+    async def _page(self, url: str, validators: Validators) -> tuple[bytes, str | None, str, Validators]:
+        """Body, Content-Type, final URL and validators of a 200 page."""
+        extra = {b"Accept": ACCEPT.encode("ascii")}
+        if validators.etag:
+            extra[b"If-None-Match"] = validators.etag.encode("latin-1")
+        if validators.last_modified:
+            extra[b"If-Modified-Since"] = validators.last_modified.encode("latin-1")
+        response, final = await self._get(url, extra, self._send_page)
+        code = response.code
+        if code != 200:
+            self._drain(response, final)
+            if code == 304:
+                raise NotModified(final)
+            if code in (404, 410):
+                raise UpstreamNotFound(f"{final}: HTTP {code}")
+            raise UpstreamStatusError(final, code, _header(response, b"retry-after"))
+        limit = self._http.max_page_bytes
+        if isinstance(response.length, int) and response.length > limit:
+            _abandon(response, final, self._reactor)
+            raise UpstreamError(f"{final}: page of {response.length} bytes exceeds {limit}")
+        parts: list[bytes] = []
+        reader = _BodyReader(parts.append, final, clock=self._reactor, max_bytes=limit)
+        response.deliverBody(reader)
+        await reader.done
+        return b"".join(parts), _header(response, b"content-type"), final, _validators(response)
+
+    async def _parse(self, url: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        body = args[0]
+        try:
+            if len(body) > THREAD_PARSE_BYTES and self._threadpool is not None:
+                return await deferToThreadPool(self._reactor, self._threadpool, func, *args, **kwargs)
+            return func(*args, **kwargs)
+        except ValueError as e:
+            raise UpstreamError(f"{url}: malformed page: {e}") from e
+
+    async def _project(self, name: str, validators: Validators) -> ProjectPage:
+        body, content_type, final, got = await self._page(self.url + name + "/", validators)
+        page = await self._parse(final, parse_project, body, content_type, final, name=name)
+        return ProjectPage(name=name, files=page.files, validators=got, versions=page.versions,
+                           meta=page.meta)
+
+    async def _project_list(self, validators: Validators) -> ProjectList:
+        body, content_type, final, got = await self._page(self.url, validators)
+        names = await self._parse(final, parse_index, body, content_type)
+        return ProjectList(names=names, validators=got)
+
+    def fetch_project(self, name: str, validators: Validators = Validators()) -> Deferred[ProjectPage]:
+        try:
+            name = normalize(name)
+        except InvalidName:
+            return defer.fail(UpstreamNotFound(f"not a project name: {name!r}"))
+        url = self.url + name + "/"
+        return self._bounded(self._project(name, validators), url, self._http.page_timeout)
+
+    def fetch_project_list(self, validators: Validators = Validators()) -> Deferred[ProjectList]:
+        return self._bounded(self._project_list(validators), self.url, self._http.page_timeout)
+
+    # -- files ------------------------------------------------------------
+
+    async def _open(self, url: str) -> Download:
+        response, final = await self._get(url, {b"Accept-Encoding": b"identity"}, self._send_file)
+        if response.code != 200:
+            self._drain(response, final)
+            if response.code in (404, 410):
+                raise UpstreamNotFound(f"{final}: HTTP {response.code}")
+            raise UpstreamStatusError(final, response.code, _header(response, b"retry-after"))
+        return Download(response, final, self._reactor, self._http.read_timeout)
+
+    def open_file(self, url: str) -> Deferred[Download]:
+        checked = _http_url(url)
+        if checked is None:
+            return defer.fail(UpstreamError(f"not an http(s) URL: {url!r}"))
+        # Headers (redirects included) must come within connect + read time;
+        # the body then has its own idle timeout.
+        timeout = self._http.connect_timeout + self._http.read_timeout
+        return self._bounded(self._open(checked), checked, timeout)
+
+
+# ---------------------------------------------------------------- factory
+
+
+def _positive(options: Mapping[str, Any], key: str, kind: type) -> None:
+    if key in options:
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, kind if kind is int else (int, float)) \
+                or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"upstream.{key}: must be a positive {kind.__name__}, got {value!r}")
+
+
+def _check_url(value: str) -> str:
+    if _http_url(value) != value.strip() or urlsplit(value).query:
+        raise ConfigError(f"upstream.url: must be an http(s) URL without query or fragment, got {value!r}")
+    if urlsplit(value).username is not None:
+        # Twisted's Agent would silently ignore them: say where credentials go.
+        raise ConfigError("upstream.url: no credentials in the URL; set an Authorization "
+                          "header in upstream.headers instead")
+    value = value.strip()
+    return value if value.endswith("/") else value + "/"
+
+
+def _check_headers(value: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, text in value.items():
+        ok = isinstance(name, str) and _TOKEN.fullmatch(name) and isinstance(text, str) \
+            and _HEADER_VALUE.fullmatch(text)
+        if not ok:
+            raise ConfigError(f"upstream.headers: bad header {name!r}")
+        out[name] = text
+    return out
+
+
+@implementer(IProviderFactory)
+class _SimpleFactory:
+    """``provider = "simple"``: see the module docstring and docs/configuration.md."""
+
+    kind = "upstream"
+
+    def create(self, options: Mapping[str, Any], context: ProviderContext) -> SimpleUpstream:
+        check_options("upstream", options, {
+            "url": str,
+            "connect_timeout": (int, float),
+            "read_timeout": (int, float),
+            "page_timeout": (int, float),
+            "max_page_bytes": int,
+            "headers": dict,
+        })
+        for key in ("connect_timeout", "read_timeout", "page_timeout"):
+            _positive(options, key, float)
+        _positive(options, "max_page_bytes", int)
+        url = _check_url(options.get("url", DEFAULT_URL))
+        headers = _check_headers(options.get("headers", {}))
+        overrides = {k: (float(options[k]) if k != "max_page_bytes" else options[k])
+                     for k in ("connect_timeout", "read_timeout", "page_timeout", "max_page_bytes")
+                     if k in options}
+        http = attrs.evolve(context.http, **overrides)
+        return SimpleUpstream(context, url, http=http, headers=headers)
+
+
+factory = _SimpleFactory()
