@@ -1,0 +1,76 @@
+"""Wiring: config -> providers -> mirror, downloader -> web resources.
+
+Kept apart from pypicache.tap so tests (and embedders) can build a complete
+server on any reactor and listen wherever they like.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.python.threadpool import ThreadPool
+
+from pypicache import providers
+from pypicache.config import Config
+from pypicache.downloads import Downloader
+from pypicache.errors import ConfigError
+from pypicache.mirror import Mirror
+from pypicache.web.site import QuietSite, build_root
+
+
+@attrs.define
+class App:
+    """A built server: its providers, its logic and its Site."""
+
+    config: Config
+    reactor: Any
+    threadpool: ThreadPool
+    storage: Any
+    index: Any
+    upstream: Any
+    mirror: Mirror
+    downloader: Downloader
+    site: QuietSite
+
+    async def close(self) -> None:
+        """Flush the index, drop upstream connections, stop threads."""
+        try:
+            await self.index.close()
+        finally:
+            closer = getattr(self.upstream, "close", None)
+            if closer is not None:
+                await defer.maybeDeferred(closer)
+            self.threadpool.stop()
+
+
+def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
+    """Create every provider named by ``config``; ConfigError if one is wrong.
+
+    ``upstream`` replaces the configured upstream provider (tests).
+    """
+    data_dir = config.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"server.data_dir: cannot create {data_dir}: {e.strerror or e}") from e
+    threadpool = ThreadPool(minthreads=0, maxthreads=config.threads, name="pypicache")
+    threadpool.start()
+    context = providers.ProviderContext(reactor=reactor, threadpool=threadpool, data_dir=data_dir,
+                                        http=config.http)
+    try:
+        storage = providers.create("storage", config.storage.name, config.storage.options, context)
+        index = providers.create("index", config.index.name, config.index.options, context)
+        if upstream is None:
+            upstream = providers.create("upstream", config.upstream.name, config.upstream.options, context)
+    except BaseException:
+        threadpool.stop()
+        raise
+    mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=config.page_ttl,
+                    root_ttl=config.root_ttl, offline=config.offline)
+    downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
+                            spool_dir=data_dir / "spool")
+    site = QuietSite(build_root(mirror, downloader, storage), access_log=config.access_log)
+    return App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
+               upstream=upstream, mirror=mirror, downloader=downloader, site=site)

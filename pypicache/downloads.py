@@ -1,0 +1,257 @@
+"""Fetching files from the upstream into storage, with clients following along.
+
+One :class:`Transfer` per file being fetched: the upstream body is written to a
+spool file as it arrives, and every client asking for that file (the first one
+and any that arrive later) streams from the spool at its own pace.  So:
+
+* concurrent first requests cause exactly one upstream download;
+* a slow or vanished client neither slows nor stops the download (the cache
+  still gets the file);
+* memory stays flat: bytes go upstream -> page cache -> socket.
+
+The last byte is only released to clients once the sha256 matched; on a
+mismatch or a short body, clients' connections are aborted (never ended
+cleanly) and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from pypicache.mirror import Coalescer
+from pypicache.model import BlobInfo, FileRecord, HashMismatch, UpstreamError
+
+log = Logger()
+
+
+class TransferFailed(Exception):
+    """The transfer a client was following failed (upstream error or bad hash)."""
+
+
+class Transfer:
+    """One upstream download in flight, readable while it is written."""
+
+    def __init__(self, project: str, record: FileRecord, spool: Path) -> None:
+        self.project = project
+        self.record = record
+        self.filename = record.filename
+        self.spool = spool
+        self.length: int | None = record.size
+        self.written = 0
+        self.verified = False
+        self.failure: Exception | None = None
+        self.stored: defer.Deferred[BlobInfo | None] = defer.Deferred()
+        self._watchers: list[defer.Deferred[None]] = []
+        self._read_fd: int | None = None
+        self._refs = 0
+        self._done = False
+
+    # --------------------------------------------------------- for followers
+    @property
+    def available(self) -> int:
+        """Bytes a client may send now.  The final byte waits for the hash."""
+        if self.verified:
+            return self.written
+        if self.length is not None:
+            return min(self.written, self.length - 1)
+        return self.written
+
+    @property
+    def fd(self) -> int:
+        assert self._read_fd is not None
+        return self._read_fd
+
+    def acquire(self) -> None:
+        self._refs += 1
+
+    def release(self) -> None:
+        self._refs -= 1
+        self._maybe_close()
+
+    def wait(self) -> defer.Deferred[None]:
+        """Fires when more bytes are available, the transfer ends or fails."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.failure is not None or self._done:
+            d.callback(None)
+        else:
+            self._watchers.append(d)
+        return d
+
+    # ------------------------------------------------------------ internals
+    def _notify(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for d in watchers:
+            d.callback(None)
+
+    def _maybe_close(self) -> None:
+        if self._done and self._refs <= 0 and self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
+
+    def _finish(self) -> None:
+        self._done = True
+        self._notify()
+        self._maybe_close()
+
+
+class Downloader:
+    """Starts and tracks transfers; stores what verified."""
+
+    def __init__(self, *, storage: Any, index: Any, upstream: Any, mirror: Any, spool_dir: Path,
+                 max_metadata_bytes: int = 16 * 1024 * 1024) -> None:
+        self.storage = storage
+        self.index = index
+        self.upstream = upstream
+        self.mirror = mirror
+        self.spool_dir = spool_dir
+        self.max_metadata_bytes = max_metadata_bytes
+        self._transfers: dict[tuple[str, str], Transfer] = {}
+        self._starting: Coalescer[Transfer] = Coalescer()
+        self._metadata: Coalescer[str] = Coalescer()
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in spool_dir.iterdir():  # partial downloads from a crash
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+
+    def transfer_for(self, project: str, filename: str) -> Transfer | None:
+        return self._transfers.get((project, filename))
+
+    async def start(self, project: str, record: FileRecord) -> Transfer:
+        """The transfer of ``record``, started if needed, once headers arrived.
+
+        Raises UpstreamError / UpstreamNotFound when the upstream refuses.
+        """
+        key = (project, record.filename)
+        existing = self._transfers.get(key)
+        if existing is not None:
+            return existing
+        return await self._starting.run(key, lambda: self._open(project, record))
+
+    async def _open(self, project: str, record: FileRecord) -> Transfer:
+        download = await self.upstream.open_file(record.url)
+        if record.size is not None and download.length is not None and download.length != record.size:
+            download.cancel()
+            raise UpstreamError(f"{record.filename}: upstream sends {download.length} bytes, "
+                                f"the page says {record.size}")
+        spool = self.spool_dir / f"{uuid.uuid4().hex}.part"
+        transfer = Transfer(project, record, spool)
+        if transfer.length is None:
+            transfer.length = download.length
+        write_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        transfer._read_fd = os.open(spool, os.O_RDONLY)
+        self._transfers[(project, record.filename)] = transfer
+        defer.ensureDeferred(self._run(transfer, download, write_fd))
+        return transfer
+
+    async def _run(self, transfer: Transfer, download: Any, write_fd: int) -> None:
+        hasher = hashlib.sha256()
+        record = transfer.record
+        limit = transfer.length
+
+        def write(chunk: bytes) -> None:
+            if limit is not None and transfer.written + len(chunk) > limit:
+                raise UpstreamError(f"{record.filename}: upstream sent more than {limit} bytes")
+            view = memoryview(chunk)
+            while view:
+                n = os.write(write_fd, view)
+                view = view[n:]
+            hasher.update(chunk)
+            transfer.written += len(chunk)
+            transfer._notify()
+
+        try:
+            try:
+                await download.deliver(write)
+            finally:
+                os.close(write_fd)
+            digest = hasher.hexdigest()
+            if limit is not None and transfer.written != limit:
+                raise UpstreamError(f"{record.filename}: upstream sent {transfer.written} of {limit} bytes")
+            expected = record.sha256
+            if expected is not None and digest != expected:
+                raise HashMismatch(f"{record.filename}: sha256 {digest} differs from the page's {expected}")
+        except Exception as e:
+            if isinstance(e, HashMismatch):
+                log.error("not caching {project}/{filename}: {error}", project=transfer.project,
+                          filename=record.filename, error=str(e))
+            else:
+                log.warn("download of {project}/{filename} failed: {error}", project=transfer.project,
+                         filename=record.filename, error=str(e))
+            transfer.failure = e
+            self._discard(transfer)
+            transfer.stored.callback(None)
+            return
+        transfer.length = transfer.written
+        transfer.verified = True
+        transfer._notify()
+        try:
+            blob = await self.storage.ingest(transfer.spool, digest)
+            await self.index.mark_stored(transfer.project, record.filename, blob)
+            await self.mirror.note_changed(transfer.project)
+            log.info("cached {project}/{filename} ({size} bytes)", project=transfer.project,
+                     filename=record.filename, size=blob.size)
+        except Exception as e:
+            log.error("storing {project}/{filename} failed; it was served but not kept: {error}",
+                      project=transfer.project, filename=record.filename, error=repr(e))
+            blob = None
+            self._unlink(transfer.spool)
+        self._transfers.pop((transfer.project, record.filename), None)
+        transfer._finish()
+        transfer.stored.callback(blob)
+
+    def _discard(self, transfer: Transfer) -> None:
+        self._transfers.pop((transfer.project, transfer.filename), None)
+        self._unlink(transfer.spool)
+        transfer._finish()
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    # -------------------------------------------------------------- metadata
+    async def fetch_metadata(self, project: str, record: FileRecord) -> str:
+        """Fetch, verify and store a file's PEP 658 METADATA; its sha256."""
+        return await self._metadata.run((project, record.filename),
+                                        lambda: self._fetch_metadata(project, record))
+
+    async def _fetch_metadata(self, project: str, record: FileRecord) -> str:
+        download = await self.upstream.open_file(record.url + ".metadata")
+        if download.length is not None and download.length > self.max_metadata_bytes:
+            download.cancel()
+            raise UpstreamError(f"{record.filename}.metadata: {download.length} bytes is too large")
+        writer = self.storage.open_write(record.metadata_sha256)
+        received = 0
+
+        def write(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            if received > self.max_metadata_bytes:
+                raise UpstreamError(f"{record.filename}.metadata: too large")
+            writer.write(chunk)
+
+        try:
+            await download.deliver(write)
+            blob = await writer.commit()
+        except HashMismatch as e:
+            writer.abort()
+            log.error("not caching {project}/{filename}.metadata: {error}", project=project,
+                      filename=record.filename, error=str(e))
+            raise
+        except BaseException:
+            writer.abort()
+            raise
+        await self.index.mark_metadata_stored(project, record.filename, blob.sha256)
+        await self.mirror.note_changed(project)
+        return blob.sha256

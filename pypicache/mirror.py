@@ -1,0 +1,245 @@
+"""Project pages: what the index holds, kept fresh from the upstream.
+
+The mirror is the one place that decides when to ask the upstream.  It keeps
+the latest :class:`ProjectRecord` of every project it has seen in memory (the
+index is the durable copy), refreshes a page when its TTL has passed with a
+conditional request, makes concurrent refreshes of one project share a single
+upstream request, and serves the stale page when the upstream fails: a cache
+degrades, it does not fail.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pypicache.model import (
+    NotModified,
+    ProjectList,
+    ProjectRecord,
+    UpstreamError,
+    UpstreamNotFound,
+    Validators,
+)
+
+log = Logger()
+T = TypeVar("T")
+
+
+class Coalescer(Generic[T]):
+    """Runs one call per key at a time; concurrent callers share its result.
+
+    A caller that gives up (its Deferred is cancelled, say because its client
+    hung up) does not cancel the shared work: others may still need it, and
+    finishing it fills the cache.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Hashable, list[defer.Deferred[T]]] = {}
+
+    def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> defer.Deferred[T]:
+        waiter: defer.Deferred[T] = defer.Deferred()
+        if key in self._pending:
+            self._pending[key].append(waiter)
+            return waiter
+        self._pending[key] = [waiter]
+
+        def settle(result: Any) -> None:
+            for d in self._pending.pop(key, []):
+                if not d.called:
+                    d.callback(result) if not isinstance(result, Failure) else d.errback(result)
+            return None
+
+        defer.ensureDeferred(work()).addBoth(settle)
+        return waiter
+
+    def busy(self, key: Hashable) -> bool:
+        return key in self._pending
+
+
+@attrs.frozen
+class PageResult:
+    """A project as the web layer should show it.
+
+    ``stale`` is True when the upstream failed and an older copy is served.
+    """
+
+    record: ProjectRecord
+    stale: bool = False
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream failed and nothing is cached: answer 502/503."""
+
+    def __init__(self, reason: str, retry_after: int = 30):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Mirror:
+    """Pages from the index, refreshed from the upstream when too old."""
+
+    def __init__(
+        self,
+        *,
+        index: Any,
+        upstream: Any,
+        clock: Any,
+        page_ttl: float = 600.0,
+        root_ttl: float = 3600.0,
+        offline: bool = False,
+        memory_projects: int = 4096,
+    ) -> None:
+        self.index = index
+        self.upstream = upstream
+        self.clock = clock
+        self.page_ttl = page_ttl
+        self.root_ttl = root_ttl
+        self.offline = offline
+        self._records: OrderedDict[str, ProjectRecord] = OrderedDict()
+        self._memory_projects = memory_projects
+        self._refreshes: Coalescer[ProjectRecord | None] = Coalescer()
+        self._loads: Coalescer[ProjectRecord | None] = Coalescer()
+        self._root: tuple[ProjectList, float] | None = None
+        self._root_refresh: Coalescer[tuple[ProjectList, float] | None] = Coalescer()
+
+    # ------------------------------------------------------------- records
+    def remember(self, record: ProjectRecord) -> ProjectRecord:
+        """Make ``record`` the current in-memory copy (bounded LRU)."""
+        self._records[record.name] = record
+        self._records.move_to_end(record.name)
+        while len(self._records) > self._memory_projects:
+            self._records.popitem(last=False)
+        return record
+
+    def cached(self, name: str) -> ProjectRecord | None:
+        """The in-memory record, without touching the index or upstream."""
+        return self._records.get(name)
+
+    async def load(self, name: str) -> ProjectRecord | None:
+        """The record from memory, else from the index (never the upstream)."""
+        record = self._records.get(name)
+        if record is not None:
+            return record
+
+        async def from_index() -> ProjectRecord | None:
+            found = await self.index.get_project(name)
+            if found is not None and name not in self._records:
+                self.remember(found)
+            return self._records.get(name, found)
+
+        return await self._loads.run(name, from_index)
+
+    def is_fresh(self, record: ProjectRecord) -> bool:
+        if record.origin != "upstream":
+            return True
+        if record.refreshed_at is None:
+            return False
+        return self.clock.seconds() - record.refreshed_at < self.page_ttl
+
+    async def project(self, name: str, *, allow_upstream: bool = True) -> PageResult | None:
+        """The project's current page, asking the upstream only when needed.
+
+        Returns None when nobody knows the project.  Raises
+        UpstreamUnavailable when the upstream failed and nothing is cached.
+        """
+        record = await self.load(name)
+        if not allow_upstream or self.offline:
+            return PageResult(record) if record is not None else None
+        if record is not None and self.is_fresh(record):
+            return PageResult(record)
+        try:
+            fresh = await self._refreshes.run(name, lambda: self._refresh(name))
+        except UpstreamError as e:
+            record = self._records.get(name, record)
+            if record is not None:
+                log.warn("upstream failed for {project}, serving the stale page: {error}",
+                         project=name, error=str(e))
+                return PageResult(record, stale=True)
+            raise UpstreamUnavailable(str(e), retry_after=getattr(e, "retry_after", None) or 30) from e
+        if fresh is None:
+            return None
+        return PageResult(fresh)
+
+    async def refresh(self, name: str) -> ProjectRecord | None:
+        """Ask the upstream now (shared with any refresh in flight)."""
+        return await self._refreshes.run(name, lambda: self._refresh(name))
+
+    async def _refresh(self, name: str) -> ProjectRecord | None:
+        current = self._records.get(name) or await self.index.get_project(name)
+        validators = current.validators if current is not None and current.files else Validators()
+        now = self.clock.seconds()
+        try:
+            page = await self.upstream.fetch_project(name, validators)
+        except NotModified:
+            record = await self.index.mark_refreshed(name, now, validators)
+            if current is not None:
+                # Keep the same files tuple so rendered pages stay valid.
+                record = attrs.evolve(current, refreshed_at=now, validators=validators)
+            return self.remember(record) if record is not None else None
+        except UpstreamNotFound:
+            log.info("upstream does not know {project}", project=name)
+            self._records.pop(name, None)
+            return None
+        except UpstreamError:
+            raise
+        except Exception as e:  # a provider bug must not become a 500 traceback loop
+            log.failure("upstream provider failed for {project}", project=name)
+            raise UpstreamError(f"upstream provider error: {e}") from e
+        record = await self.index.save_upstream_page(page, now)
+        if current is not None and current.files == record.files:
+            record = attrs.evolve(record, files=current.files)
+        return self.remember(record)
+
+    async def note_changed(self, name: str) -> ProjectRecord | None:
+        """Reload a project from the index after its files changed."""
+        record = await self.index.get_project(name)
+        if record is not None:
+            self.remember(record)
+        else:
+            self._records.pop(name, None)
+        return record
+
+    # ---------------------------------------------------------------- root
+    async def project_names(self, *, allow_upstream: bool = True) -> tuple[list[str], bool]:
+        """Names for the root page: the upstream's list merged with ours.
+
+        Returns (names, stale).  Without the upstream (offline, or the local
+        view) only the projects the index holds are listed.
+        """
+        local = await self.index.list_projects()
+        if not allow_upstream or self.offline:
+            return local, False
+        stale = False
+        root = self._root
+        if root is None:
+            root = await self.index.get_project_list()
+            self._root = root
+        if root is None or self.clock.seconds() - root[1] >= self.root_ttl:
+            try:
+                root = await self._root_refresh.run("root", self._refresh_root)
+            except UpstreamError as e:
+                log.warn("upstream project list failed, serving what is cached: {error}", error=str(e))
+                stale = True
+        names = set(local)
+        if root is not None:
+            names.update(root[0].names)
+        return sorted(names), stale
+
+    async def _refresh_root(self) -> tuple[ProjectList, float] | None:
+        now = self.clock.seconds()
+        current = self._root
+        try:
+            plist = await self.upstream.fetch_project_list(current[0].validators if current else Validators())
+        except NotModified:
+            assert current is not None
+            plist = current[0]
+        await self.index.save_project_list(plist, now)
+        self._root = (plist, now)
+        return self._root

@@ -1,0 +1,225 @@
+"""The Simple Repository API routes: ``/simple/`` and ``/local/simple/``.
+
+Pages are rendered once per (view, project, format) and kept as bytes with
+their ETag (and a gzip variant made on first demand), so the hot path of a
+fresh page is a dict lookup and a write: pip revalidates every page, so a 304
+must cost next to nothing.  A rendered page is reused as long as the
+project's files tuple is the very same object (records are immutable; the
+mirror keeps the tuple when a refresh changed nothing).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import OrderedDict
+from typing import Any
+
+import attrs
+from twisted.web.resource import Resource
+
+from pypicache.mirror import Mirror, UpstreamUnavailable
+from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
+from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
+from pypicache.web.render import etag_for, render_index, render_project
+from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
+
+GZIP_MIN = 1024
+ROOT_CACHE_SECONDS = 5.0
+
+
+@attrs.define
+class Rendered:
+    """One page in one format, ready to send."""
+
+    key_ref: Any
+    body: bytes
+    etag: str
+    gz_body: bytes | None = None
+    gz_etag: str | None = None
+
+    def gzipped(self) -> tuple[bytes, str]:
+        if self.gz_body is None:
+            self.gz_body = gzip.compress(self.body, compresslevel=6, mtime=0)
+            self.gz_etag = self.etag[:-1] + '-gz"'
+        assert self.gz_etag is not None
+        return self.gz_body, self.gz_etag
+
+    @property
+    def cost(self) -> int:
+        return len(self.body) + len(self.gz_body or b"")
+
+
+class PageCache:
+    """Rendered pages, least recently used dropped past a byte budget."""
+
+    def __init__(self, budget: int = 32 * 1024 * 1024) -> None:
+        self.budget = budget
+        self.used = 0
+        self._pages: OrderedDict[tuple, Rendered] = OrderedDict()
+
+    def get(self, key: tuple, ref: Any) -> Rendered | None:
+        page = self._pages.get(key)
+        if page is None or page.key_ref is not ref:
+            return None
+        self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: tuple, page: Rendered) -> Rendered:
+        old = self._pages.pop(key, None)
+        if old is not None:
+            self.used -= old.cost
+        self._pages[key] = page
+        self.used += page.cost
+        self._trim()
+        return page
+
+    def grew(self, key: tuple, before: int) -> None:
+        page = self._pages.get(key)
+        if page is not None:
+            self.used += page.cost - before
+            self._trim()
+
+    def _trim(self) -> None:
+        while self.used > self.budget and len(self._pages) > 1:
+            _, page = self._pages.popitem(last=False)
+            self.used -= page.cost
+
+
+def etag_matches(header: bytes | None, *etags: str) -> bool:
+    if not header:
+        return False
+    text = header.decode("latin-1")
+    if text.strip() == "*":
+        return True
+    wanted = {e for e in etags if e}
+    for item in text.split(","):
+        item = item.strip()
+        if item.startswith("W/"):
+            item = item[2:]
+        if item in wanted:
+            return True
+    return False
+
+
+def visible_files(record: ProjectRecord, local: bool) -> tuple[FileRecord, ...]:
+    """The files a view shows: the local view only what storage holds."""
+    if local:
+        return tuple(f for f in record.files if f.stored)
+    return tuple(f for f in record.files if f.listed)
+
+
+class SimpleIndex(Resource):
+    """``<prefix>/`` and ``<prefix>/<project>/`` in HTML or JSON."""
+
+    isLeaf = True
+
+    def __init__(self, mirror: Mirror, pages: PageCache, *, local: bool) -> None:
+        super().__init__()
+        self.mirror = mirror
+        self.pages = pages
+        self.local = local
+        self.view = "local" if local else "proxy"
+        self._root_cache: dict[str, tuple[float, Rendered]] = {}
+
+    @property
+    def allow_upstream(self) -> bool:
+        return not self.local and not self.mirror.offline
+
+    def render_GET(self, request: Any) -> Any:
+        return handle(request, lambda: self._dispatch(request))
+
+    render_HEAD = render_GET
+
+    async def _dispatch(self, request: Any) -> None:
+        post = request.postpath
+        prefix = "/" + "/".join(p.decode("utf-8", "replace") for p in request.prepath)
+        if post == []:
+            return self._redirect(request, prefix + "/")
+        if post == [b""]:
+            return await self._root(request)
+        if len(post) > 2 or (len(post) == 2 and post[1] != b""):
+            raise HTTPError(404, "not found")
+        raw = post[0].decode("utf-8", "replace")
+        try:
+            name = normalize(raw)
+        except InvalidName:
+            raise HTTPError(404, "not a valid project name") from None
+        if raw != name or len(post) == 1:
+            return self._redirect(request, f"{prefix}/{name}/")
+        await self._project(request, name)
+
+    def _redirect(self, request: Any, location: str) -> None:
+        query = request.uri.partition(b"?")[2]
+        target = location.encode("utf-8") + (b"?" + query if query else b"")
+        request.setResponseCode(301)
+        request.setHeader(b"location", safe_header(target.decode("utf-8", "replace")))
+        finish_bytes(request, b"")
+
+    def _format(self, request: Any) -> Any:
+        fmt_param = request.args.get(b"format", [None])[0]
+        fmt = choose_format(
+            (request.getHeader(b"accept") or b"").decode("latin-1") or None,
+            fmt_param.decode("latin-1") if fmt_param is not None else None,
+        )
+        if fmt is None:
+            raise HTTPError(406, "none of the acceptable types is offered: use "
+                                 "application/vnd.pypi.simple.v1+json or text/html")
+        return fmt
+
+    async def _project(self, request: Any, name: str) -> None:
+        fmt = self._format(request)
+        try:
+            result = await self.mirror.project(name, allow_upstream=self.allow_upstream)
+        except UpstreamUnavailable as e:
+            raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
+                            {b"retry-after": str(e.retry_after).encode()}) from None
+        if result is None:
+            raise HTTPError(404, f"no such project: {name}")
+        record = result.record
+        if self.local and not any(f.stored for f in record.files):
+            raise HTTPError(404, f"no files of {name} are stored here")
+        key = (self.view, name, fmt.name)
+        page = self.pages.get(key, record.files)
+        if page is None:
+            body = render_project(fmt, name, visible_files(record, self.local), "../../files/" + name + "/",
+                                  record.versions, record.meta)
+            page = self.pages.put(key, Rendered(record.files, body, etag_for(body)))
+        if result.stale:
+            request.setHeader(b"x-pypicache-stale", b"true")
+        self._send_page(request, fmt, page, key)
+
+    async def _root(self, request: Any) -> None:
+        fmt = self._format(request)
+        now = self.mirror.clock.seconds()
+        cached = self._root_cache.get(fmt.name)
+        if cached is not None and now - cached[0] < ROOT_CACHE_SECONDS:
+            page = cached[1]
+        else:
+            names, stale = await self.mirror.project_names(allow_upstream=self.allow_upstream)
+            body = render_index(fmt, names)
+            page = Rendered(None, body, etag_for(body))
+            if not stale:
+                self._root_cache[fmt.name] = (now, page)
+        self._send_page(request, fmt, page, None)
+
+    def _send_page(self, request: Any, fmt: Any, page: Rendered, key: tuple | None) -> None:
+        content_type = b"text/html; charset=utf-8" if fmt == HTML else fmt.content_type.encode()
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"vary", b"Accept, Accept-Encoding")
+        request.setHeader(b"cache-control", b"max-age=60, public")
+        body, etag = page.body, page.etag
+        encoding = request.getHeader(b"accept-encoding")
+        if len(body) >= GZIP_MIN and accepts_gzip(encoding.decode("latin-1") if encoding else None):
+            before = page.cost
+            body, etag = page.gzipped()
+            if key is not None:
+                self.pages.grew(key, before)
+            request.setHeader(b"content-encoding", b"gzip")
+        request.setHeader(b"etag", etag.encode())
+        if etag_matches(request.getHeader(b"if-none-match"), page.etag, page.gz_etag or ""):
+            request.setResponseCode(304)
+            request.responseHeaders.removeHeader(b"content-encoding")
+            request.finish()
+            return
+        finish_bytes(request, body)
+

@@ -1,0 +1,69 @@
+"""The URL map: which resource answers which path.
+
+    /simple/                      proxy view (upstream + cache), PEP 503/691
+    /files/<project>/<filename>   files (and .metadata) behind the proxy view
+    /local/simple/                standalone view: only what is stored, never the upstream
+    /local/files/...              files behind the standalone view
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from pypicache import __version__
+from pypicache.web.files import Files
+from pypicache.web.simple import PageCache, SimpleIndex
+
+_HOME = f"""<!DOCTYPE html>
+<html><head><title>pypicache</title></head><body>
+<h1>pypicache {__version__}</h1>
+<ul>
+<li><a href="simple/">simple/</a>: the caching proxy index (pip, uv, poetry)</li>
+<li><a href="local/simple/">local/simple/</a>: only what this server holds; never the upstream</li>
+</ul>
+</body></html>
+""".encode()
+
+
+class Home(Resource):
+    """``/``: a short page naming the indexes, and the parent of every route."""
+
+    def render_GET(self, request: Any) -> Any:
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            return b"not found\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return _HOME
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        if path == b"":
+            return self
+        return super().getChild(path, request)
+
+
+def build_root(mirror: Any, downloader: Any, storage: Any) -> Resource:
+    pages = PageCache()
+    root = Home()
+    root.putChild(b"simple", SimpleIndex(mirror, pages, local=False))
+    root.putChild(b"files", Files(mirror, downloader, storage, local=False))
+    local = Resource()
+    local.putChild(b"simple", SimpleIndex(mirror, pages, local=True))
+    local.putChild(b"files", Files(mirror, downloader, storage, local=True))
+    root.putChild(b"local", local)
+    return root
+
+
+class QuietSite(Site):
+    """A Site whose per-request access log can be turned off (it costs more
+    than rendering a cached page)."""
+
+    def __init__(self, resource: Resource, *, access_log: bool = True, **kw: Any) -> None:
+        super().__init__(resource, **kw)
+        self.access_log = access_log
+
+    def log(self, request: Any) -> None:
+        if self.access_log:
+            super().log(request)

@@ -1,0 +1,76 @@
+"""Small helpers every route uses: async handlers and plain error answers."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
+
+log = Logger()
+
+
+class HTTPError(Exception):
+    """Answer with ``code`` and a one-line plain-text ``message``."""
+
+    def __init__(self, code: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def safe_header(value: str) -> bytes:
+    """A header value with no CR/LF (or other controls) left in it."""
+    return "".join(ch if 32 <= ord(ch) < 127 or ord(ch) > 159 else "?" for ch in value).encode("utf-8")
+
+
+def send_error(request: Any, code: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+    if request.finished or request._disconnected:
+        return
+    if request.startedWriting:
+        request.channel.transport.abortConnection()
+        return
+    request.setResponseCode(code)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"content-length", str(len(body)).encode())
+    request.responseHeaders.removeHeader(b"etag")
+    request.responseHeaders.removeHeader(b"content-encoding")
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+
+
+def handle(request: Any, handler: Callable[[], Awaitable[Any]]) -> Any:
+    """Run an async handler for a request; errors become clean HTTP answers.
+
+    HTTPError gives its own status; anything else is logged with its
+    traceback and answered with a 500 that shows no internals.
+    """
+
+    def failed(failure: Any) -> None:
+        if failure.check(HTTPError):
+            e = failure.value
+            send_error(request, e.code, e.message, e.headers)
+            return
+        if failure.check(defer.CancelledError):
+            return
+        log.failure("error answering {method} {uri}", failure, method=request.method, uri=request.uri)
+        send_error(request, 500, "internal server error")
+
+    defer.ensureDeferred(handler()).addErrback(failed)
+    return NOT_DONE_YET
+
+
+def finish_bytes(request: Any, body: bytes) -> None:
+    """Write a whole in-memory body (with Content-Length) and finish."""
+    if request.finished or request._disconnected:
+        return
+    request.setHeader(b"content-length", str(len(body)).encode())
+    if request.method != b"HEAD" and body:
+        request.write(body)
+    request.finish()

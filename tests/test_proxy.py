@@ -1,0 +1,346 @@
+"""The proxy and standalone views over real HTTP (treq against a listening server)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from html.parser import HTMLParser
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer
+
+from tests.server import make_config, proxy, start_server  # noqa: F401 (fixture)
+
+JSON = "application/vnd.pypi.simple.v1+json"
+PIP_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
+
+
+class Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[dict] = []
+        self._current: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._current = dict(attrs)
+            self._current["text"] = ""
+            self.links.append(self._current)
+
+    def handle_data(self, data):
+        if self._current is not None:
+            self._current["text"] += data
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._current = None
+
+
+def anchors(body: bytes) -> list[dict]:
+    p = Anchors()
+    p.feed(body.decode())
+    return p.links
+
+
+async def get(url: str, **headers: str):
+    h = {k.replace("_", "-"): [v] for k, v in headers.items()}
+    response = await treq.get(url, headers=h, allow_redirects=False)
+    body = await treq.content(response)
+    return response, body
+
+
+def header(response, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[-1] if values else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_project_page_html_rewrites_links_and_keeps_attributes(proxy, fake_upstream):
+    response, body = await get(proxy.simple + "tinyproj/", accept="text/html")
+    assert response.code == 200
+    assert header(response, "content-type").startswith("text/html")
+    assert "Accept" in header(response, "vary")
+    assert header(response, "etag")
+    assert b'<meta name="pypi:repository-version" content="1.' in body
+    links = {a["text"]: a for a in anchors(body)}
+    assert set(links) == {p for p in fake_upstream.files if p.startswith("tinyproj")}
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    sha = hashlib.sha256(fake_upstream.files[wheel].read_bytes()).hexdigest()
+    assert links[wheel]["href"] == f"../../files/tinyproj/{wheel}#sha256={sha}"
+    assert links[wheel]["data-requires-python"] == ">=3.8"
+    assert b"data-requires-python=\"&gt;=3.8\"" in body
+    assert links[wheel]["data-core-metadata"].startswith("sha256=")
+    assert links[wheel]["data-dist-info-metadata"] == links[wheel]["data-core-metadata"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_project_page_json_for_pip_accept(proxy):
+    response, body = await get(proxy.simple + "tinyproj/", accept=PIP_ACCEPT)
+    assert response.code == 200
+    assert header(response, "content-type") == JSON
+    page = json.loads(body)
+    assert page["name"] == "tinyproj"
+    assert page["meta"]["api-version"].startswith("1.")
+    assert page["versions"] == ["1.0", "2.0"]
+    by_name = {f["filename"]: f for f in page["files"]}
+    wheel = by_name["tinyproj-2.0-py3-none-any.whl"]
+    assert wheel["url"] == "../../files/tinyproj/tinyproj-2.0-py3-none-any.whl"
+    assert wheel["requires-python"] == ">=3.8"
+    assert set(wheel["hashes"]) == {"sha256"}
+    assert "sha256" in wheel["core-metadata"]
+    assert "dist-info-metadata" not in wheel
+    assert isinstance(wheel["size"], int)
+
+
+@pytest_twisted.ensureDeferred
+async def test_yanked_and_redirect_to_normalised_name(proxy):
+    response, _ = await get(proxy.simple + "Yanked_Proj/")
+    assert response.code == 301
+    assert header(response, "location") == "/simple/yanked-proj/"
+    response, _ = await get(proxy.simple + "tinyproj")
+    assert response.code == 301
+    assert header(response, "location") == "/simple/tinyproj/"
+    response, body = await get(proxy.simple + "yanked-proj/", accept=JSON)
+    files = json.loads(body)["files"]
+    assert files[0]["yanked"] == "broken"
+    response, body = await get(proxy.simple + "yanked-proj/", accept="text/html")
+    assert anchors(body)[0]["data-yanked"] == "broken"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_project_404_and_invalid_names(proxy):
+    response, _ = await get(proxy.simple + "no-such-project/")
+    assert response.code == 404
+    for bad in ("..%2F..%2Fetc/", "%00/", "-bad-/", "a%0d%0aSet-Cookie:x/"):
+        response, _ = await get(proxy.simple + bad)
+        assert response.code == 404, bad
+        assert header(response, "set-cookie") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_acceptable(proxy):
+    response, _ = await get(proxy.simple + "tinyproj/", accept="application/json")
+    assert response.code == 406
+
+
+@pytest_twisted.ensureDeferred
+async def test_etag_revalidation_gives_304(proxy):
+    response, body = await get(proxy.simple + "tinyproj/", accept=PIP_ACCEPT)
+    etag = header(response, "etag")
+    response, body2 = await get(proxy.simple + "tinyproj/", accept=PIP_ACCEPT, if_none_match=etag)
+    assert response.code == 304
+    assert body2 == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_gzip_when_asked_files_never(proxy, fake_upstream):
+    response = await treq.get(proxy.simple + "tinyproj/", headers={"accept-encoding": ["gzip"]}, unbuffered=True)
+    assert response.code == 200
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    response, body = await get(proxy.root + f"/files/tinyproj/{wheel}", accept_encoding="gzip")
+    assert response.code == 200
+    # treq's decoder leaves an empty Content-Encoding where the server sent none.
+    assert not header(response, "content-encoding")
+    assert body == fake_upstream.files[wheel].read_bytes()
+
+
+@pytest_twisted.ensureDeferred
+async def test_root_lists_projects(proxy):
+    response, body = await get(proxy.simple, accept=JSON)
+    assert response.code == 200
+    names = {p["name"] for p in json.loads(body)["projects"]}
+    assert {"tinyproj", "depproj", "yanked-proj"} <= names
+    response, body = await get(proxy.simple, accept="text/html")
+    assert {"tinyproj/", "depproj/"} <= {a["href"] for a in anchors(body)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_is_cached_once_and_then_served_locally(proxy, fake_upstream):
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    expected = fake_upstream.files[wheel].read_bytes()
+    url = proxy.root + f"/files/tinyproj/{wheel}"
+    response, body = await get(url)
+    assert response.code == 200 and body == expected
+    await _stored(proxy, "tinyproj", wheel)
+    fake_upstream.reset_log()
+    response, body = await get(url)
+    assert body == expected
+    assert header(response, "etag") == f'"{hashlib.sha256(expected).hexdigest()}"'
+    assert "immutable" in header(response, "cache-control")
+    assert header(response, "accept-ranges") == "bytes"
+    assert fake_upstream.count("/files/") == 0
+
+
+async def _stored(server, project: str, filename: str) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(200):
+        record = await server.app.index.get_project(project)
+        if record is not None and record.file(filename) is not None and record.file(filename).stored:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"{filename} was never stored")
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_and_ranges_on_cached_file(proxy, fake_upstream):
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    data = fake_upstream.files[wheel].read_bytes()
+    url = proxy.root + f"/files/tinyproj/{wheel}"
+    await get(url)
+    await _stored(proxy, "tinyproj", wheel)
+    response = await treq.head(url)
+    assert response.code == 200
+    assert header(response, "content-length") == str(len(data))
+    response, body = await get(url, range="bytes=0-9")
+    assert response.code == 206 and body == data[:10]
+    assert header(response, "content-range") == f"bytes 0-9/{len(data)}"
+    response, body = await get(url, range="bytes=-22")
+    assert response.code == 206 and body == data[-22:]
+    response, body = await get(url, range="bytes=10-")
+    assert response.code == 206 and body == data[10:]
+    response, body = await get(url, range=f"bytes={len(data)}-")
+    assert response.code == 416
+    assert header(response, "content-range") == f"bytes */{len(data)}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_metadata_is_fetched_verified_and_served(proxy, fake_upstream):
+    from tests.builders import wheel_metadata
+
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    response, body = await get(proxy.simple + "tinyproj/", accept=JSON)
+    advertised = {f["filename"]: f for f in json.loads(body)["files"]}[wheel]["core-metadata"]["sha256"]
+    response, body = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+    assert response.code == 200
+    assert body == wheel_metadata(fake_upstream.files[wheel])
+    assert hashlib.sha256(body).hexdigest() == advertised
+    fake_upstream.reset_log()
+    response, body2 = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+    assert body2 == body
+    assert fake_upstream.count(".metadata") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_first_requests_make_one_upstream_download(proxy, fake_upstream):
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    expected = fake_upstream.files[wheel].read_bytes()
+    await get(proxy.simple + "tinyproj/")
+    fake_upstream.fail("slow", path_prefix="/files/", rate=20_000)
+    fake_upstream.reset_log()
+    results = await defer.gatherResults(
+        [defer.ensureDeferred(get(proxy.root + f"/files/tinyproj/{wheel}")) for _ in range(10)])
+    assert all(body == expected for _, body in results)
+    assert fake_upstream.count(f"/files/{wheel}", method="GET") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_hash_mismatch_stores_nothing_and_aborts_the_client(proxy, fake_upstream):
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    await get(proxy.simple + "tinyproj/")
+    fake_upstream.fail("wrong_bytes", path_prefix="/files/")
+    with pytest.raises(Exception):
+        await get(proxy.root + f"/files/tinyproj/{wheel}")
+    record = await proxy.app.index.get_project("tinyproj")
+    assert not record.file(wheel).stored
+    assert not any(proxy.app.downloader.spool_dir.iterdir())
+    fake_upstream.heal()
+    response, body = await get(proxy.root + f"/files/tinyproj/{wheel}")
+    assert body == fake_upstream.files[wheel].read_bytes()
+
+
+@pytest_twisted.ensureDeferred
+async def test_truncated_upstream_body_is_not_stored(proxy, fake_upstream):
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    await get(proxy.simple + "tinyproj/")
+    fake_upstream.fail("truncate", path_prefix="/files/", after=100)
+    with pytest.raises(Exception):
+        await get(proxy.root + f"/files/tinyproj/{wheel}")
+    record = await proxy.app.index.get_project("tinyproj")
+    assert not record.file(wheel).stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_page_served_when_upstream_fails(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url, page_ttl=0))
+    try:
+        response, body = await get(server.simple + "tinyproj/", accept=JSON)
+        assert response.code == 200
+        for fault, options in (("status", {"code": 500}), ("hang", {}), ("malformed", {}), ("reset", {"after": 10})):
+            fake_upstream.fail(fault, path_prefix="/simple/", **options)
+            response, stale_body = await get(server.simple + "tinyproj/", accept=JSON)
+            assert response.code == 200, fault
+            assert header(response, "x-pypicache-stale") == "true", fault
+            assert json.loads(stale_body)["files"] == json.loads(body)["files"]
+            fake_upstream.heal()
+        response, _ = await get(server.simple + "tinyproj/", accept=JSON)
+        assert header(response, "x-pypicache-stale") is None
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_uncached_project_during_outage_is_503_not_404(proxy, fake_upstream):
+    fake_upstream.fail("status", code=502)
+    response, _ = await get(proxy.simple + "depproj/")
+    assert response.code == 503
+    assert header(response, "retry-after")
+    fake_upstream.heal()
+    response, _ = await get(proxy.simple + "depproj/")
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_refreshed_with_conditional_request_after_ttl(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url, page_ttl=0))
+    try:
+        await get(server.simple + "tinyproj/")
+        fake_upstream.reset_log()
+        await get(server.simple + "tinyproj/")
+        requests = [r for r in fake_upstream.requests if r[1].startswith("/simple/tinyproj/")]
+        assert len(requests) == 1
+        assert any(k.lower() == "if-none-match" for k in requests[0][2])
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_view_serves_only_stored_files_and_never_asks_upstream(proxy, fake_upstream):
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    await get(proxy.root + f"/files/tinyproj/{wheel}")
+    await _stored(proxy, "tinyproj", wheel)
+    fake_upstream.reset_log()
+    response, body = await get(proxy.local + "tinyproj/", accept=JSON)
+    assert response.code == 200
+    page = json.loads(body)
+    assert [f["filename"] for f in page["files"]] == [wheel]
+    response, data = await get(proxy.root + "/local/files/tinyproj/" + page["files"][0]["url"].split("/")[-1])
+    assert data == fake_upstream.files[wheel].read_bytes()
+    response, _ = await get(proxy.local + "depproj/")
+    assert response.code == 404
+    response, _ = await get(proxy.root + "/local/files/tinyproj/tinyproj-2.0-py3-none-any.whl")
+    assert response.code == 404
+    assert fake_upstream.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_config_makes_simple_local(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url, offline=True))
+    try:
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 404
+        assert fake_upstream.requests == []
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_file_paths_are_refused(proxy):
+    for path in ("/files/tinyproj/..%2F..%2Fetc%2Fpasswd", "/files/tinyproj/%2e%2e", "/files/..%2Ftinyproj/x.whl",
+                 "/files/tinyproj/a%00.whl", "/files/tinyproj/..%5c..%5cx.whl", "/files/tinyproj/",
+                 "/files/tinyproj/x/y.whl", "/local/files/tinyproj/%252e%252e%252fx"):
+        response, _ = await get(proxy.root + path)
+        assert response.code == 404, path

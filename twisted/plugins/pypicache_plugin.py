@@ -1,0 +1,10 @@
+"""Declares the ``twistd pypicache`` subcommand; everything else is in pypicache.tap."""
+
+from twisted.application.service import ServiceMaker
+
+pypicache = ServiceMaker(
+    "pypicache",
+    "pypicache.tap",
+    "A PyPI-compatible caching proxy and private package server.",
+    "pypicache",
+)
