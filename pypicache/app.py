@@ -17,6 +17,7 @@ from pypicache.config import Config
 from pypicache.downloads import Downloader
 from pypicache.errors import ConfigError
 from pypicache.mirror import Mirror
+from pypicache.stats import Stats
 from pypicache.web.site import QuietSite, build_root
 
 
@@ -33,6 +34,7 @@ class App:
     mirror: Mirror
     downloader: Downloader
     site: QuietSite
+    stats: Stats
 
     async def close(self) -> None:
         """Flush the index, drop upstream connections, stop threads."""
@@ -71,6 +73,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                     root_ttl=config.root_ttl, offline=config.offline)
     downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
                             spool_dir=data_dir / "spool")
-    site = QuietSite(build_root(mirror, downloader, storage), access_log=config.access_log)
+    stats = Stats()
+    site = QuietSite(build_root(mirror, downloader, storage, stats), access_log=config.access_log)
     return App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
-               upstream=upstream, mirror=mirror, downloader=downloader, site=site)
+               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats)

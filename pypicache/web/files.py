@@ -26,6 +26,7 @@ from pypicache.model import (
     UpstreamNotFound,
     normalize,
 )
+from pypicache.stats import Stats
 from pypicache.web.sending import send_body
 from pypicache.web.util import HTTPError, handle
 
@@ -67,8 +68,10 @@ class Files(Resource):
 
     isLeaf = True
 
-    def __init__(self, mirror: Mirror, downloader: Downloader, storage: Any, *, local: bool) -> None:
+    def __init__(self, mirror: Mirror, downloader: Downloader, storage: Any, *, local: bool,
+                 stats: Stats | None = None) -> None:
         super().__init__()
+        self.stats = stats if stats is not None else Stats()
         self.mirror = mirror
         self.downloader = downloader
         self.storage = storage
@@ -150,6 +153,7 @@ class Files(Resource):
                 log.error("index says {project}/{filename} is stored but storage lacks it",
                           project=project, filename=record.filename)
             else:
+                self.stats.file_hits += 1
                 await self._send_blob(request, reader, record.sha256, b"application/octet-stream")
                 return
         if not self.allow_upstream:
@@ -163,6 +167,7 @@ class Files(Resource):
             except UpstreamError as e:
                 raise HTTPError(502, f"upstream failed for {record.filename}: {e}",
                                 {b"retry-after": b"30"}) from None
+        self.stats.file_misses += 1
         if request.getHeader(b"range"):
             # Ranges need the end of the file (suffix ranges): wait until stored.
             blob = await transfer.stored
@@ -179,7 +184,8 @@ class Files(Resource):
                 length = transfer.length
             else:
                 length = 2**63  # chunked: ends when the transfer does
-            await send_body(request, offset=0, length=length, fd=transfer.fd, transfer=transfer)
+            if await send_body(request, offset=0, length=length, fd=transfer.fd, transfer=transfer):
+                self.stats.bytes_from_upstream += transfer.written
         finally:
             transfer.release()
 
@@ -199,7 +205,9 @@ class Files(Resource):
                 request.setHeader(b"content-range", f"bytes {offset}-{offset + length - 1}/{size}".encode())
             request.setHeader(b"content-length", str(length).encode())
             fd = reader.fileno()
-            await send_body(request, offset=offset, length=length, fd=fd, reader=None if fd is not None else reader)
+            if await send_body(request, offset=offset, length=length, fd=fd,
+                               reader=None if fd is not None else reader) and request.method != b"HEAD":
+                self.stats.bytes_from_cache += length
         finally:
             reader.close()
 

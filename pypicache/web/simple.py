@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 
 from pypicache.mirror import Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
+from pypicache.stats import Stats
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
 from pypicache.web.render import etag_for, render_index, render_project
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
@@ -113,8 +114,9 @@ class SimpleIndex(Resource):
 
     isLeaf = True
 
-    def __init__(self, mirror: Mirror, pages: PageCache, *, local: bool) -> None:
+    def __init__(self, mirror: Mirror, pages: PageCache, *, local: bool, stats: Stats | None = None) -> None:
         super().__init__()
+        self.stats = stats if stats is not None else Stats()
         self.mirror = mirror
         self.pages = pages
         self.local = local
@@ -184,7 +186,9 @@ class SimpleIndex(Resource):
             body = render_project(fmt, name, visible_files(record, self.local), "../../files/" + name + "/",
                                   record.versions, record.meta)
             page = self.pages.put(key, Rendered(record.files, body, etag_for(body)))
+        self.stats.pages += 1
         if result.stale:
+            self.stats.pages_stale += 1
             request.setHeader(b"x-pypicache-stale", b"true")
         self._send_page(request, fmt, page, key)
 
@@ -218,6 +222,7 @@ class SimpleIndex(Resource):
         request.setHeader(b"etag", etag.encode())
         if etag_matches(request.getHeader(b"if-none-match"), page.etag, page.gz_etag or ""):
             request.setResponseCode(304)
+            self.stats.pages_not_modified += 1
             request.responseHeaders.removeHeader(b"content-encoding")
             request.finish()
             return

@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from pypicache import __version__
+from pypicache.stats import Stats
 from pypicache.web.files import Files
 from pypicache.web.simple import PageCache, SimpleIndex
 
@@ -23,6 +25,7 @@ _HOME = f"""<!DOCTYPE html>
 <ul>
 <li><a href="simple/">simple/</a>: the caching proxy index (pip, uv, poetry)</li>
 <li><a href="local/simple/">local/simple/</a>: only what this server holds; never the upstream</li>
+<li><a href="stats">stats</a>: cache hits, misses and bytes saved (JSON)</li>
 </ul>
 </body></html>
 """.encode()
@@ -44,14 +47,30 @@ class Home(Resource):
         return super().getChild(path, request)
 
 
-def build_root(mirror: Any, downloader: Any, storage: Any) -> Resource:
+class StatsPage(Resource):
+    """``/stats``: the cache's counters as JSON."""
+
+    isLeaf = True
+
+    def __init__(self, stats: Stats) -> None:
+        super().__init__()
+        self.stats = stats
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(self.stats.as_dict(), indent=1).encode() + b"\n"
+
+
+def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats) -> Resource:
     pages = PageCache()
     root = Home()
-    root.putChild(b"simple", SimpleIndex(mirror, pages, local=False))
-    root.putChild(b"files", Files(mirror, downloader, storage, local=False))
+    root.putChild(b"simple", SimpleIndex(mirror, pages, local=False, stats=stats))
+    root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
+    root.putChild(b"stats", StatsPage(stats))
     local = Resource()
-    local.putChild(b"simple", SimpleIndex(mirror, pages, local=True))
-    local.putChild(b"files", Files(mirror, downloader, storage, local=True))
+    local.putChild(b"simple", SimpleIndex(mirror, pages, local=True, stats=stats))
+    local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
     root.putChild(b"local", local)
     return root
 
