@@ -460,6 +460,8 @@ class FakeUpstream:
     def __init__(self, *, absolute_urls: bool = False, html_only: bool = False) -> None:
         self.absolute_urls = absolute_urls
         self.html_only = html_only
+        #: Send files chunked, without Content-Length (as some CDNs do).
+        self.chunked_files = False
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.files: dict[str, Path] = {}
         self.port: int | None = None
@@ -768,7 +770,7 @@ class FakeUpstream:
             else:
                 part = _BytesBody(full.read(start, end - start))
             return _Response(206, {**base, "Content-Range": f"bytes {start}-{end - 1}/{full.length}"}, part)
-        return _Response(200, base, full)
+        return _Response(200, base, full, announce_length=not self.chunked_files)
 
     # ---------------------------------------------------------- rendering
 

@@ -344,3 +344,26 @@ async def test_hostile_file_paths_are_refused(proxy):
                  "/files/tinyproj/x/y.whl", "/local/files/tinyproj/%252e%252e%252fx"):
         response, _ = await get(proxy.root + path)
         assert response.code == 404, path
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_without_content_length_is_streamed_chunked_and_cached(proxy, fake_upstream):
+    fake_upstream.chunked_files = True
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    expected = fake_upstream.files[wheel].read_bytes()
+    await get(proxy.simple + "tinyproj/")
+    results = await defer.gatherResults(
+        [defer.ensureDeferred(get(proxy.root + f"/files/tinyproj/{wheel}")) for _ in range(3)])
+    assert all(body == expected for _, body in results)
+    await _stored(proxy, "tinyproj", wheel)
+
+
+@pytest_twisted.ensureDeferred
+async def test_uncached_head_and_range_requests(proxy, fake_upstream):
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    data = fake_upstream.files[wheel].read_bytes()
+    await get(proxy.simple + "tinyproj/")
+    response = await treq.head(proxy.root + f"/files/tinyproj/{wheel}")
+    assert response.code == 200
+    response, body = await get(proxy.root + f"/files/tinyproj/{wheel}", range="bytes=-30")
+    assert response.code == 206 and body == data[-30:]

@@ -179,11 +179,9 @@ class Files(Resource):
         self._common_headers(request, record.sha256, b"application/octet-stream")
         transfer.acquire()
         try:
-            if transfer.length is not None:
-                request.setHeader(b"content-length", str(transfer.length).encode())
-                length = transfer.length
-            else:
-                length = 2**63  # chunked: ends when the transfer does
+            length = transfer.length  # None: sent chunked, ends when the transfer does
+            if length is not None:
+                request.setHeader(b"content-length", str(length).encode())
             if await send_body(request, offset=0, length=length, fd=transfer.fd, transfer=transfer):
                 self.stats.bytes_from_upstream += transfer.written
         finally:

@@ -48,6 +48,13 @@ class _Source:
             return end
         return min(end, self.transfer.available)
 
+    def final_end(self, end: int) -> int:
+        """The wanted end, cut to the real length once a transfer of unknown
+        length has completed."""
+        if self.transfer is not None and self.transfer.verified:
+            return min(end, self.transfer.written)
+        return end
+
     @property
     def failed(self) -> bool:
         return self.transfer is not None and self.transfer.failure is not None
@@ -63,13 +70,15 @@ def _plain_tcp(request: Any) -> Any:
     return None
 
 
-def send_body(request: Any, *, offset: int, length: int, fd: int | None = None, reader: Any = None,
+def send_body(request: Any, *, offset: int, length: int | None, fd: int | None = None, reader: Any = None,
               transfer: Any = None) -> defer.Deferred[bool]:
     """Send ``length`` bytes from ``offset`` and finish the request.
 
-    Headers (including Content-Length) must already be set.  Fires with True
-    when the whole body was sent, False when the client went away or the
-    source failed (the connection is then aborted).
+    Headers (including Content-Length) must already be set.  ``length`` None
+    means unknown (a transfer without Content-Length): the body is then sent
+    chunked until the transfer completes.  Fires with True when the whole body
+    was sent, False when the client went away or the source failed (the
+    connection is then aborted).
     """
     source = _Source(fd=fd, reader=reader, transfer=transfer)
     done: defer.Deferred[bool] = defer.Deferred()
@@ -82,6 +91,9 @@ def send_body(request: Any, *, offset: int, length: int, fd: int | None = None, 
         done.callback(True)
         return done
     transport = _plain_tcp(request)
+    if length is None:
+        length = 2**62
+        transport = None  # chunked framing must go through request.write
     if fd is not None and transport is not None and hasattr(os, "sendfile"):
         _SendfileProducer(request, transport, source, offset, length, done).start()
     else:
@@ -243,6 +255,9 @@ class _ChunkProducer:
                 if self.source.failed:
                     self._abort()
                     return
+                self.end = self.source.final_end(self.end)
+                if self.offset >= self.end:
+                    break
                 limit = self.source.limit(self.end)
                 if limit <= self.offset:
                     await self.source.wait()
