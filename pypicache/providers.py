@@ -93,10 +93,19 @@ def load_factory(kind: str, name: str) -> Any:
     try:
         verifyObject(IProviderFactory, factory)
     except Invalid as e:
-        raise ConfigError(f"{kind}.provider: {name!r} is not an IProviderFactory: {e}") from e
+        raise ConfigError(f"{kind}.provider: {name!r} is not an IProviderFactory: {_one_line(e)}") from e
     if factory.kind != kind:
         raise ConfigError(f"{kind}.provider: {name!r} makes {factory.kind!r} providers")
     return factory
+
+
+def _one_line(error: Exception) -> str:
+    # verifyObject lists each missing method on its own line; a ConfigError
+    # is printed as one line.
+    text = ""
+    for line in filter(None, (line.strip() for line in str(error).splitlines())):
+        text += (" " if not text or text.endswith(":") else "; ") + line
+    return text.strip()
 
 
 def create(kind: str, name: str, options: Mapping[str, Any], context: ProviderContext) -> Any:
@@ -107,7 +116,7 @@ def create(kind: str, name: str, options: Mapping[str, Any], context: ProviderCo
         verifyObject(KINDS[kind], provider)
     except Invalid as e:
         raise ConfigError(f"{kind}.provider: {name!r} built an object that does not provide "
-                          f"{KINDS[kind].__name__}: {e}") from e
+                          f"{KINDS[kind].__name__}: {_one_line(e)}") from e
     return provider
 
 

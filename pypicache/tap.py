@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import service, strports
 from twisted.logger import Logger
@@ -67,23 +67,72 @@ class AppService(service.Service):
         return defer.ensureDeferred(self.app.close())
 
 
+def _abort(message: str, app: Any = None) -> NoReturn:
+    """Print one line and exit 1, after releasing what start-up created.
+
+    Providers' thread pools (the SQLite index's, the app's) are not daemonic:
+    exiting with them running would hang the process forever.  Closing them
+    needs the reactor, which twistd has not started yet, so run it once just
+    for that: ``app.close()`` if the app was built, and the "before shutdown"
+    triggers that providers register for exactly this case.
+    """
+    from twisted.internet import defer, reactor
+
+    sys.stderr.write(f"pypicache: {message}\n")
+    sys.stderr.flush()
+
+    def close() -> None:
+        d = defer.ensureDeferred(app.close()) if app is not None else defer.succeed(None)
+        d.addErrback(lambda f: log.failure("while closing after a start-up error", f))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(close)
+    reactor.run(installSignalHandlers=False)
+    raise SystemExit(1)
+
+
+class _TopService(service.MultiService):
+    """The daemon's root service: a listener that cannot bind (port in use or
+    out of range, no permission) stops start-up with one line, not a
+    traceback followed by a hang."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+        self.listeners: dict[int, str] = {}  # id(listener service) -> endpoint string
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except Exception as e:
+                if id(child) not in self.listeners:
+                    raise
+                _abort(f"server.listen: cannot listen on {self.listeners[id(child)]!r}: {e}", self.app)
+
+
 def makeService(options: Options) -> service.IService:
-    from twisted.internet import reactor
+    from twisted.internet import endpoints, reactor
 
     from pypicache.app import build
 
     cfg = options["config_obj"]
+    # Endpoint strings are checked before anything is built, so that a typo
+    # costs no start-up work.
+    for endpoint in cfg.listen:
+        try:
+            endpoints.serverFromString(reactor, endpoint)
+        except Exception as e:
+            _abort(f"config error: server.listen: bad endpoint {endpoint!r}: {e}")
     try:
         app = build(cfg, reactor)
     except ConfigError as e:
-        sys.stderr.write(f"pypicache: config error: {e}\n")
-        raise SystemExit(1) from None
-    top = service.MultiService()
+        _abort(f"config error: {e}")
+    top = _TopService(app)
     AppService(app).setServiceParent(top)
     for endpoint in cfg.listen:
-        try:
-            strports.service(endpoint, app.site).setServiceParent(top)
-        except (ValueError, KeyError, TypeError) as e:
-            sys.stderr.write(f"pypicache: config error: server.listen: bad endpoint {endpoint!r}: {e}\n")
-            raise SystemExit(1) from None
+        listener = strports.service(endpoint, app.site)
+        listener.setServiceParent(top)
+        top.listeners[id(listener)] = endpoint
     return top

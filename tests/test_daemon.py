@@ -1,0 +1,350 @@
+"""``twistd pypicache`` as a real subprocess: it starts, serves, stops on
+SIGTERM with status 0, and a bad configuration stops it at once with one
+line and no traceback.
+
+The fake upstream runs on this test's reactor, so the daemon is spawned with
+``reactor.spawnProcess`` and awaited, never waited for in a blocking call:
+a blocking wait would starve the upstream the daemon is talking to.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, error, protocol
+from twisted.python import usage
+
+from pypicache import config as configuration
+from pypicache import tap
+from tests.clients import isolated_env
+
+#: The twistd of the environment the tests run in (not whatever PATH finds).
+TWISTD = Path(sys.executable).parent / "twistd"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+JSON = "application/vnd.pypi.simple.v1+json"
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the daemon's --listen)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class _Collector(protocol.ProcessProtocol):
+    """Keeps everything the process prints; ``ended`` fires with its status."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self.status: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        value = reason.value
+        # ProcessDone/ProcessTerminated: an exit code, or minus the signal.
+        self.status = value.exitCode if value.exitCode is not None else -(value.signal or 0)
+        self.ended.callback(self.status)
+
+
+@attrs.define
+class Daemon:
+    """A spawned ``twistd -n pypicache`` and the port it was told to use."""
+
+    proto: _Collector
+    transport: Any
+    port: int | None
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return self.proto.output.decode("utf-8", "replace")
+
+    @property
+    def running(self) -> bool:
+        return self.proto.status is None
+
+    async def get(self, path: str, accept: str | None = None, timeout: float = 10.0) -> tuple[int, bytes, Any]:
+        """GET on a fresh connection (nothing left open for the reactor)."""
+        from twisted.internet import reactor
+
+        headers = {"accept": [accept]} if accept else None
+        d = treq.get(self.root + path, headers=headers, persistent=False, timeout=timeout)
+        response = await d
+        body = await treq.content(response).addTimeout(timeout, reactor)
+        return response.code, body, response.headers
+
+    async def wait_until_answers(self, path: str, timeout: float = START_TIMEOUT) -> tuple[int, bytes, Any]:
+        """Poll ``path`` until the daemon answers it (any status)."""
+        from twisted.internet import reactor
+
+        deadline = reactor.seconds() + timeout
+        while True:
+            if not self.running:
+                pytest.fail(f"daemon exited with {self.proto.status} before answering:\n{self.output}")
+            try:
+                return await self.get(path, timeout=2.0)
+            except Exception as e:  # refused, or not answering yet
+                if reactor.seconds() > deadline:
+                    pytest.fail(f"daemon did not answer {path} within {timeout}s ({e!r}):\n{self.output}")
+            await sleep(0.1)
+
+    async def exited(self, timeout: float) -> int:
+        """The exit status, failing the test if it takes more than ``timeout``."""
+        from twisted.internet import reactor
+
+        if self.proto.status is not None:
+            return self.proto.status
+        waiter: defer.Deferred[int] = defer.Deferred()
+        self.proto.ended.addBoth(lambda r: (waiter.callback(r) if not waiter.called else None, r)[1])
+        waiter.addTimeout(timeout, reactor)
+        try:
+            return await waiter
+        except defer.TimeoutError:
+            pytest.fail(f"daemon still running after {timeout}s:\n{self.output}")
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM; the daemon must shut down cleanly within ``timeout``.
+
+        twistd (since Twisted 21.2) ends a SIGTERM'd run by re-raising the
+        signal on itself after the reactor stopped, so that its parent sees
+        *how* it ended: "killed by SIGTERM" is its normal, successful exit
+        (systemd counts it as success too).  0 is accepted as well; anything
+        else, or a shutdown that does not complete, fails.
+        """
+        self.transport.signalProcess("TERM")
+        status = await self.exited(timeout)
+        assert status in (0, -signal.SIGTERM), f"exit status {status}:\n{self.output}"
+        assert "Server Shut Down." in self.output, self.output
+        assert "Traceback" not in self.output, self.output
+
+    def kill(self) -> None:
+        if self.running:
+            try:
+                self.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+
+def twistd_argv(args: Sequence[str]) -> list[str]:
+    """``twistd -n`` (foreground), no pid file, log to stdout, then ``args``."""
+    return [sys.executable, str(TWISTD), "-n", "--pidfile=", "--logfile=-", *args]
+
+
+@pytest_twisted.async_yield_fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
+    """``spawn(argv, port=None, env=None)`` -> Daemon; every daemon still
+    running at teardown is killed and reaped."""
+    from twisted.internet import reactor
+
+    daemons: list[Daemon] = []
+
+    def start(argv: Sequence[str], *, port: int | None = None, env: dict[str, str] | None = None) -> Daemon:
+        full_env = isolated_env({"PYTHONUNBUFFERED": "1", **(env or {})})
+        proto = _Collector()
+        transport = reactor.spawnProcess(proto, argv[0], list(argv), env=full_env, path=str(tmp_path))
+        transport.closeStdin()
+        daemon = Daemon(proto, transport, port)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        if daemon.running:
+            daemon.kill()
+            d = daemon.proto.ended
+            d.addTimeout(STOP_TIMEOUT, reactor)
+            try:
+                await d
+            except Exception:
+                pass
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------ options, in-process
+
+
+def test_default_listener_is_loopback_only(monkeypatch, tmp_path):
+    from twisted.internet import endpoints, reactor
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    options = tap.Options()
+    options.parseOptions([])
+    cfg = options["config_obj"]
+    assert cfg.listen == (configuration.DEFAULT_LISTEN,)
+    (listen,) = cfg.listen
+    endpoint = endpoints.serverFromString(reactor, listen)
+    assert isinstance(endpoint, endpoints.TCP4ServerEndpoint)
+    assert endpoint._interface == "127.0.0.1"
+    assert endpoint._port == 8141
+
+
+def test_listen_option_replaces_the_config(tmp_path):
+    conf = write_config(tmp_path / "c.toml", '[server]\nlisten = "tcp:1:interface=127.0.0.1"\n')
+    options = tap.Options()
+    options.parseOptions(["--config", str(conf), "--listen", "tcp:2:interface=127.0.0.1", "-l", "tcp:3"])
+    assert options["config_obj"].listen == ("tcp:2:interface=127.0.0.1", "tcp:3")
+    options = tap.Options()
+    options.parseOptions(["-c", str(conf)])
+    assert options["config_obj"].listen == ("tcp:1:interface=127.0.0.1",)
+
+
+def test_config_error_is_a_usage_error(tmp_path):
+    conf = write_config(tmp_path / "c.toml", "[server]\nbogus = 1\n")
+    with pytest.raises(usage.UsageError, match="server.bogus: unknown key"):
+        tap.Options().parseOptions(["--config", str(conf)])
+
+
+# ------------------------------------------------------------ the real daemon
+
+
+def test_twistd_help_lists_pypicache(tmp_path):
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(TWISTD), "--help"], env=isolated_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert any(words[:1] == ["pypicache"] for words in lines), result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_serves_through_fake_upstream_and_stops_on_sigterm(tmp_path, fake_upstream, spawn):
+    conf = write_config(tmp_path / "pypicache.toml", f"""
+[server]
+data_dir = "data"
+listen = "tcp:1:interface=127.0.0.1"   # replaced by --listen below
+[http]
+connect_timeout = 2
+read_timeout = 2
+page_timeout = 3
+[upstream]
+url = "{fake_upstream.url}"
+""")
+    port = free_port()
+    daemon = spawn(twistd_argv(["pypicache", "--config", str(conf), "--listen", f"tcp:{port}:interface=127.0.0.1"]),
+                   port=port)
+    code, body, _ = await daemon.wait_until_answers("/simple/")
+    assert code == 200, daemon.output
+    assert b"tinyproj" in body
+
+    code, body, headers = await daemon.get("/simple/tinyproj/", accept=JSON)
+    assert code == 200, body
+    page = json.loads(body)
+    wheel = next(f for f in page["files"] if f["filename"].endswith(".whl"))
+    url = urljoin(daemon.root + "/simple/tinyproj/", wheel["url"])
+    assert url.startswith(daemon.root + "/"), url  # served by us, not a redirect to upstream
+    code, body, _ = await daemon.get(url[len(daemon.root):])
+    assert code == 200
+    assert body == fake_upstream.files[wheel["filename"]].read_bytes()
+
+    # Relative data_dir: next to the config file.
+    data = tmp_path / "data"
+    assert data.is_dir()
+    await daemon.stop()
+    # The index was closed on the way out: SQLite folded its WAL back in.
+    index_files = sorted(p.name for p in data.glob("index*"))
+    assert index_files and not any(name.endswith("-wal") for name in index_files), index_files
+
+
+@pytest_twisted.ensureDeferred
+async def test_starts_with_no_config_at_all(tmp_path, spawn):
+    home, xdg = tmp_path / "home", tmp_path / "xdg"
+    home.mkdir()
+    port = free_port()
+    daemon = spawn(twistd_argv(["pypicache", "--listen", f"tcp:{port}:interface=127.0.0.1"]), port=port,
+                   env={"HOME": str(home), "XDG_DATA_HOME": str(xdg)})
+    # Only "/" : anything under /simple/ would go to the real PyPI.
+    code, body, headers = await daemon.wait_until_answers("/")
+    assert code == 200, daemon.output
+    assert b"simple/" in body
+    assert (xdg / "pypicache").is_dir()
+    assert list((xdg / "pypicache").iterdir()), "the default providers keep their data there"
+    assert not (home / ".local").exists()
+    assert "<embedded default>" in daemon.output
+    await daemon.stop()
+
+
+BAD_CONFIGS = {
+    "unknown key": ('[server]\ndata_dir = "data"\npage_tll = 5\n', "server.page_tll"),
+    "unknown provider": ('[server]\ndata_dir = "data"\n[storage]\nprovider = "s3"\n', "'s3'"),
+    "unknown provider option": ('[server]\ndata_dir = "data"\n[storage]\nprovider = "memory"\nbucket = "b"\n',
+                                "storage.bucket"),
+    "unknown upstream after the index was built": (
+        '[server]\ndata_dir = "data"\n[upstream]\nprovider = "nope"\n', "upstream.provider"),
+    "bad endpoint type": ('[server]\ndata_dir = "data"\nlisten = "tcpp:8141"\n', "tcpp:8141"),
+    "bad endpoint port": ('[server]\ndata_dir = "data"\nlisten = "tcp:eighty"\n', "tcp:eighty"),
+    "port out of range": ('[server]\ndata_dir = "data"\nlisten = "tcp:99999:interface=127.0.0.1"\n', "tcp:99999"),
+    "bad TOML": ('[server\n', "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+@pytest_twisted.ensureDeferred
+async def test_bad_config_exits_with_one_line(tmp_path, spawn, case):
+    text, needle = BAD_CONFIGS[case]
+    conf = write_config(tmp_path / "bad.toml", text)
+    daemon = spawn(twistd_argv(["pypicache", "--config", str(conf)]))
+    status = await daemon.exited(10.0)
+    output = daemon.output
+    assert status != 0, output
+    assert "Traceback" not in output, output
+    naming = [line for line in output.splitlines() if needle in line]
+    assert len(naming) == 1, output
+    assert "error" in naming[0] or "cannot" in naming[0], naming
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_in_use_exits_with_one_line(tmp_path, spawn):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        conf = write_config(tmp_path / "c.toml", '[server]\ndata_dir = "data"\n')
+        daemon = spawn(twistd_argv(["pypicache", "--config", str(conf), "--listen", f"tcp:{port}:interface=127.0.0.1"]))
+        status = await daemon.exited(10.0)
+    output = daemon.output
+    assert status != 0, output
+    assert "Traceback" not in output, output
+    naming = [line for line in output.splitlines() if f"tcp:{port}" in line]
+    assert len(naming) == 1 and "cannot listen" in naming[0], output
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_config_file_exits_with_one_line(tmp_path, spawn):
+    missing = tmp_path / "nope.toml"
+    daemon = spawn(twistd_argv(["pypicache", "--config", str(missing)]))
+    status = await daemon.exited(10.0)
+    assert status != 0
+    assert "Traceback" not in daemon.output
+    assert len([line for line in daemon.output.splitlines() if str(missing) in line]) == 1, daemon.output
