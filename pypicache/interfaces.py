@@ -201,6 +201,39 @@ class IIndex(Interface):
         """Record that a file's METADATA is in storage under ``sha256``.
         Deferred firing with the new ProjectRecord."""
 
+    def add_file(name, record):
+        """Add an uploaded file to project ``name``.
+
+        The project is created private (``origin="local"``) if it does not
+        exist; an existing upstream-origin project becomes private (its
+        unstored upstream files are dropped, stored ones kept unlisted).
+        ``record.origin`` must be ``"local"``.  The filename is remembered as
+        used forever, with the file's sha256.
+        Fails with :class:`pypicache.model.FileExists` when the filename was
+        ever used before (even if that file was deleted since).
+        :return: Deferred firing with the new ProjectRecord.
+        """
+
+    def create_project(name, origin):
+        """Make sure project ``name`` exists with ``origin`` ("local" makes a
+        private project with no files).  An existing project keeps its files;
+        its origin becomes ``origin``.  Deferred firing with the ProjectRecord."""
+
+    def used_filename(filename):
+        """Deferred firing with the sha256 of what was uploaded under
+        ``filename`` (in any project, even if deleted since), or None."""
+
+    def set_yanked(name, filename, yanked, reason):
+        """Mark one file yanked (PEP 592) with an optional reason, or not.
+        Fails with KeyError for an unknown project or file.
+        Deferred firing with the new ProjectRecord."""
+
+    def remove_file(name, filename):
+        """Delete one file from the catalog (its filename stays used).
+        Fails with KeyError for an unknown project or file.
+        Deferred firing with the new ProjectRecord (the project itself stays,
+        even with no files: a private name stays private)."""
+
     def get_project_list():
         """Deferred firing with ``(ProjectList, refreshed_at)`` or None."""
 

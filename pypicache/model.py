@@ -162,5 +162,14 @@ class HashMismatch(Exception):
     """Bytes whose sha256 differs from the expected digest: nothing is stored."""
 
 
+class FileExists(Exception):
+    """A filename that was used before: uploads never replace a file."""
+
+    def __init__(self, filename: str, sha256: str | None = None) -> None:
+        super().__init__(f"{filename} already exists")
+        self.filename = filename
+        self.sha256 = sha256
+
+
 class BlobNotFound(KeyError):
     """No blob with that sha256 in storage."""

@@ -416,6 +416,7 @@ from zope.interface.verify import verifyObject as _verify_index  # noqa: E402
 from pypicache.interfaces import IIndex as _IIndex  # noqa: E402
 from pypicache.model import (  # noqa: E402
     BlobInfo as _BlobInfo,
+    FileExists as _FileExists,
     FileRecord as _FileRecord,
     ProjectList as _ProjectList,
     ProjectPage as _ProjectPage,
@@ -444,6 +445,18 @@ def index_file(filename: str, **fields: Any) -> _FileRecord:
 def index_page(name: str, *files: _FileRecord, **fields: Any) -> _ProjectPage:
     """A ProjectPage for ``name`` with ``files`` in the given order."""
     return _ProjectPage(name=name, files=tuple(files), **fields)
+
+
+def local_file(filename: str, **fields: Any) -> _FileRecord:
+    """A FileRecord as an upload makes it: no URL, stored bytes and METADATA
+    with digests derived from the filename unless ``fields`` say otherwise."""
+    fields.setdefault("hashes", {"sha256": _digest(f"upload {filename}")})
+    fields.setdefault("core_metadata", {"sha256": _digest(f"metadata {filename}")})
+    fields.setdefault("size", 1000)
+    fields.setdefault("upload_time", "2025-01-02T03:04:05.678901Z")
+    fields.setdefault("stored", True)
+    fields.setdefault("metadata_stored", True)
+    return _FileRecord(filename=filename, url="", origin="local", **fields)
 
 
 class IndexContract:
@@ -718,6 +731,224 @@ class IndexContract:
         await wait(index.save_project_list(second, 11.5))
         assert await wait(index.get_project_list()) == (second, 11.5)
         assert await wait(index.list_projects()) == []  # names alone make no records
+
+    # ----------------------------------------------------- private projects
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_file_creates_private_project(self, index: Any) -> None:
+        wheel = local_file("priv-1.0-py3-none-any.whl", requires_python=">=3.9")
+        record = await wait(index.add_file("priv", wheel))
+        assert record == _ProjectRecord(name="priv", files=(wheel,), origin="local")
+        assert record.refreshed_at is None and record.validators == _Validators()
+        assert record.versions is None and record.meta == {}
+        assert type(record.file(wheel.filename).hashes) is dict
+        assert await wait(index.get_project("priv")) == record
+        assert await wait(index.list_projects()) == ["priv"]
+        assert await wait(index.used_filename(wheel.filename)) == wheel.sha256
+        assert await wait(index.used_filename("priv-2.0-py3-none-any.whl")) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_file_appends_in_order(self, index: Any) -> None:
+        first = local_file("ord-1.0.tar.gz")
+        second = local_file("ord-1.0-py3-none-any.whl")
+        third = local_file("ord-0.9.tar.gz", yanked=True, yanked_reason="old")
+        await wait(index.add_file("ord", first))
+        await wait(index.add_file("ord", second))
+        record = await wait(index.add_file("ord", third))
+        assert record.files == (first, second, third)
+        assert await wait(index.get_project("ord")) == record
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_file_used_filename_is_refused_forever(self, index: Any) -> None:
+        wheel = local_file("once-1.0-py3-none-any.whl")
+        saved = await wait(index.add_file("once", wheel))
+        other_bytes = local_file(wheel.filename, hashes={"sha256": _digest("other")})
+        error = await wait_for_error(_FileExists, index.add_file, "once", other_bytes)
+        assert (error.filename, error.sha256) == (wheel.filename, wheel.sha256)
+        error = await wait_for_error(_FileExists, index.add_file, "once", wheel)  # same bytes too
+        assert error.sha256 == wheel.sha256
+        # In any project, not only the one that used it.
+        error = await wait_for_error(_FileExists, index.add_file, "elsewhere", other_bytes)
+        assert error.sha256 == wheel.sha256
+        assert await wait(index.get_project("elsewhere")) is None
+        assert await wait(index.get_project("once")) == saved
+        # Deleting the file does not free its name.
+        await wait(index.remove_file("once", wheel.filename))
+        error = await wait_for_error(_FileExists, index.add_file, "once", other_bytes)
+        assert error.sha256 == wheel.sha256
+        assert await wait(index.used_filename(wheel.filename)) == wheel.sha256
+        assert (await wait(index.get_project("once"))).files == ()
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_file_refuses_records_that_are_no_upload(self, index: Any) -> None:
+        await wait_for_error(ValueError, index.add_file, "bad", index_file("bad-1.tar.gz"))
+        await wait_for_error(ValueError, index.add_file, "bad",
+                             local_file("bad-1.tar.gz", hashes={"md5": "0" * 32}))
+        assert await wait(index.get_project("bad")) is None
+        assert await wait(index.used_filename("bad-1.tar.gz")) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_file_makes_upstream_project_private(self, index: Any) -> None:
+        stored = index_file("cl-1.0-py3-none-any.whl", core_metadata={"sha256": _digest("clm")})
+        unstored = index_file("cl-1.0.tar.gz")
+        only_meta = index_file("cl-0.9-py3-none-any.whl", core_metadata={"sha256": _digest("m9")})
+        page = index_page("cl", stored, unstored, only_meta, validators=_Validators("e", "lm"),
+                          versions=("0.9", "1.0"), meta={"tracks": ["https://x.example/cl/"]})
+        await wait(index.save_upstream_page(page, 1.0))
+        await wait(index.mark_stored("cl", stored.filename, _BlobInfo(stored.sha256, 3)))
+        await wait(index.mark_metadata_stored("cl", stored.filename, _digest("clm")))
+        await wait(index.mark_metadata_stored("cl", only_meta.filename, _digest("m9")))
+        upload = local_file("cl-2.0-py3-none-any.whl")
+        record = await wait(index.add_file("cl", upload))
+        kept = _attrs.evolve(stored, stored=True, metadata_stored=True, size=3, listed=False)
+        assert record == _ProjectRecord(name="cl", files=(kept, upload), origin="local")
+        assert await wait(index.get_project("cl")) == record
+        # A file the project still holds cannot be uploaded over ...
+        error = await wait_for_error(_FileExists, index.add_file, "cl", local_file(stored.filename))
+        assert error.sha256 == stored.sha256
+        # ... but the name of a dropped upstream file is free.
+        record = await wait(index.add_file("cl", local_file(unstored.filename)))
+        assert [f.filename for f in record.files] == [stored.filename, upload.filename,
+                                                      unstored.filename]
+        assert await wait(index.used_filename(stored.filename)) is None  # never uploaded
+        assert await wait(index.get_project("cl")) == record
+
+    @pytest_twisted.ensureDeferred
+    async def test_create_project(self, index: Any) -> None:
+        record = await wait(index.create_project("new", "local"))
+        assert record == _ProjectRecord(name="new", origin="local")
+        assert await wait(index.create_project("new", "local")) == record  # idempotent
+        assert await wait(index.get_project("new")) == record
+        assert await wait(index.list_projects()) == ["new"]  # even with no files
+        upload = local_file("new-1.tar.gz")
+        record = await wait(index.add_file("new", upload))
+        assert await wait(index.create_project("new", "local")) == record  # keeps files
+
+        # An upstream project keeps its files and bookkeeping; only the origin changes.
+        page = index_page("up", index_file("up-1.tar.gz"), validators=_Validators("e", None),
+                          versions=("1",), meta={"k": 1})
+        saved = await wait(index.save_upstream_page(page, 1.0))
+        record = await wait(index.create_project("up", "local"))
+        assert record == _attrs.evolve(saved, origin="local", versions=None)
+        assert await wait(index.get_project("up")) == record
+        # And back: its files stay as they are.
+        record = await wait(index.create_project("new", "upstream"))
+        assert record == _ProjectRecord(name="new", files=(upload,), origin="upstream")
+        assert await wait(index.get_project("new")) == record
+        assert await wait(index.list_projects()) == ["new", "up"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_set_yanked(self, index: Any) -> None:
+        one, two = local_file("y-1.tar.gz"), local_file("y-2.tar.gz")
+        await wait(index.add_file("y", one))
+        await wait(index.add_file("y", two))
+        record = await wait(index.set_yanked("y", one.filename, True, "broken build"))
+        assert record.files == (_attrs.evolve(one, yanked=True, yanked_reason="broken build"), two)
+        assert await wait(index.get_project("y")) == record
+        record = await wait(index.set_yanked("y", one.filename, True, None))
+        assert record.file(one.filename).yanked_reason is None
+        await wait(index.set_yanked("y", one.filename, True, "again"))
+        record = await wait(index.set_yanked("y", one.filename, False, "ignored"))
+        assert record.files == (one, two)  # un-yanked: no reason left
+        assert await wait(index.get_project("y")) == record
+        await wait_for_error(KeyError, index.set_yanked, "nope", one.filename, True, None)
+        await wait_for_error(KeyError, index.set_yanked, "y", "y-3.tar.gz", True, None)
+        assert await wait(index.get_project("nope")) is None
+        # Upstream files can be yanked too (until the next page says otherwise).
+        listed = index_file("uy-1.tar.gz")
+        await wait(index.save_upstream_page(index_page("uy", listed), 1.0))
+        record = await wait(index.set_yanked("uy", listed.filename, True, "r"))
+        assert record.file(listed.filename) == _attrs.evolve(listed, yanked=True, yanked_reason="r")
+        assert await wait(index.get_project("uy")) == record
+
+    @pytest_twisted.ensureDeferred
+    async def test_remove_file(self, index: Any) -> None:
+        one, two = local_file("rm-1.tar.gz"), local_file("rm-2.tar.gz")
+        await wait(index.add_file("rm", one))
+        await wait(index.add_file("rm", two))
+        record = await wait(index.remove_file("rm", one.filename))
+        assert record == _ProjectRecord(name="rm", files=(two,), origin="local")
+        assert await wait(index.get_project("rm")) == record
+        three = local_file("rm-3.tar.gz")
+        record = await wait(index.add_file("rm", three))
+        assert record.files == (two, three)
+        assert await wait(index.get_project("rm")) == record
+        await wait(index.remove_file("rm", two.filename))
+        record = await wait(index.remove_file("rm", three.filename))
+        assert record == _ProjectRecord(name="rm", origin="local")  # the project stays
+        assert await wait(index.get_project("rm")) == record
+        assert await wait(index.list_projects()) == ["rm"]
+        for f in (one, two, three):
+            assert await wait(index.used_filename(f.filename)) == f.sha256
+        await wait_for_error(KeyError, index.remove_file, "rm", one.filename)
+        await wait_for_error(KeyError, index.remove_file, "nope", one.filename)
+        assert await wait(index.get_project("nope")) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_upstream_page_merged_into_private_project(self, index: Any) -> None:
+        ours = local_file("mg-1.0.tar.gz")
+        await wait(index.add_file("mg", ours))
+        theirs = index_file("mg-1.0.tar.gz")  # same filename: ours wins
+        old, older = index_file("mg-0.9.tar.gz"), index_file("mg-0.8.tar.gz")
+        page = index_page("mg", old, theirs, older, validators=_Validators("e1", None),
+                          versions=("0.8", "0.9", "1.0"), meta={"tracks": ["https://x.example/"]})
+        record = await wait(index.save_upstream_page(page, 5.0))
+        # Upstream files in the page's order, then ours.
+        assert record == _ProjectRecord(name="mg", files=(old, older, ours),
+                                        validators=_Validators("e1", None), refreshed_at=5.0,
+                                        origin="local", versions=None,
+                                        meta={"tracks": ["https://x.example/"]})
+        assert await wait(index.get_project("mg")) == record
+        # Another upload goes last; a refresh keeps that order, unlisting a
+        # stored file the page dropped and forgetting an unstored one.
+        await wait(index.mark_stored("mg", old.filename, _BlobInfo(old.sha256, 9)))
+        newer = local_file("mg-1.1.tar.gz")
+        await wait(index.add_file("mg", newer))
+        newest = index_file("mg-2.0.tar.gz")
+        record = await wait(index.save_upstream_page(index_page("mg", newest, theirs), 6.0))
+        # The files the page does not govern keep their previous order.
+        assert record.files == (newest, _attrs.evolve(old, stored=True, size=9, listed=False),
+                                ours, newer)
+        assert record.origin == "local" and record.refreshed_at == 6.0
+        assert await wait(index.get_project("mg")) == record
+        # 304s on a merged project work as on any other.
+        record = await wait(index.mark_refreshed("mg", 7.0, None))
+        assert record.origin == "local" and record.refreshed_at == 7.0
+
+    @pytest_twisted.ensureDeferred
+    async def test_upstream_page_keeps_local_files_of_upstream_project(self, index: Any) -> None:
+        # A private project handed back to the upstream keeps the files uploaded here.
+        ours = local_file("hb-1.0.tar.gz")
+        await wait(index.add_file("hb", ours))
+        await wait(index.create_project("hb", "upstream"))
+        theirs = index_file("hb-2.0.tar.gz")
+        record = await wait(index.save_upstream_page(index_page("hb", theirs, versions=("2.0",)), 1.0))
+        assert record.files == (theirs, ours)
+        assert record.origin == "upstream" and record.versions == ("2.0",)
+
+    @pytest_twisted.ensureDeferred
+    async def test_private_project_survives_reopen(self, index: Any, tmp_path: Path,
+                                                   index_context: ProviderContext) -> None:
+        if not self.persistent:
+            pytest.skip("provider is not persistent")
+        one, two = local_file("sv-1.tar.gz"), local_file("sv-2.tar.gz")
+        await wait(index.add_file("sv", one))
+        await wait(index.add_file("sv", two))
+        await wait(index.set_yanked("sv", two.filename, True, "why"))
+        record = await wait(index.remove_file("sv", one.filename))
+        empty = await wait(index.create_project("empty-private", "local"))
+        await self.close_index(index)
+
+        reopened = self.open_index(tmp_path, index_context)
+        assert await wait(reopened.get_project("sv")) == record
+        assert await wait(reopened.get_project("empty-private")) == empty
+        assert await wait(reopened.list_projects()) == ["empty-private", "sv"]
+        assert await wait(reopened.used_filename(one.filename)) == one.sha256
+        await wait_for_error(_FileExists, reopened.add_file, "sv", one)
+        three = local_file("sv-3.tar.gz")
+        after = await wait(reopened.add_file("sv", three))
+        assert after.files == record.files + (three,)
+        assert await wait(reopened.get_project("sv")) == after
 
     # ----------------------------------------------------------- persistence
 

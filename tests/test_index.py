@@ -19,12 +19,13 @@ from pypicache import providers
 from pypicache.errors import ConfigError
 from pypicache.index import memory, sqlite
 from pypicache.interfaces import IIndex, IProviderFactory
-from pypicache.model import BlobInfo, ProjectList, Validators
+from pypicache.model import BlobInfo, FileExists, ProjectList, ProjectRecord, Validators
 from pypicache.testing import (
     IndexContract,
     _digest,
     index_file,
     index_page,
+    local_file,
     make_context,
     stop_context,
     wait,
@@ -140,7 +141,7 @@ async def test_pragmas_and_schema(index: sqlite.SQLiteIndex, tmp_path: Path) -> 
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {name for (name,) in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"projects", "files", "project_list"} <= tables
+        assert {"projects", "files", "project_list", "used_filenames"} <= tables
         assert other.execute("SELECT filename, listed FROM files").fetchall() == [("w-1.tar.gz", 1)]
     finally:
         other.close()
@@ -160,6 +161,11 @@ async def test_every_call_runs_off_the_reactor_thread(index: sqlite.SQLiteIndex)
     await wait(index.mark_metadata_stored("t", wheel.filename, _digest("m")))
     await wait(index.save_project_list(ProjectList(("t",)), 3.0))
     await wait(index.get_project_list())
+    await wait(index.add_file("t", local_file("t-2.tar.gz")))
+    await wait(index.used_filename("t-2.tar.gz"))
+    await wait(index.set_yanked("t", "t-2.tar.gz", True, None))
+    await wait(index.remove_file("t", "t-2.tar.gz"))
+    await wait(index.create_project("t2", "local"))
     assert len(idents) == 1  # one dedicated thread ...
     assert threading.get_ident() not in idents  # ... which is not the reactor's
     assert idents <= {t.ident for t in index._pool.threads}
@@ -256,3 +262,99 @@ async def test_shutdown_trigger_removed_on_close(context: Any) -> None:
     assert index._trigger is None
     with pytest.raises(ValueError):
         reactor.removeSystemEventTrigger(trigger)
+
+
+# ------------------------------------------------------ private packages (SQLite)
+
+
+@pytest_twisted.ensureDeferred
+async def test_used_filenames_rows(index: sqlite.SQLiteIndex) -> None:
+    one = local_file("uf-1.tar.gz")
+    two = local_file("uf-1-py3-none-any.whl", upload_time=None)
+    await wait(index.add_file("uf", one))
+    await wait(index.add_file("uf", two))
+    await wait(index.remove_file("uf", one.filename))
+
+    def rows(conn: sqlite3.Connection) -> list:
+        return conn.execute("SELECT filename, sha256, project, upload_time FROM used_filenames "
+                            "ORDER BY filename").fetchall()
+
+    assert await wait(index._call(rows)) == [
+        (two.filename, two.sha256, "uf", None),
+        (one.filename, one.sha256, "uf", one.upload_time),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_file_to_private_project_writes_one_row(index: sqlite.SQLiteIndex) -> None:
+    for n in range(3):
+        await wait(index.add_file("one", local_file(f"one-{n}.tar.gz")))
+    statements: list[str] = []
+    await wait(index._call(lambda conn: conn.set_trace_callback(statements.append)))
+    await wait(index.add_file("one", local_file("one-3.tar.gz")))
+    await wait(index._call(lambda conn: conn.set_trace_callback(None)))
+    writes = [s.split()[0] for s in statements if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    assert writes == ["INSERT", "INSERT", "INSERT"]  # project row (upsert), file, used filename
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_add_file_changes_nothing(index: sqlite.SQLiteIndex) -> None:
+    page = index_page("fa", index_file("fa-1.tar.gz"), validators=Validators("e", None))
+    saved = await wait(index.save_upstream_page(page, 1.0))
+    # Making the project private deletes its rows first; a value that cannot
+    # be stored then fails, and the transaction must roll everything back.
+    bad = local_file("fa-2.tar.gz", core_metadata={"sha256": _digest("m"), "bad": object()})
+    await wait_for_error(TypeError, index.add_file, "fa", bad)
+    assert await wait(index.get_project("fa")) == saved
+    assert await wait(index.used_filename(bad.filename)) is None
+    good = local_file("fa-2.tar.gz")
+    record = await wait(index.add_file("fa", good))
+    assert record == ProjectRecord(name="fa", files=(good,), origin="local")
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_adds_of_one_filename(index: sqlite.SQLiteIndex) -> None:
+    uploads = [local_file("race-1.tar.gz", hashes={"sha256": _digest(f"bytes {n}")})
+               for n in range(5)]
+    results = await wait(defer.DeferredList([index.add_file(f"race{n}", u)
+                                             for n, u in enumerate(uploads)], consumeErrors=True))
+    won = [r for ok, r in results if ok]
+    lost = [r.value for ok, r in results if not ok]
+    assert len(won) == 1 and len(lost) == 4
+    assert all(isinstance(e, FileExists) and e.sha256 == won[0].files[0].sha256 for e in lost)
+    assert await wait(index.list_projects()) == [won[0].name]
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_1_database_is_upgraded(context: Any, opened: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Write a database exactly as the schema-1 code did ...
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite, "SCHEMA_VERSION", 1)
+        old = sqlite.factory.create({}, context)
+        opened(old)
+        wheel = index_file("v1-1.0-py3-none-any.whl")
+        await wait(old.save_upstream_page(index_page("v1", wheel, index_file("v1-1.0.tar.gz")), 1.0))
+        saved = await wait(old.mark_stored("v1", wheel.filename, BlobInfo(wheel.sha256, 5)))
+        names = ProjectList(("v1", "other"))
+        await wait(old.save_project_list(names, 2.0))
+        await wait(old.close())
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'used_filenames'").fetchall() == []
+    finally:
+        conn.close()
+
+    # ... then open it with this code: the data stays, the new table appears.
+    index = sqlite.factory.create({}, context)
+    opened(index)
+    assert await wait(index.get_project("v1")) == saved
+    assert await wait(index.get_project_list()) == (names, 2.0)
+    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) == 2
+    assert await wait(index.used_filename(wheel.filename)) is None
+    upload = local_file("v1-2.0.tar.gz")
+    record = await wait(index.add_file("v1", upload))
+    kept = attrs.evolve(wheel, stored=True, size=5, listed=False)
+    assert record == ProjectRecord(name="v1", files=(kept, upload), origin="local")
+    assert await wait(index.used_filename(upload.filename)) == upload.sha256

@@ -6,9 +6,11 @@ thread means our own writes never contend for the lock ("database is
 locked"); WAL mode lets other processes (the admin CLI) read meanwhile.  The
 reactor thread only queues work and receives frozen records.
 
-What a save or a mark *means* is defined once, by the pure functions in
-:mod:`pypicache.index.memory`; this module loads a record, applies them and
-writes the result inside one transaction.
+What each operation *means* is defined once, by the pure functions in
+:mod:`pypicache.index.rules`; this module loads a record, applies one and
+writes the result, each call inside one transaction.  The one piece of
+state beyond the projects is the register of used filenames (table
+``used_filenames``): a filename, once uploaded, is never accepted again.
 """
 
 from __future__ import annotations
@@ -28,15 +30,22 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from pypicache.errors import ConfigError
-from pypicache.index.memory import (
+from pypicache.index.rules import (
+    LOCAL,
+    check_upload,
     merge_upstream_page,
     refreshed,
     with_file_stored,
     with_metadata_stored,
+    with_origin,
+    with_upload,
+    with_yanked,
+    without_file,
 )
 from pypicache.interfaces import IIndex, IProviderFactory
 from pypicache.model import (
     BlobInfo,
+    FileExists,
     FileRecord,
     ProjectList,
     ProjectPage,
@@ -51,7 +60,7 @@ T = TypeVar("T")
 
 #: PRAGMA user_version this code writes.  Bump it and add a step to
 #: ``_MIGRATIONS`` to change the schema; older files are upgraded on open.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Milliseconds a statement waits for another process's lock before failing.
 BUSY_TIMEOUT_MS = 10_000
@@ -93,6 +102,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_modified TEXT,
             refreshed_at REAL
         )""",
+    ),
+    # Private packages: every filename ever uploaded, kept after the file is
+    # deleted (PyPI's rule: a filename names one content forever).
+    2: (
+        """CREATE TABLE used_filenames (
+            filename TEXT PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            project TEXT NOT NULL,
+            upload_time TEXT
+        ) WITHOUT ROWID""",
     ),
 }
 
@@ -243,6 +262,22 @@ def _update_file(conn: sqlite3.Connection, project: str, f: FileRecord) -> None:
     conn.execute(_UPDATE_FILE, values[1:] + (project, f.filename))
 
 
+def _write_project(conn: sqlite3.Connection, record: ProjectRecord) -> None:
+    """Replace the project's row and all its file rows by ``record``."""
+    _write_project_row(conn, record)
+    conn.execute("DELETE FROM files WHERE project = ?", (record.name,))
+    conn.executemany(_INSERT_FILE, [(record.name, position) + _file_values(f)
+                                    for position, f in enumerate(record.files)])
+
+
+def _append_file(conn: sqlite3.Connection, project: str, f: FileRecord) -> None:
+    """Insert ``f`` after the project's other files (positions may have
+    gaps where files were removed; only their order matters)."""
+    (position,) = conn.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM files "
+                               "WHERE project = ?", (project,)).fetchone()
+    conn.execute(_INSERT_FILE, (project, position) + _file_values(f))
+
+
 # ----------------------------------------------------------------- queries
 # Each runs on the index thread with the connection as first argument.
 
@@ -260,10 +295,7 @@ def _q_save_upstream_page(conn: sqlite3.Connection, page: ProjectPage,
                           refreshed_at: float) -> ProjectRecord:
     with _transaction(conn):
         record = merge_upstream_page(_load_project(conn, page.name), page, refreshed_at)
-        _write_project_row(conn, record)
-        conn.execute("DELETE FROM files WHERE project = ?", (record.name,))
-        conn.executemany(_INSERT_FILE, [(record.name, position) + _file_values(f)
-                                        for position, f in enumerate(record.files)])
+        _write_project(conn, record)
     return record
 
 
@@ -280,16 +312,64 @@ def _q_mark_refreshed(conn: sqlite3.Connection, name: str, refreshed_at: float,
     return record
 
 
+def _load_existing(conn: sqlite3.Connection, name: str) -> ProjectRecord:
+    record = _load_project(conn, name)
+    if record is None:
+        raise KeyError(f"no project {name!r}")
+    return record
+
+
 def _q_mark(conn: sqlite3.Connection, how: Callable, name: str, filename: str,
-            what: Any) -> ProjectRecord:
+            *what: Any) -> ProjectRecord:
+    """Apply a file mark (``how(record, filename, *what)``) and write the one
+    file row it changed."""
     with _transaction(conn):
-        record = _load_project(conn, name)
-        if record is None:
-            raise KeyError(f"no project {name!r}")
-        new_record, new_file = how(record, filename, what)
+        record = _load_existing(conn, name)
+        new_record, new_file = how(record, filename, *what)
         if new_record is not record:
             _update_file(conn, name, new_file)
     return new_record
+
+
+def _q_used_filename(conn: sqlite3.Connection, filename: str) -> str | None:
+    row = conn.execute("SELECT sha256 FROM used_filenames WHERE filename = ?",
+                       (filename,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _q_add_file(conn: sqlite3.Connection, name: str, upload: FileRecord) -> ProjectRecord:
+    sha256 = check_upload(upload)
+    with _transaction(conn):
+        used = _q_used_filename(conn, upload.filename)
+        if used is not None:
+            raise FileExists(upload.filename, used)
+        old = _load_project(conn, name)
+        record = with_upload(old, name, upload)
+        if old is not None and old.origin == LOCAL:
+            # Already private: the other files are untouched.
+            _write_project_row(conn, record)
+            _append_file(conn, name, record.files[-1])
+        else:
+            _write_project(conn, record)
+        conn.execute("INSERT INTO used_filenames (filename, sha256, project, upload_time) "
+                     "VALUES (?, ?, ?, ?)", (upload.filename, sha256, name, upload.upload_time))
+    return record
+
+
+def _q_create_project(conn: sqlite3.Connection, name: str, origin: str) -> ProjectRecord:
+    with _transaction(conn):
+        old = _load_project(conn, name)
+        record = with_origin(old, name, origin)
+        if record is not old:
+            _write_project_row(conn, record)  # the files stay as they are
+    return record
+
+
+def _q_remove_file(conn: sqlite3.Connection, name: str, filename: str) -> ProjectRecord:
+    with _transaction(conn):
+        record = without_file(_load_existing(conn, name), filename)
+        conn.execute("DELETE FROM files WHERE project = ? AND filename = ?", (name, filename))
+    return record
 
 
 def _q_get_project_list(conn: sqlite3.Connection) -> tuple[ProjectList, float] | None:
@@ -364,6 +444,22 @@ class SQLiteIndex:
 
     def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred:
         return self._call(_q_mark, with_metadata_stored, name, filename, sha256)
+
+    def set_yanked(self, name: str, filename: str, yanked: bool,
+                   reason: str | None) -> defer.Deferred:
+        return self._call(_q_mark, with_yanked, name, filename, yanked, reason)
+
+    def add_file(self, name: str, record: FileRecord) -> defer.Deferred:
+        return self._call(_q_add_file, name, record)
+
+    def create_project(self, name: str, origin: str) -> defer.Deferred:
+        return self._call(_q_create_project, name, origin)
+
+    def used_filename(self, filename: str) -> defer.Deferred:
+        return self._call(_q_used_filename, filename)
+
+    def remove_file(self, name: str, filename: str) -> defer.Deferred:
+        return self._call(_q_remove_file, name, filename)
 
     def get_project_list(self) -> defer.Deferred:
         return self._call(_q_get_project_list)
