@@ -1,0 +1,397 @@
+"""The ``pypicache`` admin command: accounts, tokens, maintainers, yanking.
+
+It works against the same config file as the server (``--config``; without
+it the embedded default), so it finds the same data directory: the accounts
+database ``<data_dir>/accounts.sqlite3`` and the configured index.  Both are
+SQLite in WAL mode by default, so the command may run while the server does.
+
+Every failure is one line on stderr and a non-zero exit status, never a
+traceback: 2 for a usage or config error, 1 when the operation itself
+fails (unknown user, wrong password confirmation, no such file, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from pypicache import config as configuration
+from pypicache.errors import ConfigError
+from pypicache.model import FileRecord, InvalidName, normalize
+
+__all__ = ["main", "build_parser", "files_matching", "catalog_action"]
+
+ACCOUNTS_FILE = "accounts.sqlite3"
+_DONE = {"yank": "yanked", "unyank": "unyanked", "delete": "deleted"}
+
+
+class CommandError(Exception):
+    """An operation failed: print the message, exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` returns a code."""
+
+    def error(self, message: str) -> Any:
+        raise _UsageError(f"{self.prog}: {message}", self.format_usage())
+
+
+class _UsageError(Exception):
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pypicache", description="Manage a pypicache server's accounts and catalog.")
+    parser.add_argument("--config", "-c", metavar="FILE", default=None,
+                        help="the server's TOML config file (default: the embedded default)")
+    commands = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="action", metavar="ACTION")
+    user.required = True
+    p = user.add_parser("add", help="create a user (asks for the password)")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="may upload to and manage every project")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    p = user.add_parser("passwd", help="change a user's password")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    p = user.add_parser("remove", help="delete a user, revoking their tokens and maintainerships")
+    p.add_argument("name")
+    user.add_parser("list", help="list users")
+
+    token = commands.add_parser("token", help="manage API tokens").add_subparsers(dest="action",
+                                                                                 metavar="ACTION")
+    token.required = True
+    p = token.add_parser("create", help="create a token for USER and print it (once)")
+    p.add_argument("user")
+    p.add_argument("--description", "-d", default="", help="what the token is for")
+    p.add_argument("--project", "-p", action="extend", nargs="+", dest="projects", metavar="PROJECT",
+                   help="restrict the token to these projects (repeatable; default: all of the user's)")
+    p = token.add_parser("list", help="list tokens (never their secrets)")
+    p.add_argument("user", nargs="?")
+    p = token.add_parser("revoke", help="revoke a token")
+    p.add_argument("id")
+
+    project = commands.add_parser("project", help="manage project maintainers").add_subparsers(
+        dest="action", metavar="ACTION")
+    project.required = True
+    for name, help_text in (("grant", "let USER upload to PROJECT"),
+                            ("revoke", "stop USER uploading to PROJECT")):
+        p = project.add_parser(name, help=help_text)
+        p.add_argument("project")
+        p.add_argument("user")
+    p = project.add_parser("maintainers", help="list a project's maintainers")
+    p.add_argument("project")
+
+    what = "a filename, or a version meaning all of its files"
+    p = commands.add_parser("yank", help="mark uploaded files yanked (PEP 592)")
+    p.add_argument("project")
+    p.add_argument("target", metavar="FILENAME_OR_VERSION", help=what)
+    p.add_argument("--reason", "-r", default=None, help="shown to installers")
+    p = commands.add_parser("unyank", help="undo a yank")
+    p.add_argument("project")
+    p.add_argument("target", metavar="FILENAME_OR_VERSION", help=what)
+    p = commands.add_parser("delete", help="remove uploaded files (their filenames stay used)")
+    p.add_argument("project")
+    p.add_argument("target", metavar="FILENAME_OR_VERSION", help=what)
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return the exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        sys.stderr.write(e.usage)
+        sys.stderr.write(f"{e}\n")
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        cfg = configuration.load(args.config)
+    except ConfigError as e:
+        return _fail(f"config error: {e}", 2)
+    try:
+        if args.group in ("yank", "unyank", "delete"):
+            return _run_catalog(cfg, args)
+        return _run_accounts(cfg, args)
+    except ConfigError as e:
+        return _fail(f"config error: {e}", 2)
+    except (CommandError, ValueError) as e:  # AccountError and InvalidName are ValueErrors
+        return _fail(str(e), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 1)
+    except Exception as e:  # e.g. sqlite3 errors: still one line
+        return _fail(f"{type(e).__name__}: {e}", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"pypicache: error: {message}\n")
+    return code
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+# ------------------------------------------------------------------ accounts
+
+
+def open_store(cfg: Any, **kwargs: Any) -> Any:
+    """The account store of the configured data directory (created if needed)."""
+    from pypicache.accounts import AccountStore
+
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"server.data_dir: cannot create {cfg.data_dir}: {e.strerror or e}") from e
+    return AccountStore(Path(cfg.data_dir) / ACCOUNTS_FILE, **kwargs)
+
+
+def read_password(from_stdin: bool, stdin: TextIO | None = None) -> str:
+    """The new password: one line of stdin, or typed twice at the terminal."""
+    stdin = stdin if stdin is not None else sys.stdin
+    if from_stdin:
+        line = stdin.readline()
+        if not line:
+            raise CommandError("no password on stdin")
+        return line.rstrip("\r\n")
+    if not stdin.isatty():
+        raise CommandError("stdin is not a terminal: pass --password-stdin to read the password from it")
+    first = getpass.getpass("Password: ")
+    second = getpass.getpass("Password (again): ")
+    if first != second:
+        raise CommandError("the passwords do not match")
+    return first
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
+
+
+def _run_accounts(cfg: Any, args: argparse.Namespace) -> int:
+    store = open_store(cfg)
+    try:
+        return _accounts_command(store, args)
+    finally:
+        store.close()
+
+
+def _accounts_command(store: Any, args: argparse.Namespace) -> int:
+    group, action = args.group, args.action
+    if group == "user":
+        if action == "add":
+            from pypicache.accounts import normalize_user
+
+            normalize_user(args.name)  # a bad name fails before the password is asked
+            if store.get_user(args.name) is not None:
+                raise CommandError(f"user {args.name.lower()!r} already exists")
+            user = store.add_user(args.name, read_password(args.password_stdin), admin=args.admin)
+            _out(f"added user {user.name}{' (admin)' if user.admin else ''}")
+        elif action == "passwd":
+            if store.get_user(args.name) is None:
+                raise CommandError(f"no user named {args.name!r}")
+            store.set_password(args.name, read_password(args.password_stdin))
+            _out(f"password of {args.name.lower()} changed")
+        elif action == "remove":
+            orphans = store.remove_user(args.name)
+            _out(f"removed user {args.name.lower()} (tokens revoked)")
+            if orphans:
+                sys.stderr.write("pypicache: note: now without maintainer (admins only until granted): "
+                                 + ", ".join(orphans) + "\n")
+        else:  # list
+            for user in store.list_users():
+                _out(f"{user.name}\t{'admin' if user.admin else 'user'}\tcreated {_when(user.created)}")
+    elif group == "token":
+        if action == "create":
+            token_id, token = store.create_token(args.user, args.description, args.projects)
+            sys.stderr.write(f"pypicache: token {token_id} created; it is shown only once. "
+                             "Use it as the password with user name __token__.\n")
+            _out(token)
+        elif action == "list":
+            for t in store.list_tokens(args.user):
+                scope = ",".join(sorted(t.projects)) if t.projects is not None else "*"
+                state = "revoked" if t.revoked else "active"
+                _out(f"{t.id}\t{t.user}\t{state}\tprojects={scope}\tcreated {_when(t.created)}\t"
+                     f"last used {_when(t.last_used)}\t{t.description}")
+        else:  # revoke
+            store.revoke_token(args.id)
+            _out(f"revoked token {args.id}")
+    else:  # project
+        if action == "grant":
+            store.grant(args.project, args.user)
+            _out(f"{args.user.lower()} now maintains {normalize(args.project)}")
+        elif action == "revoke":
+            if not store.revoke(args.project, args.user):
+                raise CommandError(f"{args.user.lower()} is not a maintainer of {normalize(args.project)}")
+            _out(f"{args.user.lower()} no longer maintains {normalize(args.project)}")
+        else:  # maintainers
+            for name in sorted(store.maintainers(args.project)):
+                _out(name)
+    return 0
+
+
+# ------------------------------------------------------------------- catalog
+
+
+def files_matching(project: Any, target: str) -> list[FileRecord]:
+    """The uploaded files of ``project`` (a ProjectRecord) that ``target`` names.
+
+    ``target`` is an exact filename, or else a version: every uploaded file
+    whose filename (parsed with packaging.utils) has that version.  Files
+    cached from the upstream are never matched: the next refresh would undo
+    a yank, and deleting them here would not remove them upstream.
+    """
+    exact = project.file(target)
+    if exact is not None:
+        if exact.origin != "local":
+            raise CommandError(f"{target} was not uploaded here (it comes from the upstream)")
+        return [exact]
+    try:
+        version = Version(target)
+    except InvalidVersion:
+        raise CommandError(f"{project.name} has no file named {target!r} (and it is not a version)") from None
+    found = []
+    for record in project.files:
+        if record.origin != "local":
+            continue
+        parsed = _filename_version(record.filename)
+        if parsed is not None and parsed[0] == project.name and parsed[1] == version:
+            found.append(record)
+    if not found:
+        raise CommandError(f"{project.name} has no uploaded file of version {target}")
+    return found
+
+
+def _filename_version(filename: str) -> tuple[str, Version] | None:
+    try:
+        if filename.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(filename)
+        else:
+            name, version = parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return str(canonicalize_name(name)), version
+
+
+async def catalog_action(index: Any, action: str, project_name: str, target: str, *,
+                         reason: str | None = None,
+                         confirm: Callable[[list[FileRecord]], Any] | None = None,
+                         out: Callable[[str], None] = _out) -> int:
+    """Yank, unyank or delete the files ``target`` names, through an IIndex.
+
+    ``confirm(files)`` (delete only) returns, or a Deferred firing with,
+    True to go ahead.  Raises CommandError when nothing matches.
+    """
+    from twisted.internet import defer
+
+    try:
+        name = normalize(project_name)
+    except InvalidName as e:
+        raise CommandError(str(e)) from None
+    project = await index.get_project(name)
+    if project is None:
+        raise CommandError(f"no project named {name}")
+    if project.origin != "local":
+        raise CommandError(f"{name} is not a private project: only uploaded files can be {_DONE[action]}")
+    files = files_matching(project, target)
+    if action == "delete":
+        if confirm is not None and not await defer.maybeDeferred(confirm, files):
+            out("nothing deleted")
+            return 1
+        for record in files:
+            await index.remove_file(name, record.filename)
+            out(f"deleted {record.filename}")
+    else:
+        yank = action == "yank"
+        for record in files:
+            await index.set_yanked(name, record.filename, yank, reason if yank else None)
+            out(f"{_DONE[action]} {record.filename}")
+    return 0
+
+
+def _confirm_factory(args: argparse.Namespace, reactor: Any, threadpool: Any) -> Callable | None:
+    if args.yes:
+        return None
+    if not sys.stdin.isatty():
+        raise CommandError("stdin is not a terminal: pass --yes to delete without confirmation")
+
+    def ask(files: list[FileRecord]) -> Any:
+        from twisted.internet.threads import deferToThreadPool
+
+        listing = "".join(f"  {f.filename}\n" for f in files)
+        sys.stderr.write(f"About to delete from {normalize(args.project)}:\n{listing}"
+                         "Their filenames can never be uploaded again.\n")
+        # input() blocks: keep it off the reactor thread.
+        d = deferToThreadPool(reactor, threadpool, input, "Delete? [y/N] ")
+        return d.addCallback(lambda answer: answer.strip().lower() in ("y", "yes"))
+
+    return ask
+
+
+def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
+    """Build the configured index, then run the reactor just to act and close it.
+
+    Everything that can fail on the command line or in the config fails
+    before the reactor runs, like the daemon's start-up.
+    """
+    from twisted.internet import defer, reactor, task
+    from twisted.python.threadpool import ThreadPool
+
+    from pypicache import providers
+
+    threadpool = ThreadPool(minthreads=0, maxthreads=2, name="pypicache-admin")
+    threadpool.start()
+    try:
+        confirm = _confirm_factory(args, reactor, threadpool) if args.group == "delete" else None
+        context = providers.ProviderContext(reactor=reactor, threadpool=threadpool,
+                                            data_dir=cfg.data_dir, http=cfg.http)
+        index = providers.create("index", cfg.index.name, cfg.index.options, context)
+    except BaseException:
+        threadpool.stop()
+        raise
+    outcome: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        try:
+            outcome["code"] = await catalog_action(index, args.group, args.project, args.target,
+                                                   reason=getattr(args, "reason", None), confirm=confirm)
+        except BaseException as e:
+            outcome["error"] = e
+        finally:
+            try:
+                await index.close()
+            finally:
+                threadpool.stop()
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit:
+        pass  # react always exits; the outcome says how it went
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("code", 1)
+
+
+if __name__ == "__main__":  # python -m pypicache.admin
+    raise SystemExit(main())
