@@ -18,7 +18,11 @@ from pypicache.downloads import Downloader
 from pypicache.errors import ConfigError
 from pypicache.mirror import Mirror
 from pypicache.stats import Stats
+from pypicache.accounts import Accounts, AccountStore
+from pypicache.web.jsonapi import JsonAPI
+from pypicache.web.manage import Manage
 from pypicache.web.site import QuietSite, build_root
+from pypicache.web.upload import Upload
 
 
 @attrs.define
@@ -35,11 +39,14 @@ class App:
     downloader: Downloader
     site: QuietSite
     stats: Stats
+    accounts: Any = None
 
     async def close(self) -> None:
         """Flush the index, drop upstream connections, stop threads."""
         try:
             await self.index.close()
+            if self.accounts is not None:
+                await self.accounts.close()
         finally:
             closer = getattr(self.upstream, "close", None)
             if closer is not None:
@@ -70,10 +77,22 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         threadpool.stop()
         raise
     mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=config.page_ttl,
-                    root_ttl=config.root_ttl, offline=config.offline)
+                    root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge)
     downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
                             spool_dir=data_dir / "spool")
+    accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor)
     stats = Stats()
-    site = QuietSite(build_root(mirror, downloader, storage, stats), access_log=config.access_log)
-    return App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
-               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats)
+    app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
+              upstream=upstream, mirror=mirror, downloader=downloader, site=None, stats=stats,  # type: ignore[arg-type]
+              accounts=accounts)
+    root = build_root(mirror, downloader, storage, stats,
+                      upload=Upload(app=app, accounts=accounts, config=config.uploads),
+                      manage=Manage(app=app, accounts=accounts),
+                      jsonapi=JsonAPI(mirror, storage, downloader))
+
+    async def read_gate(request: Any) -> bool:
+        return await accounts.authenticate(request.getHeader(b"authorization")) is not None
+
+    app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
+                         read_gate=read_gate if config.auth.read == "authenticated" else None)
+    return app

@@ -42,6 +42,25 @@ class ProviderConfig:
 
 
 @attrs.frozen
+class UploadConfig:
+    """Who may upload what (docs/uploading.md, docs/security.md)."""
+
+    enabled: bool = True
+    max_size: int = 100 * 1024 * 1024
+    #: Names that may be created privately although the upstream has them.
+    claim: frozenset[str] = frozenset()
+    #: Private names whose upstream files are listed too (opt-in mixing).
+    merge: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class AuthConfig:
+    """Whether reading needs credentials ("anonymous" or "authenticated")."""
+
+    read: str = "anonymous"
+
+
+@attrs.frozen
 class Config:
     """The whole validated configuration."""
 
@@ -56,6 +75,8 @@ class Config:
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
     http: HTTPSettings = HTTPSettings()
+    uploads: UploadConfig = UploadConfig()
+    auth: AuthConfig = AuthConfig()
     source: str = "<embedded default>"
 
 
@@ -100,7 +121,7 @@ def _provider(table: Any, section: str, default: str) -> ProviderConfig:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a Config (or raise ConfigError)."""
-    known = {"server", "http", "storage", "index", "upstream"}
+    known = {"server", "http", "storage", "index", "upstream", "uploads", "auth"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -156,12 +177,55 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
 
     return Config(
         **kwargs,
+        uploads=_uploads(data.get("uploads", {})),
+        auth=_auth(data.get("auth", {})),
         storage=_provider(data.get("storage"), "storage", "filesystem"),
         index=_provider(data.get("index"), "index", "sqlite"),
         upstream=_provider(data.get("upstream"), "upstream", "simple"),
         http=HTTPSettings(**http_kwargs),
         source=source,
     )
+
+
+def _names(where: str, value: Any) -> frozenset[str]:
+    from pypicache.model import InvalidName, normalize
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of project names")
+    try:
+        return frozenset(normalize(v) for v in value)
+    except InvalidName as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _uploads(table: Any) -> UploadConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("uploads: must be a table")
+    allowed = {"enabled", "max_size", "claim", "merge"}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(f"uploads.{key}: unknown key (known: {', '.join(sorted(allowed))})")
+        if key == "enabled":
+            _check_type("uploads.enabled", value, bool)
+            kwargs[key] = value
+        elif key == "max_size":
+            _check_type("uploads.max_size", value, int)
+            kwargs[key] = int(_positive("uploads.max_size", value))
+        else:
+            kwargs[key] = _names(f"uploads.{key}", value)
+    return UploadConfig(**kwargs)
+
+
+def _auth(table: Any) -> AuthConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("auth: must be a table")
+    for key, value in table.items():
+        if key != "read":
+            raise ConfigError(f"auth.{key}: unknown key (known: read)")
+        if value not in ("anonymous", "authenticated"):
+            raise ConfigError(f"auth.read: expected \"anonymous\" or \"authenticated\", got {value!r}")
+    return AuthConfig(**table)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

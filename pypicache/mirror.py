@@ -94,6 +94,8 @@ class Mirror:
         page_ttl: float = 600.0,
         root_ttl: float = 3600.0,
         offline: bool = False,
+        merge: frozenset[str] = frozenset(),
+        local_recheck: float = 2.0,
         memory_projects: int = 4096,
     ) -> None:
         self.index = index
@@ -102,6 +104,9 @@ class Mirror:
         self.page_ttl = page_ttl
         self.root_ttl = root_ttl
         self.offline = offline
+        self.merge = merge
+        self.local_recheck = local_recheck
+        self._loaded_at: dict[str, float] = {}
         self._records: OrderedDict[str, ProjectRecord] = OrderedDict()
         self._memory_projects = memory_projects
         self._refreshes: Coalescer[ProjectRecord | None] = Coalescer()
@@ -114,8 +119,10 @@ class Mirror:
         """Make ``record`` the current in-memory copy (bounded LRU)."""
         self._records[record.name] = record
         self._records.move_to_end(record.name)
+        self._loaded_at[record.name] = self.clock.seconds()
         while len(self._records) > self._memory_projects:
-            self._records.popitem(last=False)
+            gone, _ = self._records.popitem(last=False)
+            self._loaded_at.pop(gone, None)
         return record
 
     def cached(self, name: str) -> ProjectRecord | None:
@@ -123,21 +130,33 @@ class Mirror:
         return self._records.get(name)
 
     async def load(self, name: str) -> ProjectRecord | None:
-        """The record from memory, else from the index (never the upstream)."""
+        """The record from memory, else from the index (never the upstream).
+
+        Private projects are re-read from the index every ``local_recheck``
+        seconds, so changes made by the admin command show up promptly.
+        """
         record = self._records.get(name)
         if record is not None:
-            return record
+            if record.origin != "local" or self.clock.seconds() - self._loaded_at.get(name, 0) < self.local_recheck:
+                return record
+            self._records.pop(name, None)
 
         async def from_index() -> ProjectRecord | None:
             found = await self.index.get_project(name)
             if found is not None and name not in self._records:
+                if record is not None and found == record:
+                    found = record  # unchanged: keep the object, and the rendered pages
                 self.remember(found)
             return self._records.get(name, found)
 
         return await self._loads.run(name, from_index)
 
+    def is_private(self, name: str, record: ProjectRecord | None) -> bool:
+        """A private name is never looked up upstream unless merged by config."""
+        return record is not None and record.origin == "local" and name not in self.merge
+
     def is_fresh(self, record: ProjectRecord) -> bool:
-        if record.origin != "upstream":
+        if self.is_private(record.name, record):
             return True
         if record.refreshed_at is None:
             return False
@@ -184,6 +203,8 @@ class Mirror:
                 record = attrs.evolve(current, refreshed_at=now, validators=validators)
             return self.remember(record) if record is not None else None
         except UpstreamNotFound:
+            if current is not None and current.origin == "local":  # merged private project
+                return self.remember(attrs.evolve(current, refreshed_at=now))
             log.info("upstream does not know {project}", project=name)
             self._records.pop(name, None)
             return None

@@ -310,7 +310,7 @@ def test_json_meta_extras_and_api_version_not_overridable():
     meta = {"tracks": ["https://pypi.org/simple/tinyproj/"], "api-version": "9.9", "_x": 1}
     page = json.loads(render_project(JSON, "tinyproj", [wheel("1.0")], BASE, meta=meta))
     assert page["meta"] == {
-        "api-version": "1.1",
+        "api-version": "1.2",  # PEP 708 tracks need 1.2
         "tracks": ["https://pypi.org/simple/tinyproj/"],
         "_x": 1,
     }

@@ -47,8 +47,16 @@ _HTML_HEAD = (
 )
 
 
+#: PEP 708 (``tracks``, ``alternate-locations``) arrived with API version 1.2.
+_API_VERSION_TRACKS = "1.2"
+
+
+def _has_tracks(meta: Mapping[str, Any] | None) -> bool:
+    return bool(meta and meta.get("tracks"))
+
+
 def _html_head(title: str, meta: Mapping[str, Any] | None) -> list[str]:
-    parts = [_HTML_HEAD.format(version=API_VERSION)]
+    parts = [_HTML_HEAD.format(version=_API_VERSION_TRACKS if _has_tracks(meta) else API_VERSION)]
     if meta:
         tracks = meta.get("tracks")
         if isinstance(tracks, str):
@@ -181,7 +189,11 @@ def _project_json(
         parts.append("}")
         append("".join(parts))
 
-    page_meta: dict[str, Any] = {"api-version": API_VERSION if with_size else _API_VERSION_NO_SIZE}
+    if not with_size:
+        version = _API_VERSION_NO_SIZE
+    else:
+        version = _API_VERSION_TRACKS if _has_tracks(meta) else API_VERSION
+    page_meta: dict[str, Any] = {"api-version": version}
     if meta:
         for key, value in meta.items():
             if key != "api-version":

@@ -184,13 +184,22 @@ class SimpleIndex(Resource):
         page = self.pages.get(key, record.files)
         if page is None:
             body = render_project(fmt, name, visible_files(record, self.local), "../../files/" + name + "/",
-                                  record.versions, record.meta)
+                                  record.versions, self._page_meta(record))
             page = self.pages.put(key, Rendered(record.files, body, etag_for(body)))
         self.stats.pages += 1
         if result.stale:
             self.stats.pages_stale += 1
             request.setHeader(b"x-pypicache-stale", b"true")
         self._send_page(request, fmt, page, key)
+
+    def _page_meta(self, record: ProjectRecord) -> dict[str, Any]:
+        """PEP 708: a proxied project ``tracks`` its upstream page; a private
+        one never does (nor passes on the upstream's signals)."""
+        meta = {k: v for k, v in record.meta.items() if k not in ("tracks", "alternate-locations")}
+        upstream_url = getattr(self.mirror.upstream, "url", None)
+        if record.origin == "upstream" and upstream_url:
+            meta["tracks"] = [f"{upstream_url}{record.name}/"]
+        return meta
 
     async def _root(self, request: Any) -> None:
         fmt = self._format(request)

@@ -4,6 +4,10 @@
     /files/<project>/<filename>   files (and .metadata) behind the proxy view
     /local/simple/                standalone view: only what is stored, never the upstream
     /local/files/...              files behind the standalone view
+    /legacy/                      uploads (twine, uv publish)
+    /api/projects/...             yank, unyank, delete (private projects)
+    /pypi/<project>/json          the PyPI JSON API
+    /stats                        cache counters
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from twisted.web.server import Site
 from pypicache import __version__
 from pypicache.stats import Stats
 from pypicache.web.files import Files
+from pypicache.web.request import PyPICacheRequest
 from pypicache.web.simple import PageCache, SimpleIndex
 
 _HOME = f"""<!DOCTYPE html>
@@ -62,9 +67,13 @@ class StatsPage(Resource):
         return json.dumps(self.stats.as_dict(), indent=1).encode() + b"\n"
 
 
-def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats) -> Resource:
+def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *, upload: Resource | None = None,
+               manage: Resource | None = None, jsonapi: Resource | None = None) -> Resource:
     pages = PageCache()
     root = Home()
+    for name, resource in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi)):
+        if resource is not None:
+            root.putChild(name, resource)
     root.putChild(b"simple", SimpleIndex(mirror, pages, local=False, stats=stats))
     root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
     root.putChild(b"stats", StatsPage(stats))
@@ -77,11 +86,17 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats) -> Reso
 
 class QuietSite(Site):
     """A Site whose per-request access log can be turned off (it costs more
-    than rendering a cached page)."""
+    than rendering a cached page), with bounded request bodies and an
+    optional read gate (see pypicache.web.request)."""
 
-    def __init__(self, resource: Resource, *, access_log: bool = True, **kw: Any) -> None:
+    requestFactory = PyPICacheRequest
+
+    def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
+                 read_gate: Any = None, **kw: Any) -> None:
         super().__init__(resource, **kw)
         self.access_log = access_log
+        self.upload_limit = upload_limit
+        self.read_gate = read_gate
 
     def log(self, request: Any) -> None:
         if self.access_log:

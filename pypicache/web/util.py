@@ -32,7 +32,10 @@ def send_error(request: Any, code: int, message: str, headers: dict[bytes, bytes
     if request.startedWriting:
         request.channel.transport.abortConnection()
         return
-    request.setResponseCode(code)
+    # The reason phrase carries the message too: twine shows the status line,
+    # not the body (as PyPI does: "400 File already exists").
+    phrase = safe_header(message)[:200].decode("utf-8", "replace").encode("latin-1", "replace")
+    request.setResponseCode(code, phrase or None)
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
     body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")

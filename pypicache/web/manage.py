@@ -1,0 +1,127 @@
+"""``/api/projects/<project>/<target>[/yank|/unyank]``: yank, unyank, delete.
+
+``target`` is a filename or a version (then every file of that version).
+Only private projects are managed here: a cached upstream project's yank
+state belongs to the upstream and would be overwritten by the next refresh.
+Yanked files stay listed, marked (PEP 592); deleted files disappear, and
+their filenames stay used (an upload can never replace a file).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
+from pypicache.web.upload import AUTH_CHALLENGE
+from pypicache.web.util import HTTPError, finish_bytes, handle
+
+log = Logger()
+
+
+def version_of(filename: str) -> Version | None:
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[1]
+        return parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+
+
+def select_files(record: ProjectRecord, target: str) -> list[FileRecord]:
+    """The files ``target`` names: one filename, or every file of a version."""
+    found = record.file(target)
+    if found is not None:
+        return [found]
+    try:
+        wanted = Version(target)
+    except InvalidVersion:
+        return []
+    return [f for f in record.files if version_of(f.filename) == wanted]
+
+
+class Manage(Resource):
+    isLeaf = True
+
+    def __init__(self, *, app: Any, accounts: Any) -> None:
+        super().__init__()
+        self.app = app
+        self.accounts = accounts
+
+    def render_POST(self, request: Any) -> Any:
+        return handle(request, lambda: self._handle(request))
+
+    render_DELETE = render_POST
+
+    async def _handle(self, request: Any) -> None:
+        post = [p.decode("utf-8", "replace") for p in request.postpath]
+        if post[-1:] == [""]:
+            post = post[:-1]
+        if len(post) < 3 or post[0] != "projects":
+            raise HTTPError(404, "not found")
+        if request.method == b"DELETE" and len(post) == 3:
+            action = "delete"
+        elif request.method == b"POST" and len(post) == 4 and post[3] in ("yank", "unyank", "delete"):
+            action = post[3]
+        else:
+            raise HTTPError(405, "use POST .../yank, POST .../unyank or DELETE")
+        try:
+            name = normalize(post[1])
+        except InvalidName:
+            raise HTTPError(404, "not a valid project name") from None
+        target = post[2]
+
+        identity = await self.accounts.authenticate(request.getHeader(b"authorization"))
+        if identity is None:
+            raise HTTPError(401, "credentials needed", AUTH_CHALLENGE)
+        maintainers = set(await self.accounts.maintainers(name))
+        record = await self.app.mirror.load(name)
+        if record is None:
+            raise HTTPError(404, f"no such project: {name}")
+        if record.origin != "local":
+            raise HTTPError(409, f"{name} is not a private project: its files follow the upstream")
+        if not identity.may_manage(name, maintainers):
+            raise HTTPError(403, f"{identity.user} may not manage {name}")
+        files = select_files(record, target)
+        if not files:
+            raise HTTPError(404, f"{name} has no file or version {target!r}")
+
+        reason = self._reason(request)
+        index = self.app.index
+        for f in files:
+            if action == "yank":
+                await index.set_yanked(name, f.filename, True, reason)
+            elif action == "unyank":
+                await index.set_yanked(name, f.filename, False, None)
+            else:
+                await index.remove_file(name, f.filename)
+        await self.app.mirror.note_changed(name)
+        log.info("{user} did {action} on {project} {files}", user=identity.user, action=action, project=name,
+                 files=[f.filename for f in files])
+        request.setHeader(b"content-type", b"application/json")
+        finish_bytes(request, json.dumps({"action": action, "project": name,
+                                          "files": [f.filename for f in files]}).encode() + b"\n")
+
+    @staticmethod
+    def _reason(request: Any) -> str | None:
+        values = request.args.get(b"reason")
+        if values:
+            return values[0].decode("utf-8", "replace")[:1000] or None
+        body = request.content.read(64 * 1024) if request.content is not None else b""
+        if not body:
+            return None
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        try:
+            if ctype == b"application/json":
+                reason = json.loads(body).get("reason")
+            else:
+                reason = parse_qs(body.decode("utf-8")).get("reason", [None])[0]
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            raise HTTPError(400, "unreadable body: send reason=... form-encoded or {\"reason\": ...} as JSON") from None
+        return str(reason)[:1000] if reason else None

@@ -1,0 +1,160 @@
+"""``POST /legacy/``: the upload API that twine and ``uv publish`` speak.
+
+The order of checks is the order of cost: credentials first (401), then the
+spooled body is parsed and validated in the thread pool (400/413), then the
+ownership rules (403), then the filename rules (200 for an identical re-upload
+so retries are safe, 409 "already exists" for anything else under a used
+filename), and only then is anything stored: the METADATA blob, the file blob,
+and last the index row that makes them visible.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from pypicache.config import UploadConfig
+from pypicache.model import FileExists, FileRecord, UpstreamError, UpstreamNotFound, Validators
+from pypicache.uploads.multipart import parse_upload
+from pypicache.uploads.validate import UploadError, validate_upload
+from pypicache.web.util import HTTPError, finish_bytes, handle
+
+log = Logger()
+
+AUTH_CHALLENGE = {b"www-authenticate": b'Basic realm="pypicache"'}
+
+
+def upload_time(seconds: float) -> str:
+    """PEP 700's format: ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
+    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Upload(Resource):
+    isLeaf = True
+
+    def __init__(self, *, app: Any, accounts: Any, config: UploadConfig) -> None:
+        super().__init__()
+        self.app = app
+        self.accounts = accounts
+        self.config = config
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(405)
+        request.setHeader(b"allow", b"POST")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"upload with POST (twine upload, uv publish)\n"
+
+    def render_POST(self, request: Any) -> Any:
+        return handle(request, lambda: self._upload(request))
+
+    async def _upload(self, request: Any) -> None:
+        if not self.config.enabled:
+            raise HTTPError(403, "uploads are disabled on this server")
+        identity = await self.accounts.authenticate(request.getHeader(b"authorization"))
+        if identity is None:
+            raise HTTPError(401, "upload needs credentials (a user and password, or __token__ and a token)",
+                            AUTH_CHALLENGE)
+        app = self.app
+        ctype = request.getHeader(b"content-type") or b""
+        spool = app.downloader.spool_dir
+        request.content.seek(0)
+        try:
+            form = await deferToThreadPool(app.reactor, app.threadpool, parse_upload, request.content, ctype,
+                                           spool, max_file_bytes=self.config.max_size)
+        except UploadError as e:
+            raise HTTPError(e.status, e.reason) from None
+        try:
+            await self._accept(request, identity, form)
+        finally:
+            path = getattr(form.file, "path", None)
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    async def _accept(self, request: Any, identity: Any, form: Any) -> None:
+        app = self.app
+        try:
+            valid = await deferToThreadPool(app.reactor, app.threadpool, validate_upload, form)
+        except UploadError as e:
+            raise HTTPError(e.status, e.reason) from None
+        name, filename = valid.project, valid.filename
+
+        record = await app.mirror.load(name)
+        if record is None or record.origin != "local":
+            await self._check_new_private_name(name, record)
+        maintainers = set(await self.accounts.maintainers(name))
+        existing = record is not None and record.origin == "local"
+        if not identity.may_upload(name, maintainers, existing=existing):
+            raise HTTPError(403, f"{identity.user} may not upload to {name}")
+
+        sha256 = valid.file.sha256
+        used = await app.index.used_filename(filename)
+        if used is not None:
+            self._answer_reupload(request, record, filename, used, sha256)
+            return
+
+        meta_writer = app.storage.open_write(None)
+        meta_writer.write(valid.metadata_bytes)
+        meta_blob = await meta_writer.commit()
+        blob = await app.storage.ingest(valid.file.path, sha256)
+        file_record = FileRecord(
+            filename=filename,
+            url="",
+            hashes={"sha256": sha256},
+            requires_python=valid.requires_python or None,
+            core_metadata={"sha256": meta_blob.sha256},
+            size=blob.size,
+            upload_time=upload_time(app.reactor.seconds()),
+            stored=True,
+            metadata_stored=True,
+            origin="local",
+        )
+        try:
+            await app.index.add_file(name, file_record)
+        except FileExists as e:  # a concurrent upload of the same filename won
+            self._answer_reupload(request, await app.mirror.note_changed(name), filename, e.sha256, sha256)
+            return
+        if not maintainers:
+            await self.accounts.grant(name, identity.user)
+        await app.mirror.note_changed(name)
+        log.info("{user} uploaded {project}/{filename} ({size} bytes)", user=identity.user, project=name,
+                 filename=filename, size=blob.size)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        finish_bytes(request, b"OK\n")
+
+    def _answer_reupload(self, request: Any, record: Any, filename: str, used: str | None, sha256: str) -> None:
+        present = record is not None and record.file(filename) is not None
+        if used == sha256 and present:
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            finish_bytes(request, b"OK (identical file already uploaded)\n")
+            return
+        raise HTTPError(409, f"File already exists: {filename} (a filename can be used only once, "
+                             "even after deletion)")
+
+    async def _check_new_private_name(self, name: str, record: Any) -> None:
+        """Refuse to create a private name that the upstream has (dependency
+        confusion), unless the config claims it."""
+        if name in self.config.claim:
+            return
+        if record is not None and record.origin == "upstream" and record.files:
+            raise HTTPError(403, f"{name} exists on the upstream index: an administrator must claim it "
+                                 "([uploads] claim in the config) before it can be uploaded here")
+        if self.app.mirror.offline:
+            return
+        try:
+            await self.app.upstream.fetch_project(name, Validators())
+        except UpstreamNotFound:
+            return
+        except UpstreamError as e:
+            raise HTTPError(503, f"cannot check whether {name} exists on the upstream index: {e}",
+                            {b"retry-after": b"30"}) from None
+        raise HTTPError(403, f"{name} exists on the upstream index: an administrator must claim it "
+                             "([uploads] claim in the config) before it can be uploaded here")
