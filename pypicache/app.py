@@ -19,6 +19,7 @@ from pypicache.errors import ConfigError
 from pypicache.mirror import Mirror
 from pypicache.stats import Stats
 from pypicache.accounts import Accounts, AccountStore
+from pypicache.web.fastpath import FastPathFactory
 from pypicache.web.jsonapi import JsonAPI
 from pypicache.web.manage import Manage
 from pypicache.web.site import QuietSite, build_root
@@ -40,6 +41,7 @@ class App:
     site: QuietSite
     stats: Stats
     accounts: Any = None
+    factory: Any = None  # what listeners serve: the fast path in front of the Site
 
     async def close(self) -> None:
         """Flush the index, drop upstream connections, stop threads."""
@@ -95,4 +97,10 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
                          read_gate=read_gate if config.auth.read == "authenticated" else None)
+    # The fast path answers fresh cached pages without twisted.web; it logs
+    # nothing, so an access log means every request takes the ordinary route.
+    if config.fast_path and not config.access_log:
+        app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None)
+    else:
+        app.factory = app.site
     return app

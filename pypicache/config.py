@@ -71,6 +71,7 @@ class Config:
     root_ttl: float = 3600.0
     threads: int = 4
     access_log: bool = True
+    fast_path: bool = True
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -88,6 +89,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "root_ttl": (int, float),
     "threads": int,
     "access_log": bool,
+    "fast_path": bool,
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes"}
 
@@ -144,7 +146,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         kwargs["data_dir"] = path
-    for key in ("offline", "access_log"):
+    for key in ("offline", "access_log", "fast_path"):
         if key in server:
             kwargs[key] = server[key]
     for key in ("page_ttl", "root_ttl"):

@@ -131,8 +131,12 @@ def makeService(options: Options) -> service.IService:
         _abort(f"config error: {e}")
     top = _TopService(app)
     AppService(app).setServiceParent(top)
+    if hasattr(app.factory, "reap_idle"):
+        from twisted.application.internet import TimerService
+
+        TimerService(30, app.factory.reap_idle).setServiceParent(top)
     for endpoint in cfg.listen:
-        listener = strports.service(endpoint, app.site)
+        listener = strports.service(endpoint, app.factory)
         listener.setServiceParent(top)
         top.listeners[id(listener)] = endpoint
     return top

@@ -28,7 +28,7 @@ class RunningServer:
     async def stop(self) -> None:
         await self.port.stopListening()
         # Drop keep-alive connections from clients so the reactor stays clean.
-        for proto in list(getattr(self.app.site, "_live", ())):
+        for proto in list(getattr(self.app.factory, "live", ())) + list(getattr(self.app.site, "_live", ())):
             transport = getattr(proto, "transport", None) or getattr(getattr(proto, "_channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()
@@ -73,7 +73,7 @@ async def start_server(config: configuration.Config) -> RunningServer:
 
     app = build(config, reactor)
     _TrackingSite(app.site)
-    port = reactor.listenTCP(0, app.site, interface="127.0.0.1")
+    port = reactor.listenTCP(0, app.factory, interface="127.0.0.1")
     return RunningServer(app, port, f"http://127.0.0.1:{port.getHost().port}")
 
 

@@ -270,6 +270,8 @@ def test_wrong_or_malformed_tokens(store: AccountStore) -> None:
         PASSWORD,
     ]
     for candidate in bad:
+        if candidate == token:  # e.g. upper() of an all-digit id changes nothing
+            continue
         assert store.verify_token(candidate) is None, candidate
 
 

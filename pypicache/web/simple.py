@@ -216,24 +216,59 @@ class SimpleIndex(Resource):
         self._send_page(request, fmt, page, None)
 
     def _send_page(self, request: Any, fmt: Any, page: Rendered, key: tuple | None) -> None:
-        content_type = b"text/html; charset=utf-8" if fmt == HTML else fmt.content_type.encode()
-        request.setHeader(b"content-type", content_type)
-        request.setHeader(b"vary", b"Accept, Accept-Encoding")
-        request.setHeader(b"cache-control", b"max-age=60, public")
-        body, etag = page.body, page.etag
-        encoding = request.getHeader(b"accept-encoding")
-        if len(body) >= GZIP_MIN and accepts_gzip(encoding.decode("latin-1") if encoding else None):
-            before = page.cost
-            body, etag = page.gzipped()
-            if key is not None:
-                self.pages.grew(key, before)
-            request.setHeader(b"content-encoding", b"gzip")
-        request.setHeader(b"etag", etag.encode())
-        if etag_matches(request.getHeader(b"if-none-match"), page.etag, page.gz_etag or ""):
+        status, headers, body = self.page_response(fmt, page, key, request.getHeader(b"accept-encoding"),
+                                                   request.getHeader(b"if-none-match"))
+        for name, value in headers:
+            request.setHeader(name, value)
+        if status == 304:
             request.setResponseCode(304)
-            self.stats.pages_not_modified += 1
-            request.responseHeaders.removeHeader(b"content-encoding")
             request.finish()
             return
         finish_bytes(request, body)
 
+    def page_response(self, fmt: Any, page: Rendered, key: tuple | None, accept_encoding: bytes | None,
+                      if_none_match: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and body for a rendered page: shared by the
+        twisted.web route and the fast path (pypicache.web.fastpath)."""
+        content_type = b"text/html; charset=utf-8" if fmt == HTML else fmt.content_type.encode()
+        headers = [(b"Content-Type", content_type), (b"Vary", b"Accept, Accept-Encoding"),
+                   (b"Cache-Control", b"max-age=60, public")]
+        body, etag = page.body, page.etag
+        gz = False
+        if len(body) >= GZIP_MIN and accepts_gzip(accept_encoding.decode("latin-1") if accept_encoding else None):
+            before = page.cost
+            body, etag = page.gzipped()
+            if key is not None:
+                self.pages.grew(key, before)
+            gz = True
+        headers.append((b"ETag", etag.encode()))
+        if etag_matches(if_none_match, page.etag, page.gz_etag or ""):
+            self.stats.pages_not_modified += 1
+            return 304, headers, b""
+        if gz:
+            headers.append((b"Content-Encoding", b"gzip"))
+        return 200, headers, body
+
+    def fast_page(self, name: str, accept: bytes | None, accept_encoding: bytes | None,
+                  if_none_match: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The answer for ``<prefix>/<name>/`` if it can be given right now
+        from memory (fresh record, rendered page), else None: the caller
+        then takes the ordinary route, which may ask the upstream."""
+        mirror = self.mirror
+        record = mirror.cached(name)
+        if record is None:
+            return None
+        if record.origin == "local":
+            if mirror.clock.seconds() - mirror._loaded_at.get(name, 0) >= mirror.local_recheck:
+                return None
+        if self.allow_upstream and not mirror.is_fresh(record):
+            return None
+        fmt = choose_format(accept.decode("latin-1") if accept else None, None)
+        if fmt is None:
+            return None
+        key = (self.view, name, fmt.name)
+        page = self.pages.get(key, record.files)
+        if page is None:
+            return None
+        self.stats.pages += 1
+        return self.page_response(fmt, page, key, accept_encoding, if_none_match)

@@ -74,11 +74,14 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *, uplo
     for name, resource in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi)):
         if resource is not None:
             root.putChild(name, resource)
-    root.putChild(b"simple", SimpleIndex(mirror, pages, local=False, stats=stats))
+    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats)
+    local_view = SimpleIndex(mirror, pages, local=True, stats=stats)
+    root.views = (proxy_view, local_view)  # for the fast path
+    root.putChild(b"simple", proxy_view)
     root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
     root.putChild(b"stats", StatsPage(stats))
     local = Resource()
-    local.putChild(b"simple", SimpleIndex(mirror, pages, local=True, stats=stats))
+    local.putChild(b"simple", local_view)
     local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
     root.putChild(b"local", local)
     return root

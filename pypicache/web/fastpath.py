@@ -1,0 +1,206 @@
+"""A fast path for the hottest request: a fresh, already rendered index page.
+
+pip revalidates every page on every install and CI fans out, so
+``GET /simple/<project>/`` dominates a busy server's load.  twisted.web spends
+most of its time per request on generic work (parsing each header line into
+objects, building a Request, copying large bodies into its write buffer).
+This protocol sits in front of it on every connection:
+
+* it parses requests itself (simple byte splitting, strict limits);
+* a ``GET``/``HEAD`` of ``/simple/<name>/`` or ``/local/simple/<name>/`` that
+  memory can answer right now (fresh record, rendered page, see
+  ``SimpleIndex.fast_page``) is answered directly, headers and body in one
+  ``sendmsg`` without copying the body;
+* anything else — another route, a body, a query string, an odd header, a page
+  that needs the upstream — hands the connection over to the ordinary
+  twisted.web channel, with the bytes received so far, for good.
+
+So the fast path can only ever answer what the ordinary route would answer
+from the same state (tests/test_fastpath.py compares them), and everything it
+does not understand gets the full, strict twisted.web treatment.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+from typing import Any, Callable
+
+from twisted.internet import protocol, tcp
+from twisted.logger import Logger
+
+log = Logger()
+
+MAX_HEAD = 16 * 1024
+_TARGET = re.compile(rb"^/(local/)?simple/([a-z0-9]+(?:-[a-z0-9]+)*)/$")
+_WANTED = {b"accept", b"accept-encoding", b"if-none-match", b"connection", b"content-length",
+           b"transfer-encoding", b"expect", b"upgrade", b"authorization"}
+_REASONS = {200: b"OK", 304: b"Not Modified"}
+
+
+class _DateCache:
+    """The Date header, formatted once per second (it costs more than the rest)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+_dates = _DateCache()
+
+
+class FastHTTP(protocol.Protocol):
+    """Answers fast-path requests; hands everything else to twisted.web."""
+
+    def __init__(self, factory: "FastPathFactory", addr: Any) -> None:
+        self.factory = factory
+        self.addr = addr
+        self._buffer = b""
+        self._handed_over = False
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.factory.live.add(self)
+        self.last_activity = time.monotonic()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.live.discard(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        buf = self._buffer + data if self._buffer else data
+        while buf:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    return self._hand_over(buf)
+                self._buffer = buf
+                return
+            answer = self._answer(buf[:end])
+            if answer is None:
+                return self._hand_over(buf)
+            keep_alive, parts = answer
+            self._send(parts)
+            buf = buf[end + 4:]
+            if not keep_alive:
+                self._buffer = b""
+                self.transport.loseConnection()
+                return
+        self._buffer = b""
+
+    def _answer(self, head: bytes) -> tuple[bool, list[bytes]] | None:
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        if len(request_line) != 3:
+            return None
+        method, target, version = request_line
+        if method not in (b"GET", b"HEAD") or version != b"HTTP/1.1":
+            return None
+        m = _TARGET.match(target)
+        if m is None:
+            return None
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip() or name[:1] in b" \t":
+                return None
+            name = name.lower()
+            if name in _WANTED:
+                if name in headers:
+                    return None  # repeated: let the strict parser decide
+                headers[name] = value.strip()
+        if (b"content-length" in headers and headers[b"content-length"] != b"0") or b"transfer-encoding" in headers \
+                or b"expect" in headers or b"upgrade" in headers:
+            return None
+        if b"authorization" in headers or self.factory.read_gate_on():
+            return None
+        view = self.factory.views[1 if m.group(1) else 0]
+        found = view.fast_page(m.group(2).decode("ascii"), headers.get(b"accept"), headers.get(b"accept-encoding"),
+                               headers.get(b"if-none-match"))
+        if found is None:
+            return None
+        status, response_headers, body = found
+        close = headers.get(b"connection", b"").lower() == b"close"
+        out = [b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS[status], b"\r\nServer: pypicache\r\nDate: ",
+               _dates.get(), b"\r\n"]
+        for name, value in response_headers:
+            out += (name, b": ", value, b"\r\n")
+        if status == 200:
+            out += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
+        if close:
+            out.append(b"Connection: close\r\n")
+        out.append(b"\r\n")
+        parts = [b"".join(out)]
+        if status == 200 and method == b"GET" and body:
+            parts.append(body)
+        return not close, parts
+
+    def _send(self, parts: list[bytes]) -> None:
+        t = self.transport
+        if isinstance(t, tcp.Connection) and not t.dataBuffer and not t._tempDataLen:
+            try:
+                sent = t.socket.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                t.abortConnection()
+                return
+            for part in parts:
+                if sent >= len(part):
+                    sent -= len(part)
+                    continue
+                t.write(part[sent:] if sent else part)
+                sent = 0
+            return
+        for part in parts:
+            t.write(part)
+
+    def _hand_over(self, buf: bytes) -> None:
+        """Give the connection (and what was read) to twisted.web for good."""
+        self._handed_over = True
+        self._buffer = b""
+        self.factory.live.discard(self)
+        channel = self.factory.site.buildProtocol(self.addr)
+        transport = self.transport
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        if buf:
+            channel.dataReceived(buf)
+
+
+class FastPathFactory(protocol.Factory):
+    """Wraps a twisted.web Site: its connections start on the fast path."""
+
+    def __init__(self, site: Any, views: tuple[Any, Any], read_gate_on: Callable[[], bool],
+                 idle_timeout: float = 120.0) -> None:
+        self.site = site
+        self.views = views  # (proxy view, local view): SimpleIndex resources
+        self.read_gate_on = read_gate_on
+        self.idle_timeout = idle_timeout
+        self.connections = 0
+        self.live: set[FastHTTP] = set()
+
+    def buildProtocol(self, addr: Any) -> FastHTTP:
+        return FastHTTP(self, addr)
+
+    def doStart(self) -> None:
+        self.site.doStart()
+
+    def doStop(self) -> None:
+        self.site.doStop()
+
+    def reap_idle(self) -> None:
+        """Close fast-path connections idle for longer than ``idle_timeout``
+        (handed-over ones are twisted.web's, which times them out itself)."""
+        limit = time.monotonic() - self.idle_timeout
+        for proto in [p for p in self.live if p.last_activity < limit]:
+            proto.transport.loseConnection()
+

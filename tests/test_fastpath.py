@@ -1,0 +1,169 @@
+"""The fast path answers exactly what the ordinary route answers, and hands the rest over.
+
+Raw sockets, so that keep-alive, pipelining and odd requests are under the
+test's control.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.server import make_config, start_server
+
+PIP_ACCEPT = b"application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
+
+
+def exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``payload`` and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def split_responses(raw: bytes, heads: tuple[int, ...] = ()) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Responses in order; ``heads`` are the positions of HEAD requests (no body)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers[k.strip().lower()] = v.strip()
+        length = int(headers.get(b"content-length", b"0"))
+        if status == 304 or len(out) in heads:
+            length = 0
+        out.append((status, headers, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def get(path: str, *headers: bytes, method: bytes = b"GET", close: bool = False) -> bytes:
+    lines = [method + b" " + path.encode() + b" HTTP/1.1", b"Host: 127.0.0.1", *headers]
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+COMPARED = (b"content-type", b"vary", b"cache-control", b"etag", b"content-encoding", b"content-length",
+            b"x-pypicache-stale")
+
+
+@pytest.fixture
+def port_of():
+    return lambda server: server.port.getHost().port
+
+
+async def slow_and_fast(server, request_headers: tuple[bytes, ...], path: str = "/simple/tinyproj/"):
+    port = server.port.getHost().port
+    before = server.app.stats.pages
+    # The first request renders the page (ordinary route, which then keeps the
+    # connection); the second, on a new connection, is the fast path.
+    first, = split_responses(await deferToThread(exchange, port, get(path, *request_headers, close=True)))
+    second, = split_responses(await deferToThread(exchange, port, get(path, *request_headers, close=True)))
+    return first, second, server.app.stats.pages - before
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("headers", [
+    (b"Accept: text/html",),
+    (b"Accept: " + PIP_ACCEPT,),
+    (b"Accept: " + PIP_ACCEPT, b"Accept-Encoding: gzip"),
+    (),
+])
+async def test_fast_answer_equals_ordinary_answer(tmp_path, fake_upstream, headers):
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        first, second, pages = await slow_and_fast(server, headers)
+        assert first[0] == second[0] == 200
+        assert {k: first[1].get(k) for k in COMPARED} == {k: second[1].get(k) for k in COMPARED}
+        assert first[2] == second[2]
+        assert second[1][b"server"] == b"pypicache"  # it really was the fast path
+        assert pages == 2
+        # Revalidation: 304 from the fast path too.
+        etag = first[1][b"etag"]
+        raw = await deferToThread(exchange, server.port.getHost().port,
+                                  get("/simple/tinyproj/", *headers, b"If-None-Match: " + etag, close=True))
+        (status, h, body), = split_responses(raw)
+        assert status == 304 and body == b"" and h[b"etag"] == etag
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_and_handover_to_twisted_web(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        wheel = "tinyproj-1.0-py3-none-any.whl"
+        payload = (get("/simple/tinyproj/") + get("/simple/tinyproj/", method=b"HEAD")
+                   + get(f"/files/tinyproj/{wheel}") + get("/simple/tinyproj/", close=True))
+        responses = split_responses(await deferToThread(exchange, port, payload), heads=(1,))
+        assert [r[0] for r in responses] == [200, 200, 200, 200]
+        assert responses[0][1][b"server"] == b"pypicache"
+        assert responses[1][2] == b""  # HEAD: no body
+        assert responses[2][2] == fake_upstream.files[wheel].read_bytes()
+        assert responses[3][2] == responses[0][2]
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_fast_path_does_not_take(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        cases = {
+            "query string": get("/simple/tinyproj/?format=text/html", close=True),
+            "unnormalised": get("/simple/TinyProj/", close=True),
+            "http/1.0": b"GET /simple/tinyproj/ HTTP/1.0\r\n\r\n",
+            "not acceptable": get("/simple/tinyproj/", b"Accept: application/json", close=True),
+            "unknown project": get("/simple/nope/", close=True),
+            "obs-fold header": get("/simple/tinyproj/", b"X-A: 1", b" folded", close=True),
+            "body": get("/simple/tinyproj/", b"Content-Length: 2", close=True)[:-4] + b"\r\n\r\nab",
+        }
+        for why, payload in cases.items():
+            responses = split_responses(await deferToThread(exchange, port, payload))
+            assert responses, why
+            assert responses[0][1].get(b"server") != b"pypicache", why
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_record_goes_the_ordinary_way(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url, page_ttl=0))
+    try:
+        port = server.port.getHost().port
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        fake_upstream.reset_log()
+        (status, h, _), = split_responses(await deferToThread(exchange, port, get("/simple/tinyproj/", close=True)))
+        assert status == 200 and h[b"server"] != b"pypicache"
+        assert fake_upstream.count("/simple/tinyproj/") == 1  # revalidated upstream
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fast_path_can_be_switched_off(tmp_path, fake_upstream):
+    config = make_config(tmp_path, fake_upstream.url)
+    server = await start_server(attrs.evolve(config, fast_path=False))
+    try:
+        _, second, _ = await slow_and_fast(server, ())
+        assert second[1][b"server"] != b"pypicache"
+    finally:
+        await server.stop()
