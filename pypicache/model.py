@@ -122,11 +122,17 @@ class ProjectRecord:
     versions: tuple[str, ...] | None = None
     meta: Mapping[str, object] = attrs.field(factory=dict)
 
+    _by_filename: dict[str, FileRecord] | None = attrs.field(default=None, init=False, eq=False, repr=False)
+
     def file(self, filename: str) -> FileRecord | None:
-        for record in self.files:
-            if record.filename == filename:
-                return record
-        return None
+        """The file named ``filename``: a dict lookup (pages list hundreds)."""
+        by_filename = self._by_filename
+        if by_filename is None:
+            by_filename = {}
+            for record in self.files:
+                by_filename.setdefault(record.filename, record)
+            object.__setattr__(self, "_by_filename", by_filename)
+        return by_filename.get(filename)
 
 
 @attrs.frozen

@@ -8,19 +8,21 @@ status and a one-line reason.  Nothing here touches the network, the
 reactor or storage; the caller owns (and must remove) the spooled file.
 """
 
-from pypicache.uploads.metadata import metadata_from_form, parse_core_metadata
-from pypicache.uploads.multipart import UploadedFile, UploadError, UploadForm, parse_upload
-from pypicache.uploads.validate import SDIST, WHEEL, ValidUpload, validate_upload
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "SDIST",
-    "WHEEL",
-    "UploadError",
-    "UploadForm",
-    "UploadedFile",
-    "ValidUpload",
-    "metadata_from_form",
-    "parse_core_metadata",
-    "parse_upload",
-    "validate_upload",
-]
+# Re-exported lazily (PEP 562): the validator pulls in zipfile, tarfile and
+# lzma, which a server that never receives an upload need not load at start-up.
+_HOMES = {
+    "metadata_from_form": "metadata", "parse_core_metadata": "metadata",
+    "UploadedFile": "multipart", "UploadError": "multipart", "UploadForm": "multipart", "parse_upload": "multipart",
+    "SDIST": "validate", "WHEEL": "validate", "ValidUpload": "validate", "validate_upload": "validate",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(f"pypicache.uploads.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'pypicache.uploads' has no attribute {name!r}")

@@ -20,8 +20,7 @@ from twisted.web.resource import Resource
 
 from pypicache.config import UploadConfig
 from pypicache.model import FileExists, FileRecord, UpstreamError, UpstreamNotFound, Validators
-from pypicache.uploads.multipart import parse_upload
-from pypicache.uploads.validate import UploadError, validate_upload
+from pypicache.uploads.multipart import UploadError, parse_upload
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 log = Logger()
@@ -80,6 +79,8 @@ class Upload(Resource):
                     pass
 
     async def _accept(self, request: Any, identity: Any, form: Any) -> None:
+        from pypicache.uploads.validate import validate_upload  # zipfile, tarfile: loaded on first use
+
         app = self.app
         try:
             valid = await deferToThreadPool(app.reactor, app.threadpool, validate_upload, form)
