@@ -14,6 +14,7 @@ import datetime
 import os
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -42,6 +43,10 @@ class Upload(Resource):
         self.app = app
         self.accounts = accounts
         self.config = config
+        #: One upload at a time per project from the ownership check to the
+        #: grant: two users racing to create a new name must not both become
+        #: its first maintainer.
+        self._locks: dict[str, DeferredLock] = {}
 
     def render_GET(self, request: Any) -> bytes:
         request.setResponseCode(405)
@@ -50,24 +55,37 @@ class Upload(Resource):
         return b"upload with POST (twine upload, uv publish)\n"
 
     def render_POST(self, request: Any) -> Any:
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found: upload to /legacy/\n"
         return handle(request, lambda: self._upload(request))
 
     async def _upload(self, request: Any) -> None:
         if not self.config.enabled:
             raise HTTPError(403, "uploads are disabled on this server")
-        identity = await self.accounts.authenticate(request.getHeader(b"authorization"))
+        authorization = request.getHeader(b"authorization")
+        identity = await self.accounts.authenticate(authorization)
         if identity is None:
-            raise HTTPError(401, "upload needs credentials (a user and password, or __token__ and a token)",
-                            AUTH_CHALLENGE)
+            if authorization is None:
+                reason = "upload needs credentials (a user and password, or __token__ and a token)"
+            else:
+                reason = "invalid credentials: wrong user or password, or an unknown or revoked token"
+            raise HTTPError(401, reason, AUTH_CHALLENGE)
         app = self.app
         ctype = request.getHeader(b"content-type") or b""
         spool = app.downloader.spool_dir
-        request.content.seek(0)
+        # The body is ours from here: Twisted closes request.content when the
+        # client hangs up, which would pull it from under the parser's thread.
+        body, request.content = request.content, None
         try:
-            form = await deferToThreadPool(app.reactor, app.threadpool, parse_upload, request.content, ctype,
+            body.seek(0)
+            form = await deferToThreadPool(app.reactor, app.threadpool, parse_upload, body, ctype,
                                            spool, max_file_bytes=self.config.max_size)
         except UploadError as e:
             raise HTTPError(e.status, e.reason) from None
+        finally:
+            body.close()
         try:
             await self._accept(request, identity, form)
         finally:
@@ -86,14 +104,27 @@ class Upload(Resource):
             valid = await deferToThreadPool(app.reactor, app.threadpool, validate_upload, form)
         except UploadError as e:
             raise HTTPError(e.status, e.reason) from None
-        name, filename = valid.project, valid.filename
+        lock = self._locks.setdefault(valid.project, DeferredLock())
+        await lock.acquire()
+        try:
+            await self._store(request, identity, valid)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(valid.project, None)
 
+    async def _store(self, request: Any, identity: Any, valid: Any) -> None:
+        """Ownership, filename and storage: under the project's lock."""
+        app = self.app
+        name, filename = valid.project, valid.filename
         record = await app.mirror.load(name)
         if record is None or record.origin != "local":
             await self._check_new_private_name(name, record)
         maintainers = set(await self.accounts.maintainers(name))
         existing = record is not None and record.origin == "local"
         if not identity.may_upload(name, maintainers, existing=existing):
+            if not identity.in_scope(name):
+                raise HTTPError(403, f"this token of {identity.user} is limited to other projects than {name}")
             raise HTTPError(403, f"{identity.user} may not upload to {name}")
 
         sha256 = valid.file.sha256

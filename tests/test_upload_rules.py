@@ -1,0 +1,643 @@
+"""One test per upload rule, each a real multipart POST to a listening server.
+
+Every refusal must say what is wrong twice (twine shows the HTTP status line,
+other clients the body) and must leave no trace: no blob, no temporary or
+spool file, no index row, no used filename, no maintainer.  The bodies are
+built by hand so a test can send what no well-behaved client would (NUL in a
+filename, a member named ``../evil.py``, a thousand fields).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+from argon2 import PasswordHasher
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from pypicache.accounts import AccountStore
+from pypicache.web.request import DISCARD_SLACK, FORM_ALLOWANCE
+from tests.builders import build_sdist, build_wheel
+from tests.server import RunningServer, make_config, start_server
+
+PASSWORD = "correct horse battery"
+#: argon2 at its cheapest: the tests check the rules, not the hash's cost.
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=8)
+BOUNDARY = "pypicache-test-7f3a9c"
+NAME, VERSION = "acme-tools", "1.0"
+WHEEL_NAME = "acme_tools-1.0-py3-none-any.whl"
+SDIST_NAME = "acme_tools-1.0.tar.gz"
+TIMEOUT = 30
+
+
+# ------------------------------------------------------------ the server
+
+
+def cheap_accounts(server: RunningServer) -> AccountStore:
+    """Swap the server's account store for one with a cheap hasher."""
+    accounts = server.app.accounts
+    old = accounts.store
+    old.close()
+    accounts.store = AccountStore(old.path, hasher=CHEAP_HASHER)
+    return accounts.store
+
+
+@pytest_twisted.async_yield_fixture
+async def start(tmp_path: Path, fake_upstream: Any):
+    """``await start(**uploads)``: a server with users alice and bob; stopped after the test."""
+    started: list[RunningServer] = []
+
+    async def start_(**uploads: Any) -> RunningServer:
+        config = make_config(tmp_path, fake_upstream.url)
+        if uploads:
+            config = attrs.evolve(config, uploads=attrs.evolve(config.uploads, **uploads))
+        server = await start_server(config)
+        started.append(server)
+        store = cheap_accounts(server)
+        store.add_user("alice", PASSWORD)
+        store.add_user("bob", PASSWORD)
+        return server
+
+    yield start_
+    for server in started:
+        await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def server(start: Callable[..., Any]):
+    yield await start()
+
+
+# ------------------------------------------------------------ bodies
+
+
+@attrs.frozen
+class Form:
+    """A multipart body to send: text fields and the raw ``content`` part."""
+
+    fields: tuple[tuple[str, str], ...]
+    #: The Content-Disposition parameters naming the file (raw bytes, so a
+    #: test can put anything there), or None for no ``content`` part.
+    file_param: bytes | None
+    data: bytes = b""
+
+    def body(self) -> bytes:
+        out = io.BytesIO()
+        for key, value in self.fields:
+            out.write(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'.encode())
+            out.write(value.encode("utf-8") + b"\r\n")
+        if self.file_param is not None:
+            out.write(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="content"; '.encode()
+                      + self.file_param + b"\r\nContent-Type: application/octet-stream\r\n\r\n")
+            out.write(self.data + b"\r\n")
+        out.write(f"--{BOUNDARY}--\r\n".encode())
+        return out.getvalue()
+
+
+def quoted(filename: str) -> bytes:
+    return b'filename="' + filename.encode("utf-8") + b'"'
+
+
+def digests(data: bytes) -> dict[str, str]:
+    return {
+        "sha256_digest": hashlib.sha256(data).hexdigest(),
+        "md5_digest": hashlib.md5(data).hexdigest(),
+        "blake2_256_digest": hashlib.blake2b(data, digest_size=32).hexdigest(),
+    }
+
+
+def form(data: bytes, filename: str = WHEEL_NAME, *, file_param: bytes | None = None,
+         extra: tuple[tuple[str, str], ...] = (), **overrides: str | None) -> Form:
+    """What twine sends for ``data``; ``overrides`` replace fields (None drops one)."""
+    fields: dict[str, str | None] = {
+        ":action": "file_upload",
+        "protocol_version": "1",
+        "name": NAME,
+        "version": VERSION,
+        "filetype": "sdist" if filename.endswith((".tar.gz", ".zip")) else "bdist_wheel",
+        "pyversion": "source" if filename.endswith((".tar.gz", ".zip")) else "py3",
+        "metadata_version": "2.1",
+        "summary": "A test package",
+        **digests(data),
+    }
+    fields.update(overrides)
+    pairs = tuple((k, v) for k, v in fields.items() if v is not None) + extra
+    return Form(pairs, quoted(filename) if file_param is None else file_param, data)
+
+
+def good_wheel(tmp_path: Path, version: str = VERSION) -> bytes:
+    return build_wheel(tmp_path / "good", NAME, version).read_bytes()
+
+
+def rezip(data: bytes, *, drop: tuple[str, ...] = (), replace: dict[str, bytes] | None = None,
+          add: dict[str, bytes] | None = None, compress: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A copy of zip ``data`` with members dropped, replaced or added (by name suffix for drop/replace)."""
+    replace = replace or {}
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", compression=compress) as dst:
+        for info in src.infolist():
+            if info.filename.endswith(drop):
+                continue
+            body = src.read(info)
+            for suffix, new in replace.items():
+                if info.filename.endswith(suffix):
+                    body = new
+            dst.writestr(info.filename, body)
+        for name, body in (add or {}).items():
+            dst.writestr(name, body)
+    return out.getvalue()
+
+
+def metadata(name: str = NAME, version: str = VERSION, tail: bytes = b"") -> bytes:
+    return (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: x\n\n".encode() + tail)
+
+
+def sdist_without_pkg_info() -> bytes:
+    raw = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for arcname, body in (("pyproject.toml", b"[project]\nname = 'acme-tools'\n"),
+                                  ("acme_tools/__init__.py", b"")):
+                info = tarfile.TarInfo(f"acme_tools-1.0/{arcname}")
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return raw.getvalue()
+
+
+# ------------------------------------------------------------ requests
+
+
+@attrs.frozen
+class Answer:
+    code: int
+    phrase: str
+    body: str
+    headers: Any
+
+
+async def post(server: RunningServer, body: bytes | Form, *, auth: tuple[str, str] | None = ("alice", PASSWORD),
+               path: str = "/legacy/", chunked: bool = False, method: str = "POST",
+               content_type: str = f"multipart/form-data; boundary={BOUNDARY}") -> Answer:
+    if isinstance(body, Form):
+        body = body.body()
+    producer = FileBodyProducer(io.BytesIO(body))
+    if chunked:
+        producer.length = UNKNOWN_LENGTH  # no Content-Length: Transfer-Encoding: chunked
+    kwargs: dict[str, Any] = {"headers": {"content-type": [content_type]}, "persistent": False,
+                              "allow_redirects": False,
+                              "timeout": TIMEOUT}
+    if method == "POST":
+        kwargs["data"] = producer
+    if auth is not None:
+        kwargs["auth"] = auth
+    response = await treq.request(method, server.root + path, **kwargs)
+    text = (await treq.content(response)).decode("utf-8", "replace")
+    return Answer(response.code, response.phrase.decode("latin-1"), text, response.headers)
+
+
+def blob_files(server: RunningServer) -> list[str]:
+    root = server.app.storage.root
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts)
+
+
+def leftovers(server: RunningServer) -> list[str]:
+    """Temporary files anywhere the server writes bodies: the spool and storage's .tmp."""
+    dirs = (server.app.downloader.spool_dir, server.app.storage.root / ".tmp")
+    return sorted(str(p) for d in dirs if d.exists() for p in d.iterdir())
+
+
+async def state(server: RunningServer, name: str = NAME, filename: str = WHEEL_NAME) -> dict[str, Any]:
+    app = server.app
+    return {
+        "blobs": blob_files(server),
+        "leftovers": leftovers(server),
+        "project": await app.index.get_project(name),
+        "projects": await app.index.list_projects(),
+        "used": await app.index.used_filename(filename),
+        "maintainers": app.accounts.store.maintainers(name),
+    }
+
+
+async def refused(server: RunningServer, body: bytes | Form, code: int, *reasons: str,
+                  name: str = NAME, filename: str = WHEEL_NAME, **kw: Any) -> Answer:
+    """POST ``body``; assert the status, the reason in body and status line, and no trace left."""
+    before = await state(server, name, filename)
+    answer = await post(server, body, **kw)
+    assert answer.code == code, answer
+    for reason in reasons:
+        assert reason in answer.body, answer
+        assert reason in answer.phrase, answer
+    after = await state(server, name, filename)
+    assert after == before
+    assert after["leftovers"] == []
+    if before["project"] is None:
+        assert after["project"] is None and after["used"] is None
+        assert server.app.mirror.cached(name) is None
+    return answer
+
+
+# ------------------------------------------------------------ sanity: the good path
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valid_upload_is_stored(server, tmp_path):
+    """The baseline every refusal below differs from by one thing."""
+    data = good_wheel(tmp_path)
+    answer = await post(server, form(data))
+    assert answer.code == 200, answer
+    record = await server.app.index.get_project(NAME)
+    assert record.origin == "local" and record.file(WHEEL_NAME) is not None
+    assert await server.app.index.used_filename(WHEEL_NAME) == hashlib.sha256(data).hexdigest()
+    assert leftovers(server) == []
+    assert len(blob_files(server)) == 2  # the wheel and its METADATA
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valid_sdist_is_stored(server, tmp_path):
+    data = build_sdist(tmp_path / "good", NAME, VERSION).read_bytes()
+    answer = await post(server, form(data, SDIST_NAME))
+    assert answer.code == 200, answer
+    assert await server.app.index.used_filename(SDIST_NAME) is not None
+
+
+# ------------------------------------------------------------ 400: the form and the filename
+
+RULES: dict[str, tuple[Callable[[Path], Form], str, str]] = {}
+"""rule id -> (build the form, the filename to check as unused, a reason substring)."""
+
+
+def rule(rule_id: str, reason: str, filename: str = WHEEL_NAME):
+    def register(build: Callable[[Path], Form]) -> Callable[[Path], Form]:
+        RULES[rule_id] = (build, filename, reason)
+        return build
+
+    return register
+
+
+@rule("bad-action", "':action' must be 'file_upload'")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), **{":action": "remove_pkg"})
+
+
+@rule("bad-protocol-version", "'protocol_version' must be '1'")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), protocol_version="2")
+
+
+@rule("missing-content", "no file uploaded in the 'content' field")
+def _(tmp_path: Path) -> Form:
+    return attrs.evolve(form(good_wheel(tmp_path)), file_param=None)
+
+
+@rule("filename-slash", "path separator", filename="acme/" + WHEEL_NAME)
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), "acme/" + WHEEL_NAME)
+
+
+@rule("filename-backslash", "path separator", filename="acme\\" + WHEEL_NAME)
+def _(tmp_path: Path) -> Form:
+    # In a quoted-string a backslash before anything but '"' or '\' is kept
+    # (HTML5 encoders do not escape it), so the server sees "acme\acme_tools...".
+    return form(good_wheel(tmp_path), file_param=b'filename="acme\\' + WHEEL_NAME.encode() + b'"')
+
+
+@rule("filename-nul", "control character", filename="acme\x00" + WHEEL_NAME)
+def _(tmp_path: Path) -> Form:
+    # RFC 5987 encoding smuggles the NUL past the header line itself.
+    return form(good_wheel(tmp_path), file_param=b"filename*=utf-8''acme%00" + WHEEL_NAME.encode())
+
+
+@rule("filename-raw-nul", "control character", filename="acme\x00" + WHEEL_NAME)
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), file_param=b'filename="acme\x00' + WHEEL_NAME.encode() + b'"')
+
+
+@rule("filename-control-char", "control character", filename="acme\x1b" + WHEEL_NAME)
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), file_param=b"filename*=utf-8''acme%1B" + WHEEL_NAME.encode())
+
+
+@rule("filename-leading-dot", "must not start with '.'", filename="." + WHEEL_NAME)
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), "." + WHEEL_NAME)
+
+
+@rule("unsupported-egg", "unsupported file type", filename="acme_tools-1.0-py3.11.egg")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), "acme_tools-1.0-py3.11.egg", filetype="bdist_egg")
+
+
+@rule("unsupported-exe", "unsupported file type", filename="acme_tools-1.0.win32.exe")
+def _(tmp_path: Path) -> Form:
+    return form(b"MZ\x90\x00" + b"\x00" * 100, "acme_tools-1.0.win32.exe", filetype="bdist_wininst")
+
+
+@rule("unparsable-wheel-filename", "invalid wheel filename", filename="acme_tools-1.0.whl")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), "acme_tools-1.0.whl")
+
+
+@rule("name-field-differs", "does not match the filename")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), name="acme-other")
+
+
+@rule("invalid-project-name", "invalid project name")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), name="acme tools!")
+
+
+@rule("non-normalisable-name", "invalid project name in filename", filename="_acme-1.0.tar.gz")
+def _(tmp_path: Path) -> Form:
+    # packaging parses it (as "-acme"), but no valid project name normalises to that.
+    return form(b"\x1f\x8b" + b"\x00" * 64, "_acme-1.0.tar.gz", name="_acme")
+
+
+@rule("version-field-differs", "version '2.0' does not match the filename")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), version="2.0")
+
+
+@rule("filetype-inconsistent", "filetype 'sdist' does not match")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), filetype="sdist")
+
+
+@rule("sha256-mismatch", "sha256_digest does not match the uploaded file")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), sha256_digest="0" * 64)
+
+
+@rule("md5-mismatch", "md5_digest does not match the uploaded file")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), md5_digest="0" * 32)
+
+
+@rule("blake2-mismatch", "blake2_256_digest does not match the uploaded file")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), blake2_256_digest="0" * 64)
+
+
+# ------------------------------------------------------------ 400: the archive
+
+
+@rule("metadata-name-differs", "METADATA Name 'acme-other' does not match the filename")
+def _(tmp_path: Path) -> Form:
+    return form(rezip(good_wheel(tmp_path), replace={".dist-info/METADATA": metadata(name="acme-other")}))
+
+
+@rule("metadata-version-differs", "METADATA Version '2.0' does not match the filename")
+def _(tmp_path: Path) -> Form:
+    return form(rezip(good_wheel(tmp_path), replace={".dist-info/METADATA": metadata(version="2.0")}))
+
+
+@rule("wheel-without-metadata", "wheel is missing acme_tools-1.0.dist-info/METADATA")
+def _(tmp_path: Path) -> Form:
+    return form(rezip(good_wheel(tmp_path), drop=(".dist-info/METADATA",)))
+
+
+@rule("wheel-without-wheel", "wheel is missing acme_tools-1.0.dist-info/WHEEL")
+def _(tmp_path: Path) -> Form:
+    return form(rezip(good_wheel(tmp_path), drop=(".dist-info/WHEEL",)))
+
+
+@rule("wheel-without-record", "wheel is missing acme_tools-1.0.dist-info/RECORD")
+def _(tmp_path: Path) -> Form:
+    return form(rezip(good_wheel(tmp_path), drop=(".dist-info/RECORD",)))
+
+
+@rule("sdist-without-pkg-info", "sdist is missing PKG-INFO", filename=SDIST_NAME)
+def _(tmp_path: Path) -> Form:
+    return form(sdist_without_pkg_info(), SDIST_NAME)
+
+
+@rule("zip-slip-member", "has an unsafe path")
+def _(tmp_path: Path) -> Form:
+    return form(rezip(good_wheel(tmp_path), add={"../../evil.py": b"print('pwned')\n"}))
+
+
+@rule("zip-bomb-metadata", "METADATA has a suspicious compression ratio")
+def _(tmp_path: Path) -> Form:
+    # 3 MB of METADATA (under the 4 MiB cap) deflated to a few KB.
+    bomb = metadata(tail=b"\x00" * (3 * 1024 * 1024))
+    data = rezip(good_wheel(tmp_path), replace={".dist-info/METADATA": bomb})
+    assert len(data) < 64 * 1024
+    return form(data)
+
+
+@rule("not-a-zip", "not a valid zip archive")
+def _(tmp_path: Path) -> Form:
+    return form(b"this is not a zip archive, only some text\n" * 10)
+
+
+@rule("huge-field-count", "too many form fields")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), extra=tuple(("classifiers", f"Topic :: {i}") for i in range(1001)))
+
+
+@rule("oversized-field", "form field 'description' is larger than")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), description="x" * (1024 * 1024 + 1))
+
+
+@pytest.mark.parametrize("rule_id", list(RULES))
+@pytest_twisted.ensureDeferred
+async def test_rule(server, tmp_path, rule_id):
+    build, filename, reason = RULES[rule_id]
+    await refused(server, build(tmp_path), 400, reason, filename=filename)
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_multipart(server, tmp_path):
+    await refused(server, b"name=acme-tools", 400, "multipart/form-data",
+                  content_type="application/x-www-form-urlencoded")
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_body_gets_the_parsers_reason(server, tmp_path):
+    """The streaming parser, not Twisted's in-memory form parser (switched
+    off), reads upload bodies: a broken one gets a reason, not a bare 400."""
+    await refused(server, os.urandom(4096), 400, "no multipart boundary found in the body")
+
+
+# ------------------------------------------------------------ 413: the size limit, while streaming
+
+LIMIT = 64 * 1024
+
+
+def open_temp_files() -> set[str]:
+    """This process's open files that are unlinked temporaries (Twisted spools bodies there)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "(deleted)" in target:
+            found.add(f"{fd} {target}")
+    return found
+
+
+def padded_wheel(tmp_path: Path, pad: int) -> bytes:
+    return rezip(good_wheel(tmp_path), add={"acme_tools/pad.bin": os.urandom(pad)}, compress=zipfile.ZIP_STORED)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("size, chunked", [
+    pytest.param(LIMIT + FORM_ALLOWANCE + 64 * 1024, False, id="content-length"),
+    pytest.param(LIMIT + FORM_ALLOWANCE + 64 * 1024, True, id="chunked"),
+])
+@pytest_twisted.ensureDeferred
+async def test_size_limit_413_while_streaming(start, tmp_path, size, chunked):
+    """The body is counted as it arrives and dropped, never spooled, past the limit."""
+    server = await start(max_size=LIMIT)
+    temps = open_temp_files()
+    await refused(server, form(padded_wheel(tmp_path, size)), 413, f"upload too large: the limit is {LIMIT} bytes",
+                  chunked=chunked)
+    assert open_temp_files() <= temps  # no spooled body is kept open either
+    small = form(good_wheel(tmp_path, "0.9"), "acme_tools-0.9-py3-none-any.whl", version="0.9")
+    assert (await post(server, small)).code == 200  # and the server still takes small uploads
+
+
+@pytest_twisted.ensureDeferred
+async def test_size_limit_hang_up_past_the_slack(start, tmp_path):
+    """A body far over the limit is not read to its end: the server answers and hangs up."""
+    server = await start(max_size=LIMIT)
+    data = padded_wheel(tmp_path, LIMIT + FORM_ALLOWANCE + DISCARD_SLACK + 1024 * 1024)
+    before = await state(server)
+    try:
+        answer = await post(server, form(data), chunked=True)
+    except Exception:  # noqa: BLE001  the client may still be sending when the connection closes
+        pass
+    else:
+        assert answer.code == 413 and f"the limit is {LIMIT} bytes" in answer.phrase, answer
+    assert await state(server) == before
+    assert leftovers(server) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_part_over_the_limit_is_413_from_the_parser(start, tmp_path):
+    """The body fits (the limit leaves room for text fields) but the file does not."""
+    server = await start(max_size=LIMIT)
+    await refused(server, form(padded_wheel(tmp_path, LIMIT)), 413, f"larger than the limit of {LIMIT} bytes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_under_the_limit_with_long_fields_is_accepted(start, tmp_path):
+    """A body over ``max_size`` whose file is under it: the limit is the file's."""
+    server = await start(max_size=LIMIT)
+    data = padded_wheel(tmp_path, LIMIT - 4096)
+    assert len(data) < LIMIT
+    answer = await post(server, form(data, description="README " * 4096))
+    assert answer.code == 200, answer
+
+
+# ------------------------------------------------------------ 401/403: credentials and ownership
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_credentials_is_401_with_a_challenge(server, tmp_path):
+    answer = await refused(server, form(good_wheel(tmp_path)), 401, "needs credentials", auth=None)
+    assert answer.headers.getRawHeaders("www-authenticate")[0].startswith("Basic ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_401(server, tmp_path):
+    answer = await refused(server, form(good_wheel(tmp_path)), 401, "invalid credentials",
+                           auth=("alice", "not the password"))
+    assert answer.headers.getRawHeaders("www-authenticate")[0].startswith("Basic ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_user_is_401(server, tmp_path):
+    await refused(server, form(good_wheel(tmp_path)), 401, "invalid credentials", auth=("mallory", PASSWORD))
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_users_project_is_403(server, tmp_path):
+    first = await post(server, form(good_wheel(tmp_path, "0.9"), "acme_tools-0.9-py3-none-any.whl",
+                                    version="0.9"))
+    assert first.code == 200, first  # alice owns acme-tools now
+    await refused(server, form(good_wheel(tmp_path)), 403, "bob may not upload to acme-tools",
+                  auth=("bob", PASSWORD))
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_scoped_to_another_project_is_403(server, tmp_path):
+    _, token = server.app.accounts.store.create_token("alice", projects=["acme-other"])
+    await refused(server, form(good_wheel(tmp_path)), 403, "token of alice is limited to other projects",
+                  auth=("__token__", token))
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_token_is_401(server, tmp_path):
+    token_id, token = server.app.accounts.store.create_token("alice")
+    server.app.accounts.store.revoke_token(token_id)
+    await refused(server, form(good_wheel(tmp_path)), 401, "revoked token", auth=("__token__", token))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valid_token_uploads(server, tmp_path):
+    _, token = server.app.accounts.store.create_token("alice", projects=[NAME])
+    answer = await post(server, form(good_wheel(tmp_path)), auth=("__token__", token))
+    assert answer.code == 200, answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_unclaimed_upstream_name_is_403(server, tmp_path):
+    data = build_wheel(tmp_path / "u", "tinyproj", "1.5").read_bytes()
+    await refused(server, form(data, "tinyproj-1.5-py3-none-any.whl", name="tinyproj", version="1.5"), 403,
+                  "tinyproj exists on the upstream index", name="tinyproj",
+                  filename="tinyproj-1.5-py3-none-any.whl")
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_disabled_is_403(start, tmp_path):
+    server = await start(enabled=False)
+    await refused(server, form(good_wheel(tmp_path)), 403, "uploads are disabled")
+
+
+# ------------------------------------------------------------ the URL
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_is_405(server):
+    answer = await post(server, b"", method="GET")
+    assert answer.code == 405
+    assert answer.headers.getRawHeaders("allow") == ["POST"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_legacy_without_slash_uploads_without_redirect(server, tmp_path):
+    answer = await post(server, form(good_wheel(tmp_path)), path="/legacy")
+    assert answer.code == 200, answer
+    assert await server.app.index.used_filename(WHEEL_NAME) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_first_uploads_make_one_owner(server, tmp_path):
+    """Two users racing to create the same new name: one wins, the other is refused."""
+    from twisted.internet import defer
+
+    alice = form(good_wheel(tmp_path))
+    bob = form(good_wheel(tmp_path, "2.0"), "acme_tools-2.0-py3-none-any.whl", version="2.0")
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(post(server, alice, auth=("alice", PASSWORD))),
+        defer.ensureDeferred(post(server, bob, auth=("bob", PASSWORD))),
+    ])
+    assert sorted(a.code for a in answers) == [200, 403], answers
+    winner = "alice" if answers[0].code == 200 else "bob"
+    assert server.app.accounts.store.maintainers(NAME) == {winner}
+    record = await server.app.index.get_project(NAME)
+    assert len(record.files) == 1
