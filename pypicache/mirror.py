@@ -26,9 +26,30 @@ from pypicache.model import (
     UpstreamNotFound,
     Validators,
 )
+from pypicache.upstream.breaker import CircuitOpen
 
 log = Logger()
 T = TypeVar("T")
+
+#: Retry-After when the upstream gave no usable hint, and the longest we pass on.
+DEFAULT_RETRY_AFTER = 30
+MAX_RETRY_AFTER = 3600
+
+
+def retry_after_seconds(error: BaseException, default: int = DEFAULT_RETRY_AFTER) -> int:
+    """A Retry-After (whole seconds, 1..MAX_RETRY_AFTER) for an upstream failure.
+
+    The upstream's own hint (a 429/503 ``Retry-After``, or the breaker's
+    cool-down) is passed on when it is a number of seconds; an HTTP date or
+    anything odd gives ``default``, so no upstream string reaches our headers.
+    """
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, str):
+        value = value.strip()
+        value = int(value) if value.isdigit() and len(value) <= 10 else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return default
+    return max(1, min(MAX_RETRY_AFTER, value))
 
 
 class Coalescer(Generic[T]):
@@ -76,7 +97,7 @@ class PageResult:
 class UpstreamUnavailable(Exception):
     """The upstream failed and nothing is cached: answer 502/503."""
 
-    def __init__(self, reason: str, retry_after: int = 30):
+    def __init__(self, reason: str, retry_after: int = DEFAULT_RETRY_AFTER):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
@@ -177,11 +198,15 @@ class Mirror:
             fresh = await self._refreshes.run(name, lambda: self._refresh(name))
         except UpstreamError as e:
             record = self._records.get(name, record)
+            # While the breaker is open every request would log: it logged once.
+            emit = log.debug if isinstance(e, CircuitOpen) else log.warn
             if record is not None:
-                log.warn("upstream failed for {project}, serving the stale page: {error}",
-                         project=name, error=str(e))
+                emit("upstream failed for {project}, serving the stale page: {error}",
+                     project=name, error=str(e))
                 return PageResult(record, stale=True)
-            raise UpstreamUnavailable(str(e), retry_after=getattr(e, "retry_after", None) or 30) from e
+            emit("upstream failed for {project}, which is not cached: answering 503: {error}",
+                 project=name, error=str(e))
+            raise UpstreamUnavailable(str(e), retry_after=retry_after_seconds(e)) from e
         if fresh is None:
             return None
         return PageResult(fresh)

@@ -40,7 +40,15 @@ apply to that many requests only:
 ``redirect_loop``  302 to the same URL
 ``slow``           body paced at ``rate`` bytes/s (default 16 KiB/s)
 ``delay``          wait ``seconds`` (default 1.0), then answer normally
+``garbage``        no HTTP at all: raw ``body`` bytes, then a FIN
 =================  ======================================================
+
+Outages below HTTP: :meth:`FakeUpstream.stop` makes the port refuse
+connections; :meth:`FakeUpstream.black_hole` (after ``stop``) makes it a
+black hole where connecting never completes (a listener whose accept queue
+is full and never drained: the kernel drops further SYNs), the way a
+firewalled or overloaded host looks; :meth:`FakeUpstream.start_again`
+serves normally again.
 
 ``after`` defaults to half the body.  :meth:`FakeUpstream.stop` cancels every
 timer this module scheduled and aborts every open connection, so hanging and
@@ -55,6 +63,7 @@ import html
 import io
 import json
 import re
+import socket
 import tarfile
 from collections.abc import Callable
 from email.parser import BytesParser
@@ -100,6 +109,7 @@ FAULTS: dict[str, dict[str, Any]] = {
     "redirect_loop": {},
     "slow": {"rate": 16 * 1024},
     "delay": {"seconds": 1.0},
+    "garbage": {"body": b"SSH-2.0-OpenSSH_9.6\r\n\x00\xff\xfe not http\r\n\r\n"},
 }
 
 
@@ -473,6 +483,7 @@ class FakeUpstream:
         self._tracker: _ConnectionTracker | None = None
         self._calls: set[Any] = set()
         self._added = 0
+        self._hole: list[socket.socket] = []
 
     # ------------------------------------------------------------ content
 
@@ -632,7 +643,31 @@ class FakeUpstream:
         """
         if self.port is None or self._reactor is None:
             raise RuntimeError("start_again() needs a previous listen()")
+        self._close_hole()
         return self.listen(self._reactor, self.port)
+
+    def black_hole(self) -> None:
+        """Make the (stopped) port a black hole: connecting never completes.
+
+        A plain socket listens on the port with an accept queue of one,
+        which a connection of our own fills; Linux then drops every further
+        SYN, so a client's connect hangs until its own timeout, as with a
+        firewalled host.  :meth:`start_again` or :meth:`stop` end it.
+        """
+        if self._listening is not None or self.port is None:
+            raise RuntimeError("black_hole() needs a stopped FakeUpstream that listened before")
+        self._close_hole()
+        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hole.bind(("127.0.0.1", self.port))
+        hole.listen(0)
+        filler = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        self._hole = [hole, filler]
+
+    def _close_hole(self) -> None:
+        for sock in self._hole:
+            sock.close()
+        self._hole = []
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening, cancel our timers and abort every open connection.
@@ -643,6 +678,7 @@ class FakeUpstream:
         """
         for call in list(self._calls):
             self._cancel(call)
+        self._close_hole()
         waits: list[defer.Deferred[Any]] = []
         if self._listening is not None:
             waits.append(defer.maybeDeferred(self._listening.stopListening))
@@ -855,6 +891,11 @@ class FakeUpstream:
         opts = fault.options if fault is not None else {}
         response = self._replace(request, response, name, opts)
         if name == "hang":
+            return
+        if name == "garbage":
+            transport = request.channel.transport
+            transport.write(bytes(opts["body"]))
+            transport.loseConnection()
             return
 
         body = response.body

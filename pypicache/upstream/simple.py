@@ -53,7 +53,7 @@ from pypicache.model import (
     normalize,
 )
 from pypicache.providers import HTTPSettings, ProviderContext, check_options
-from pypicache.upstream.parse import parse_index, parse_project
+from pypicache.upstream.parse import page_format, parse_index, parse_project
 
 __all__ = [
     "ACCEPT",
@@ -143,6 +143,29 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text and text != name else name
+
+
+#: File name endings of distributions (and their PEP 658 metadata).
+_DIST_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz", ".tbz", ".tar", ".egg", ".exe",
+                  ".msi", ".rpm", ".dmg", ".metadata")
+
+
+def _looks_like_project_page(body: bytes, content_type: str | None, page: ProjectPage) -> bool:
+    """False for an HTML page that is no Simple API page at all.
+
+    Captive portals, login walls and misrouted proxies answer 200 text/html
+    for every URL; parsed as PEP 503 that is a project without files (or with
+    a "Log in" file), which would replace the cached list.  A real project
+    page either carries the PEP 629 ``pypi:repository-version`` marker (every
+    current index sends it) or links at least one distribution.  JSON pages
+    are checked by their parser (``meta.api-version`` is required).
+    """
+    head = body[:65536]
+    if page_format(content_type) == "json" or head.lstrip()[:1] == b"{":
+        return True
+    if b"pypi:repository-version" in head.lower():  # it sits in <head>: no need to copy a huge page
+        return True
+    return any(f.filename.lower().endswith(_DIST_SUFFIXES) for f in page.files)
 
 
 def _validators(response: Any) -> Validators:
@@ -478,6 +501,8 @@ class SimpleUpstream:
     async def _project(self, name: str, validators: Validators) -> ProjectPage:
         body, content_type, final, got = await self._page(self.url + name + "/", validators)
         page = await self._parse(final, parse_project, body, content_type, final, name=name)
+        if not _looks_like_project_page(body, content_type, page):
+            raise UpstreamError(f"{final}: not a Simple API page (an error or login page answered 200?)")
         return ProjectPage(name=name, files=page.files, validators=got, versions=page.versions,
                            meta=page.meta)
 
@@ -512,10 +537,18 @@ class SimpleUpstream:
         checked = _http_url(url)
         if checked is None:
             return defer.fail(UpstreamError(f"not an http(s) URL: {url!r}"))
-        # Headers (redirects included) must come within connect + read time;
-        # the body then has its own idle timeout.
-        timeout = self._http.connect_timeout + self._http.read_timeout
-        return self._bounded(self._open(checked), checked, timeout)
+        return self._bounded(self._open(checked), checked, self.file_header_timeout)
+
+    @property
+    def file_header_timeout(self) -> float:
+        """How long a download may take to produce its headers (connecting
+        and redirects included); the body then has its own idle timeout.
+
+        One budget rather than connect + read, so that with the defaults
+        (5 s, 10 s) a client waiting for its first byte hears from us within
+        10 s: pip gives up after 15.
+        """
+        return max(self._http.connect_timeout, self._http.read_timeout)
 
 
 # ---------------------------------------------------------------- factory

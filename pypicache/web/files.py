@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from pypicache.downloads import Downloader
-from pypicache.mirror import Mirror, UpstreamUnavailable
+from pypicache.mirror import Mirror, UpstreamUnavailable, retry_after_seconds
 from pypicache.model import (
     BlobNotFound,
     FileRecord,
@@ -27,6 +29,7 @@ from pypicache.model import (
     normalize,
 )
 from pypicache.stats import Stats
+from pypicache.upstream.breaker import CircuitOpen
 from pypicache.web.sending import send_body
 from pypicache.web.util import HTTPError, handle
 
@@ -34,6 +37,8 @@ log = Logger()
 
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: Default of Files.range_wait: well inside pip's (15 s) and uv's (30 s) timeouts.
+RANGE_WAIT = 5.0
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str:
@@ -63,6 +68,19 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str
     return start, end - start + 1
 
 
+def _upstream_failed(project: str, filename: str, error: UpstreamError) -> HTTPError:
+    """The answer when the upstream could not start a file: 503 when the
+    breaker did not even ask it, else 502; with the upstream's Retry-After."""
+    if isinstance(error, CircuitOpen):
+        code = 503
+    else:
+        code = 502
+        log.warn("upstream failed for {project}/{filename}: {error}", project=project, filename=filename,
+                 error=str(error))
+    return HTTPError(code, f"upstream failed for {filename}: {error}",
+                     {b"retry-after": str(retry_after_seconds(error)).encode()})
+
+
 class Files(Resource):
     """Serves distribution files and their metadata."""
 
@@ -76,6 +94,9 @@ class Files(Resource):
         self.downloader = downloader
         self.storage = storage
         self.local = local
+        #: How long a Range request on a file still downloading waits for it
+        #: to be stored before it is answered with the whole file instead.
+        self.range_wait = RANGE_WAIT
 
     @property
     def allow_upstream(self) -> bool:
@@ -165,17 +186,22 @@ class Files(Resource):
             except UpstreamNotFound:
                 raise HTTPError(404, f"upstream has no {record.filename}") from None
             except UpstreamError as e:
-                raise HTTPError(502, f"upstream failed for {record.filename}: {e}",
-                                {b"retry-after": b"30"}) from None
+                raise _upstream_failed(project, record.filename, e) from None
         self.stats.file_misses += 1
         if request.getHeader(b"range"):
-            # Ranges need the end of the file (suffix ranges): wait until stored.
-            blob = await transfer.stored
-            if blob is None:
-                raise HTTPError(502, f"upstream failed for {record.filename}")
-            reader = await self.storage.open_read(blob.sha256)
-            await self._send_blob(request, reader, blob.sha256, b"application/octet-stream")
-            return
+            # Ranges need the end of the file (suffix ranges): wait until it is
+            # stored, but not so long that the client gives up on us.
+            blob = await self._stored_within(transfer, self.range_wait)
+            if blob is not None:
+                reader = await self.storage.open_read(blob.sha256)
+                await self._send_blob(request, reader, blob.sha256, b"application/octet-stream")
+                return
+            if transfer.failure is not None or transfer.stored.called:
+                raise HTTPError(502, f"upstream failed for {record.filename}", {b"retry-after": b"30"})
+            # Still arriving: RFC 9110 lets a server ignore Range, and a whole
+            # body that starts now beats a 206 after the client's timeout.
+            log.info("{project}/{filename} still downloading after {wait}s: answering a Range request "
+                     "with the whole file", project=project, filename=record.filename, wait=self.range_wait)
         self._common_headers(request, record.sha256, b"application/octet-stream")
         transfer.acquire()
         try:
@@ -186,6 +212,29 @@ class Files(Resource):
                 self.stats.bytes_from_upstream += transfer.written
         finally:
             transfer.release()
+
+    async def _stored_within(self, transfer: Any, timeout: float) -> Any:
+        """The transfer's BlobInfo once stored; None if it failed or is still
+        running after ``timeout`` seconds.
+
+        Observes ``transfer.stored`` without awaiting it directly: awaiting a
+        Deferred replaces its result with None for every later waiter, so
+        the second concurrent Range request would see a failed transfer.
+        """
+        waiter: defer.Deferred[Any] = defer.Deferred()
+
+        def relay(result: Any) -> Any:
+            if not waiter.called:
+                waiter.callback(None if isinstance(result, Failure) else result)
+            return result
+
+        transfer.stored.addBoth(relay)
+        timer = self.mirror.clock.callLater(timeout, lambda: waiter.called or waiter.callback(None))
+        try:
+            return await waiter
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _send_blob(self, request: Any, reader: Any, sha256: str, content_type: bytes) -> None:
         try:
@@ -219,10 +268,10 @@ class Files(Resource):
             except UpstreamNotFound:
                 raise HTTPError(404, f"upstream has no metadata for {record.filename}") from None
             except HashMismatch:
-                raise HTTPError(502, f"upstream metadata for {record.filename} failed verification") from None
-            except UpstreamError as e:
-                raise HTTPError(502, f"upstream failed for {record.filename}.metadata: {e}",
+                raise HTTPError(502, f"upstream metadata for {record.filename} failed verification",
                                 {b"retry-after": b"30"}) from None
+            except UpstreamError as e:
+                raise _upstream_failed(project, record.filename + ".metadata", e) from None
         try:
             reader = await self.storage.open_read(sha)
         except BlobNotFound:
