@@ -1,4 +1,5 @@
-"""The ``pypicache`` admin command: accounts, tokens, maintainers, yanking.
+"""The ``pypicache`` admin command: accounts, tokens, maintainers, yanking,
+and ``verify`` (is every stored file really stored, with the right bytes?).
 
 It works against the same config file as the server (``--config``; without
 it the embedded default), so it finds the same data directory: the accounts
@@ -32,7 +33,7 @@ from pypicache import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.model import FileRecord, InvalidName, normalize
 
-__all__ = ["main", "build_parser", "files_matching", "catalog_action"]
+__all__ = ["main", "build_parser", "files_matching", "catalog_action", "verify_command"]
 
 ACCOUNTS_FILE = "accounts.sqlite3"
 _DONE = {"yank": "yanked", "unyank": "unyanked", "delete": "deleted"}
@@ -111,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("target", metavar="FILENAME_OR_VERSION", help=what)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    p = commands.add_parser("verify", help="check every stored file against the index (exit 1 on problems)",
+                            description="Hash every stored file and METADATA blob and compare it with "
+                                        "the index.  Safe while the server runs.")
+    p.add_argument("--repair", action="store_true",
+                   help="remove corrupt blobs and mark missing or corrupt files not stored (the proxy "
+                        "fetches them again), fix sizes, re-attach blobs the index lost, empty the "
+                        "quarantine")
+    p.add_argument("--quick", action="store_true", help="check presence and size only, do not hash")
     return parser
 
 
@@ -132,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group in ("yank", "unyank", "delete"):
             return _run_catalog(cfg, args)
+        if args.group == "verify":
+            return _run_reactor(cfg, args, verify_command)
         return _run_accounts(cfg, args)
     except ConfigError as e:
         return _fail(f"config error: {e}", 2)
@@ -355,6 +367,57 @@ def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
     Everything that can fail on the command line or in the config fails
     before the reactor runs, like the daemon's start-up.
     """
+    confirm: dict[str, Any] = {}
+
+    def prepare(reactor: Any, threadpool: Any) -> None:
+        if args.group == "delete":
+            confirm["ask"] = _confirm_factory(args, reactor, threadpool)
+
+    async def act(cfg: Any, args: argparse.Namespace, index: Any, context: Any) -> int:
+        return await catalog_action(index, args.group, args.project, args.target,
+                                    reason=getattr(args, "reason", None), confirm=confirm.get("ask"))
+
+    return _run_reactor(cfg, args, act, prepare=prepare)
+
+
+def _open_storage(cfg: Any, context: Any) -> Any:
+    """The configured storage, for a second process: a filesystem store is
+    opened without its start-up clean-up, which would delete a running
+    server's files in progress."""
+    from pypicache import providers
+
+    if cfg.storage.name == "filesystem":
+        from pypicache.storage import filesystem
+
+        return filesystem.factory.create(cfg.storage.options, context, clean=False)
+    return providers.create("storage", cfg.storage.name, cfg.storage.options, context)
+
+
+async def verify_command(cfg: Any, args: argparse.Namespace, index: Any, context: Any) -> int:
+    """``pypicache verify [--repair] [--quick]``: print each problem, then a
+    summary; 0 when nothing is (left) wrong, 1 otherwise."""
+    from pypicache.verify import verify
+
+    storage = _open_storage(cfg, context)
+    report = await verify(index, storage, repair=args.repair, deep=not args.quick,
+                          reactor=context.reactor, threadpool=context.threadpool,
+                          on_problem=lambda problem: _out(str(problem)))
+    _out(report.summary())
+    if not report.ok:
+        hint = "" if args.repair else "; run with --repair to fix what can be fixed"
+        sys.stderr.write(f"pypicache: {len(report.unrepaired)} problem(s) left{hint}\n")
+        return 1
+    return 0
+
+
+def _run_reactor(cfg: Any, args: argparse.Namespace,
+                 command: Callable[[Any, argparse.Namespace, Any, Any], Any],
+                 prepare: Callable[[Any, Any], None] | None = None) -> int:
+    """Build the configured index, then run the reactor just for
+    ``command(cfg, args, index, context)`` (a coroutine returning the exit
+    status) and close the index.  ``prepare(reactor, threadpool)`` runs first.
+    Everything that can fail in the config fails before the reactor runs,
+    like the daemon's start-up."""
     from twisted.internet import defer, reactor, task
     from twisted.python.threadpool import ThreadPool
 
@@ -363,7 +426,8 @@ def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
     threadpool = ThreadPool(minthreads=0, maxthreads=2, name="pypicache-admin")
     threadpool.start()
     try:
-        confirm = _confirm_factory(args, reactor, threadpool) if args.group == "delete" else None
+        if prepare is not None:
+            prepare(reactor, threadpool)
         context = providers.ProviderContext(reactor=reactor, threadpool=threadpool,
                                             data_dir=cfg.data_dir, http=cfg.http)
         index = providers.create("index", cfg.index.name, cfg.index.options, context)
@@ -374,8 +438,7 @@ def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
 
     async def run(reactor: Any) -> None:
         try:
-            outcome["code"] = await catalog_action(index, args.group, args.project, args.target,
-                                                   reason=getattr(args, "reason", None), confirm=confirm)
+            outcome["code"] = await command(cfg, args, index, context)
         except BaseException as e:
             outcome["error"] = e
         finally:

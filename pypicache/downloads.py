@@ -16,6 +16,7 @@ cleanly) and nothing is stored.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
@@ -33,6 +34,20 @@ log = Logger()
 
 class TransferFailed(Exception):
     """The transfer a client was following failed (upstream error or bad hash)."""
+
+
+class DiskFull(UpstreamError):
+    """No space left to spool or store a file, so it cannot be fetched now.
+
+    An UpstreamError so that routes answer it like an unavailable upstream
+    (an error status with Retry-After, logged in one line) rather than as a
+    500 with a traceback: either way the client should come back later.
+    """
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for an OSError saying the disk (or the quota) is full."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
 
 
 class Transfer:
@@ -115,6 +130,9 @@ class Downloader:
         self._transfers: dict[tuple[str, str], Transfer] = {}
         self._starting: Coalescer[Transfer] = Coalescer()
         self._metadata: Coalescer[str] = Coalescer()
+        #: Files whose storing failed for lack of space: logged once each,
+        #: forgotten as soon as anything is stored again.
+        self._disk_full: set[tuple[str, str]] = set()
         spool_dir.mkdir(parents=True, exist_ok=True)
         for leftover in spool_dir.iterdir():  # partial downloads from a crash
             try:
@@ -146,8 +164,20 @@ class Downloader:
         transfer = Transfer(project, record, spool)
         if transfer.length is None:
             transfer.length = download.length
-        write_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        transfer._read_fd = os.open(spool, os.O_RDONLY)
+        try:
+            write_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                transfer._read_fd = os.open(spool, os.O_RDONLY)
+            except BaseException:
+                os.close(write_fd)
+                raise
+        except OSError as e:
+            download.cancel()
+            self._unlink(spool)
+            self._storage_failed(project, record.filename, "spooling", e)
+            if not is_disk_full(e):
+                raise
+            raise DiskFull(f"{record.filename}: cannot spool it: {e.strerror or e}") from None
         self._transfers[(project, record.filename)] = transfer
         defer.ensureDeferred(self._run(transfer, download, write_fd))
         return transfer
@@ -183,6 +213,8 @@ class Downloader:
             if isinstance(e, HashMismatch):
                 log.error("not caching {project}/{filename}: {error}", project=transfer.project,
                           filename=record.filename, error=str(e))
+            elif is_disk_full(e):  # writing the spool: our disk, not the upstream
+                self._storage_failed(transfer.project, record.filename, "spooling", e)
             else:
                 log.warn("download of {project}/{filename} failed: {error}", project=transfer.project,
                          filename=record.filename, error=str(e))
@@ -199,14 +231,41 @@ class Downloader:
             await self.mirror.note_changed(transfer.project)
             log.info("cached {project}/{filename} ({size} bytes)", project=transfer.project,
                      filename=record.filename, size=blob.size)
+            self._stored_again()
         except Exception as e:
-            log.error("storing {project}/{filename} failed; it was served but not kept: {error}",
-                      project=transfer.project, filename=record.filename, error=repr(e))
+            self._storage_failed(transfer.project, record.filename, "storing", e)
             blob = None
             self._unlink(transfer.spool)
         self._transfers.pop((transfer.project, record.filename), None)
         transfer._finish()
         transfer.stored.callback(blob)
+
+    def _storage_failed(self, project: str, filename: str, doing: str, error: BaseException) -> None:
+        """Log a failure of our own disk in one line; a full disk once per file.
+
+        A full disk makes every new file fail the same way: one line per file
+        says what is not cached without burying the log in repeats.
+        """
+        if not is_disk_full(error):
+            log.error("{doing} {project}/{filename} failed; it is not cached: {error}", doing=doing,
+                      project=project, filename=filename, error=repr(error))
+            return
+        key = (project, filename)
+        if key in self._disk_full:
+            log.debug("{doing} {project}/{filename}: disk still full", doing=doing, project=project,
+                      filename=filename)
+            return
+        if len(self._disk_full) < 100_000:
+            self._disk_full.add(key)
+        log.error("disk full: {doing} {project}/{filename} failed, so it is not cached "
+                  "(cached files are still served): {error}", doing=doing, project=project,
+                  filename=filename, error=error.strerror or str(error))
+
+    def _stored_again(self) -> None:
+        if self._disk_full:
+            log.info("storing works again ({count} file(s) failed while the disk was full)",
+                     count=len(self._disk_full))
+            self._disk_full.clear()
 
     def _discard(self, transfer: Transfer) -> None:
         self._transfers.pop((transfer.project, transfer.filename), None)
@@ -231,7 +290,14 @@ class Downloader:
         if download.length is not None and download.length > self.max_metadata_bytes:
             download.cancel()
             raise UpstreamError(f"{record.filename}.metadata: {download.length} bytes is too large")
-        writer = self.storage.open_write(record.metadata_sha256)
+        try:
+            writer = self.storage.open_write(record.metadata_sha256)
+        except OSError as e:
+            download.cancel()
+            if not is_disk_full(e):
+                raise
+            self._storage_failed(project, record.filename + ".metadata", "storing", e)
+            raise DiskFull(f"{record.filename}.metadata: cannot store it: {e.strerror or e}") from None
         received = 0
 
         def write(chunk: bytes) -> None:
@@ -249,6 +315,12 @@ class Downloader:
             log.error("not caching {project}/{filename}.metadata: {error}", project=project,
                       filename=record.filename, error=str(e))
             raise
+        except OSError as e:
+            writer.abort()
+            if not is_disk_full(e):
+                raise
+            self._storage_failed(project, record.filename + ".metadata", "storing", e)
+            raise DiskFull(f"{record.filename}.metadata: cannot store it: {e.strerror or e}") from None
         except BaseException:
             writer.abort()
             raise

@@ -6,6 +6,7 @@ Layout under the root (``storage.path``)::
                                  no directory grows past a few thousand entries
     <root>/.tmp/                 files being written; same file system as the
                                  blobs, so ``os.replace`` into place is atomic
+    <root>/.quarantine/          blobs found corrupt, moved aside (never served)
 
 A blob appears under its final name only once its bytes are complete, verified
 and (with ``fsync = true``) durable.  Anything left in ``.tmp/`` after a crash
@@ -15,6 +16,15 @@ root would delete each other's in-flight files at start-up.
 
 Keys are checked with :func:`pypicache.model.is_sha256` before any path is
 built, so a client-supplied string never reaches the file system.
+
+Verify on read (``verify_reads = true``, the default): the first time a
+process opens a blob, its bytes are hashed in the thread pool before the
+reader is handed out; a blob whose sha256 is not its name is moved to
+``.quarantine/``, logged, and reported as missing (``BlobNotFound``), so the
+server fetches it again instead of serving it.  The verdict is remembered per
+(device, inode, size, mtime), so a blob costs one hash per process (or per
+change on disk), not one per request.  Silent decay of a file that is not
+rewritten is caught by the next process start or by ``pypicache verify``.
 """
 
 from __future__ import annotations
@@ -24,8 +34,11 @@ import hashlib
 import os
 import secrets
 import shutil
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import attrs
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -37,7 +50,7 @@ from pypicache.interfaces import IBlobReader, IBlobWriter, IProviderFactory, ISt
 from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
 
-__all__ = ["FilesystemStorage", "FileBlobWriter", "FileBlobReader", "factory"]
+__all__ = ["FilesystemStorage", "FileBlobWriter", "FileBlobReader", "BlobCheck", "factory"]
 
 log = Logger()
 
@@ -47,6 +60,46 @@ _T = TypeVar("_T")
 _replace = os.replace
 
 _COPY_CHUNK = 1024 * 1024
+_HASH_CHUNK = 1024 * 1024
+
+#: How many verified blobs a process remembers (about 250 bytes each); a blob
+#: forgotten is simply hashed again the next time it is opened.
+VERIFIED_CACHE_SIZE = 32768
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies one version of a file: rewriting or replacing it
+    changes at least one of these."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _hash_fd(fd: int) -> tuple[str, int]:
+    """sha256 and length of everything in ``fd``, read with pread (the
+    descriptor's offset is left alone).  Runs in the thread pool."""
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _HASH_CHUNK, offset)
+        if not chunk:
+            return h.hexdigest(), offset
+        h.update(chunk)
+        offset += len(chunk)
+
+
+@attrs.frozen
+class BlobCheck:
+    """The verdict on one blob (:meth:`FilesystemStorage.check_blob`).
+
+    ``status`` is "ok", "missing", "corrupt" (bytes do not hash to the key)
+    or "unreadable" (an I/O error); ``actual`` is the digest found, if any.
+    ``removed`` says a corrupt blob was moved aside.
+    """
+
+    sha256: str
+    status: str
+    size: int | None = None
+    actual: str | None = None
+    error: str | None = None
+    removed: bool = False
 
 
 def check_key(sha256: object) -> str:
@@ -83,6 +136,16 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+def _subdirs(path: Path | str, width: int) -> list[str]:
+    """The fan-out subdirectories of ``path`` (names of ``width`` hex digits)."""
+    try:
+        return sorted(e.path for e in os.scandir(path)
+                      if len(e.name) == width and is_sha256(e.name + "0" * (64 - width))
+                      and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
 @implementer(IStorage)
 class FilesystemStorage:
     """Content-addressed blobs under ``root``; see the module docstring.
@@ -92,15 +155,28 @@ class FilesystemStorage:
     done directly because they are single cheap system calls.
     """
 
-    def __init__(self, root: Path, reactor: Any, threadpool: Any, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, reactor: Any, threadpool: Any, *, fsync: bool = True,
+                 verify_reads: bool = True, clean: bool = True,
+                 verified_cache_size: int = VERIFIED_CACHE_SIZE) -> None:
+        """``clean=False`` keeps ``.tmp`` as it is: for a second process (the
+        ``pypicache verify`` command) looking at the store of a running server,
+        whose in-flight files must not be deleted under it."""
         self.root = Path(root)
         self.tmp = self.root / ".tmp"
+        self.quarantine = self.root / ".quarantine"
         self.fsync = fsync
+        self.verify_reads = verify_reads
         self._reactor = reactor
         self._threadpool = threadpool
+        #: sha256 -> stat key of the version whose bytes were found right.
+        self._verified: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
+        self._verified_max = verified_cache_size
+        #: (sha256, stat key) -> Deferreds waiting for a hash in progress.
+        self._checking: dict[tuple[str, tuple[int, int, int, int]], list[defer.Deferred[bool]]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
-        self._remove_leftovers()
+        if clean:
+            self._remove_leftovers()
 
     # ----------------------------------------------------------------- helpers
 
@@ -151,19 +227,13 @@ class FilesystemStorage:
         """Move a complete (and already fsynced) file in ``.tmp`` or on the
         same file system into place.  Runs in the thread pool.
 
-        A blob that already exists with the same size is kept and ``source``
-        dropped: same key, same bytes.  A different size can only be a blob
-        damaged outside our control (say, written with fsync off before a power
-        cut), so the new, verified bytes replace it.
+        An existing blob of that key is always replaced: ``source`` holds bytes
+        just verified, while the existing file may have decayed or been
+        damaged outside our control (same size or not), and checking it would
+        cost a full read.  The rename is atomic, so a reader of the old file
+        keeps reading it undisturbed.
         """
         target = self.path_of(sha256)
-        try:
-            existing = os.stat(target).st_size
-        except FileNotFoundError:
-            existing = None
-        if existing == size:
-            _unlink_quietly(source)
-            return BlobInfo(sha256=sha256, size=size)
         self._make_parents(target)
         _replace(source, target)
         if self.fsync:
@@ -186,7 +256,7 @@ class FilesystemStorage:
         the whole file a second time.  ``path`` is gone afterwards.
         """
         check_key(sha256)
-        return self._in_thread(self._ingest, Path(path), sha256)
+        return self._in_thread(self._ingest, Path(path), sha256).addCallback(self._remember)
 
     def _ingest(self, source: Path, sha256: str) -> BlobInfo:
         if self.fsync:
@@ -224,7 +294,176 @@ class FilesystemStorage:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return defer.fail(BlobNotFound(sha256))
-        return defer.succeed(FileBlobReader(fd))
+        try:
+            reader = FileBlobReader(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not self.verify_reads or self._verified.get(sha256) == reader.key:
+            if self.verify_reads:
+                self._verified.move_to_end(sha256)
+            return defer.succeed(reader)
+        return self._verify_then_open(sha256, reader)
+
+    # ------------------------------------------------------ verify on read
+
+    def _remember(self, info: BlobInfo) -> BlobInfo:
+        """Note a blob we have just placed as verified: its bytes were hashed
+        on the way in, so reading them back would only cost time."""
+        if self.verify_reads:
+            try:
+                key = _stat_key(os.stat(self.path_of(info.sha256)))
+            except OSError:
+                return info
+            self._note_verified(info.sha256, key)
+        return info
+
+    def _note_verified(self, sha256: str, key: tuple[int, int, int, int]) -> None:
+        self._verified[sha256] = key
+        self._verified.move_to_end(sha256)
+        while len(self._verified) > self._verified_max:
+            self._verified.popitem(last=False)
+
+    def _verify_then_open(self, sha256: str, reader: "FileBlobReader") -> defer.Deferred["FileBlobReader"]:
+        """Hash the blob behind ``reader`` (once, however many ask at the same
+        time), then hand the reader out, or close it and fail BlobNotFound."""
+        key = reader.key
+        waiter: defer.Deferred[bool] = defer.Deferred()
+        pending = self._checking.get((sha256, key))
+        if pending is not None:
+            pending.append(waiter)
+        else:
+            self._checking[(sha256, key)] = [waiter]
+            # The thread hashes through its own descriptor: the reader may be
+            # closed (its waiter cancelled) while the hash runs, and its
+            # number then reused for another file.
+            fd = os.dup(reader.fileno())
+            self._in_thread(self._check_fd, sha256, fd, key).addBoth(self._checked, sha256, key)
+
+        def verdict(good: bool) -> "FileBlobReader":
+            if not good:
+                reader.close()
+                raise BlobNotFound(sha256)
+            return reader
+
+        def failed(failure: Failure) -> Failure:
+            reader.close()
+            return failure
+
+        return waiter.addCallbacks(verdict, failed)
+
+    def _checked(self, result: Any, sha256: str, key: tuple[int, int, int, int]) -> None:
+        waiters = self._checking.pop((sha256, key), [])
+        if isinstance(result, Failure):
+            log.failure("verifying blob {sha256} failed", result, sha256=sha256)
+            result = False
+        elif result:
+            self._note_verified(sha256, key)
+        else:
+            self._verified.pop(sha256, None)
+        for d in waiters:
+            if not d.called:  # a cancelled waiter has had its answer
+                d.callback(result)
+
+    def _check_fd(self, sha256: str, fd: int, key: tuple[int, int, int, int]) -> bool:
+        """Runs in the thread pool: True when the bytes behind ``fd`` hash to
+        ``sha256``; a corrupt or unreadable blob is moved aside and logged.
+        Closes ``fd``."""
+        try:
+            actual, _size = _hash_fd(fd)
+        except OSError as e:
+            self._move_aside(sha256, key, f"unreadable: {e}")
+            return False
+        finally:
+            os.close(fd)
+        if actual == sha256:
+            return True
+        self._move_aside(sha256, key, f"its bytes hash to {actual}")
+        return False
+
+    def _move_aside(self, sha256: str, key: tuple[int, int, int, int] | None, why: str) -> bool:
+        """Move the blob ``sha256`` into ``.quarantine/`` so it is never served
+        again, unless the file at its path is no longer the version ``key``
+        that was found bad (a good copy was placed meanwhile).  Thread pool."""
+        path = self.path_of(sha256)
+        try:
+            if key is not None and _stat_key(os.stat(path)) != key:
+                return False
+            self.quarantine.mkdir(exist_ok=True)
+            destination = self.quarantine / sha256
+            _replace(path, destination)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            # Cannot move it: delete it rather than risk serving it again.
+            log.error("cannot quarantine corrupt blob {path} ({error}); deleting it",
+                      path=str(path), error=str(e))
+            _unlink_quietly(path)
+            return True
+        log.error("blob {sha256} is corrupt ({why}); moved to {destination}, it will not be "
+                  "served and is fetched again when next requested", sha256=sha256, why=why,
+                  destination=str(destination))
+        return True
+
+    # --------------------------------------------------- for pypicache verify
+
+    def check_blob(self, sha256: str, *, remove_corrupt: bool = False) -> defer.Deferred[BlobCheck]:
+        """Hash one blob now (ignoring what this process remembers).
+
+        With ``remove_corrupt`` a corrupt or unreadable blob is moved to
+        ``.quarantine/`` (unless a good copy replaced it while it was hashed).
+        Not part of IStorage: ``pypicache verify`` uses it when available.
+        """
+        check_key(sha256)
+        return self._in_thread(self._check_blob, sha256, remove_corrupt)
+
+    def _check_blob(self, sha256: str, remove_corrupt: bool) -> BlobCheck:
+        try:
+            fd = os.open(self.path_of(sha256), os.O_RDONLY)
+        except FileNotFoundError:
+            return BlobCheck(sha256, "missing")
+        try:
+            key = _stat_key(os.fstat(fd))
+            try:
+                actual, size = _hash_fd(fd)
+            except OSError as e:
+                removed = remove_corrupt and self._move_aside(sha256, key, f"unreadable: {e}")
+                return BlobCheck(sha256, "unreadable", error=str(e), removed=removed)
+        finally:
+            os.close(fd)
+        if actual == sha256:
+            return BlobCheck(sha256, "ok", size=size, actual=actual)
+        removed = remove_corrupt and self._move_aside(sha256, key, f"its bytes hash to {actual}")
+        return BlobCheck(sha256, "corrupt", size=size, actual=actual, removed=removed)
+
+    def iter_blobs(self) -> Iterator[tuple[str, int]]:
+        """Every blob as ``(sha256, size)``, walking the fan-out directories.
+
+        Blocking (it lists directories): call it in a thread.  Files whose
+        names are not keys, and the ``.tmp``/``.quarantine`` directories, are
+        skipped.
+        """
+        for first in _subdirs(self.root, 2):
+            for second in _subdirs(first, 2):
+                try:
+                    entries = list(os.scandir(second))
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    name = entry.name
+                    if (len(name) == 64 and is_sha256(name) and name[:2] == Path(first).name
+                            and name[2:4] == Path(second).name):
+                        try:
+                            yield name, entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            continue
+
+    def quarantined(self) -> list[Path]:
+        """The files in ``.quarantine/`` (blocking; cheap)."""
+        try:
+            return sorted(Path(e.path) for e in os.scandir(self.quarantine) if e.is_file())
+        except FileNotFoundError:
+            return []
 
     def exists(self, sha256: str) -> defer.Deferred[bool]:
         return defer.succeed(self.path_of(sha256).is_file())
@@ -284,7 +523,7 @@ class FileBlobWriter:
             self._state = "failed" if isinstance(result, Failure) else "committed"
             return result
 
-        return d.addBoth(done)
+        return d.addBoth(done).addCallback(self._storage._remember)
 
     def _finish(self) -> BlobInfo:
         """Runs in the thread pool: flush, verify, move into place."""
@@ -317,7 +556,10 @@ class FileBlobReader:
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
-        self.size: int = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        self.size: int = st.st_size
+        #: Identifies the version of the file opened (see verify on read).
+        self.key = _stat_key(st)
 
     def _fileno(self) -> int:
         if self._fd is None:
@@ -353,17 +595,21 @@ class FileBlobReader:
 @implementer(IProviderFactory)
 class FilesystemStorageFactory:
     """``provider = "filesystem"``: options ``path`` (default ``files``,
-    relative to the data directory) and ``fsync`` (default true)."""
+    relative to the data directory), ``fsync`` (default true) and
+    ``verify_reads`` (default true)."""
 
     kind = "storage"
 
-    def create(self, options: Mapping[str, Any], context: ProviderContext) -> FilesystemStorage:
-        check_options("storage", options, {"path": str, "fsync": bool})
+    def create(self, options: Mapping[str, Any], context: ProviderContext, *,
+               clean: bool = True) -> FilesystemStorage:
+        """``clean=False`` (not a config option): see FilesystemStorage."""
+        check_options("storage", options, {"path": str, "fsync": bool, "verify_reads": bool})
         root = Path(options.get("path", "files")).expanduser()
         if not root.is_absolute():
             root = Path(context.data_dir) / root
         return FilesystemStorage(root, context.reactor, context.threadpool,
-                                 fsync=options.get("fsync", True))
+                                 fsync=options.get("fsync", True),
+                                 verify_reads=options.get("verify_reads", True), clean=clean)
 
 
 factory = FilesystemStorageFactory()
