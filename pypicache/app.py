@@ -18,6 +18,7 @@ from pypicache.downloads import Downloader
 from pypicache.errors import ConfigError
 from pypicache.mirror import Mirror
 from pypicache.stats import Stats
+from pypicache.upstream.breaker import with_breaker
 from pypicache.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
 from pypicache.web.jsonapi import JsonAPI
@@ -75,6 +76,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         index = providers.create("index", config.index.name, config.index.options, context)
         if upstream is None:
             upstream = providers.create("upstream", config.upstream.name, config.upstream.options, context)
+            upstream = with_breaker(upstream, reactor, config.http.breaker_threshold, config.http.breaker_cooldown)
     except BaseException:
         threadpool.stop()
         raise

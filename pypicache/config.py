@@ -91,7 +91,8 @@ _SERVER_KEYS: dict[str, Any] = {
     "access_log": bool,
     "fast_path": bool,
 }
-_HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes"}
+_HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
+              "breaker_threshold", "breaker_cooldown"}
 
 
 def _check_type(where: str, value: Any, kind: Any) -> None:
@@ -169,6 +170,14 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         if key == "user_agent":
             _check_type(f"http.{key}", value, str)
             http_kwargs[key] = value
+        elif key == "breaker_threshold":
+            _check_type(f"http.{key}", value, int)
+            if not 0 <= value <= 1000:
+                raise ConfigError(f"http.{key}: must be between 0 (off) and 1000, got {value!r}")
+            http_kwargs[key] = value
+        elif key == "breaker_cooldown":
+            _check_type(f"http.{key}", value, (int, float))
+            http_kwargs[key] = _positive(f"http.{key}", value, upper=3600)
         elif key == "max_page_bytes":
             _check_type(f"http.{key}", value, int)
             http_kwargs[key] = int(_positive(f"http.{key}", value))

@@ -32,6 +32,10 @@ class HTTPSettings:
     page_timeout: float = 10.0
     user_agent: str = "pypicache"
     max_page_bytes: int = 64 * 1024 * 1024
+    #: Consecutive upstream failures that open the circuit breaker (0: never).
+    breaker_threshold: int = 5
+    #: Seconds the breaker stays open before one probe request is let through.
+    breaker_cooldown: float = 30.0
 
 
 @attrs.frozen

@@ -414,8 +414,6 @@ async def test_outage_on_every_route_of_a_cached_project(srv, fake_upstream, log
     assert logs.has("upstream failed for tinyproj/" + wheel2, min_level=LogLevel.warn)
 
 
-@pytest.mark.xfail(strict=True, reason="needs SimpleIndex._root (web/simple.py, the lead's) to send "
-                   "X-PyPICache-Stale when project_names() reports stale: see the issue 4 report")
 @pytest_twisted.ensureDeferred
 async def test_root_list_is_served_stale_during_an_outage(tmp_path, fake_upstream, monkeypatch):
     from pypicache.web import simple

@@ -415,8 +415,6 @@ async def test_oversized_bodies_on_non_upload_routes_are_413(hsrv, method, path)
     assert await snapshot(hsrv) == before
 
 
-@pytest.mark.xfail(strict=True, reason="needs PyPICacheRequest.gotLength to refuse a declared length past "
-                   "limit + DISCARD_SLACK at once (web/request.py, the lead's): see the issue 4 report")
 @pytest_twisted.ensureDeferred
 async def test_huge_declared_body_is_refused_without_waiting_for_it(hsrv):
     """A Content-Length of 10 GB with a few bytes sent: answered at once."""

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from pypicache.downloads import Downloader
+from pypicache.downloads import DiskFull, Downloader
 from pypicache.mirror import Mirror, UpstreamUnavailable, retry_after_seconds
 from pypicache.model import (
     BlobNotFound,
@@ -71,6 +71,8 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str
 def _upstream_failed(project: str, filename: str, error: UpstreamError) -> HTTPError:
     """The answer when the upstream could not start a file: 503 when the
     breaker did not even ask it, else 502; with the upstream's Retry-After."""
+    if isinstance(error, DiskFull):  # the downloader has logged it already
+        return HTTPError(507, f"cannot cache {filename} now: {error}", {b"retry-after": b"60"})
     if isinstance(error, CircuitOpen):
         code = 503
     else:
@@ -177,7 +179,7 @@ class Files(Resource):
                 self.stats.file_hits += 1
                 await self._send_blob(request, reader, record.sha256, b"application/octet-stream")
                 return
-        if not self.allow_upstream:
+        if not self.allow_upstream or not record.url:  # an uploaded file has no upstream to refetch from
             raise HTTPError(404, f"{project}/{record.filename} is not stored here")
         transfer = self.downloader.transfer_for(project, record.filename)
         if transfer is None:
@@ -261,7 +263,7 @@ class Files(Resource):
     async def _serve_metadata(self, request: Any, project: str, record: FileRecord) -> None:
         sha = record.metadata_sha256 if record.metadata_stored else None
         if sha is None:
-            if not self.allow_upstream:
+            if not self.allow_upstream or not record.url:
                 raise HTTPError(404, f"metadata of {record.filename} is not stored here")
             try:
                 sha = await self.downloader.fetch_metadata(project, record)

@@ -63,6 +63,9 @@ class PyPICacheRequest(Request):
         self._too_large = length is not None and length > self._limit
         if self._too_large:
             self.content = io.BytesIO()
+            if length > self._limit + DISCARD_SLACK:
+                # Far too large to read and discard: answer now and hang up.
+                self._refuse_and_close()
         else:
             super().gotLength(length)
 

@@ -209,6 +209,8 @@ class SimpleIndex(Resource):
             page = cached[1]
         else:
             names, stale = await self.mirror.project_names(allow_upstream=self.allow_upstream)
+            if stale:
+                request.setHeader(b"x-pypicache-stale", b"true")
             body = render_index(fmt, names)
             page = Rendered(None, body, etag_for(body))
             if not stale:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
@@ -61,6 +62,12 @@ def handle(request: Any, handler: Callable[[], Awaitable[Any]]) -> Any:
             send_error(request, e.code, e.message, e.headers)
             return
         if failure.check(defer.CancelledError):
+            return
+        if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("no space left on the server's disk answering {method} {uri}: {error}",
+                      method=request.method, uri=request.uri, error=str(failure.value))
+            send_error(request, 507, "insufficient storage on the server: no space left on its disk",
+                       {b"retry-after": b"60"})
             return
         log.failure("error answering {method} {uri}", failure, method=request.method, uri=request.uri)
         send_error(request, 500, "internal server error")
