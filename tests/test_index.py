@@ -133,7 +133,7 @@ async def test_pragmas_and_schema(index: sqlite.SQLiteIndex, tmp_path: Path) -> 
         return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0]
                      for p in ("journal_mode", "synchronous", "busy_timeout", "user_version"))
 
-    assert await wait(index._call(pragmas)) == ("wal", 1, sqlite.BUSY_TIMEOUT_MS,
+    assert await wait(index._call(pragmas)) == ("wal", 2, sqlite.BUSY_TIMEOUT_MS,
                                                 sqlite.SCHEMA_VERSION)
     await wait(index.save_upstream_page(index_page("w", index_file("w-1.tar.gz")), 1.0))
     # Another process can read while we hold the database open (WAL).
