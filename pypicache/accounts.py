@@ -34,11 +34,9 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import attrs
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -46,6 +44,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pypicache.model import InvalidName, normalize
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 __all__ = [
     "AccountError", "AccountStore", "Accounts", "Identity", "TokenInfo", "UnknownToken",
@@ -55,6 +56,17 @@ __all__ = [
 log = Logger()
 
 T = TypeVar("T")
+
+
+def default_hasher() -> PasswordHasher:
+    """argon2-cffi's hasher with its default (RFC 9106) parameters.
+
+    Imported here, on first use, rather than with the module: most servers
+    never check a password, and start-up time and memory count.
+    """
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
 
 #: The Basic-auth user name that says "the password is an API token" (as PyPI).
 TOKEN_USER = "__token__"
@@ -249,13 +261,19 @@ class AccountStore:
     def __init__(self, path: Path | str, *, hasher: PasswordHasher | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self._hasher = hasher if hasher is not None else PasswordHasher()
+        self._given_hasher = hasher
         self._clock = clock
         self._lock = threading.RLock()
         self._dummy_hash: str | None = None
         self._conn: sqlite3.Connection | None = _connect(self.path)
 
     # ------------------------------------------------------------ plumbing
+
+    @property
+    def _hasher(self) -> PasswordHasher:
+        if self._given_hasher is None:
+            self._given_hasher = default_hasher()
+        return self._given_hasher
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -351,6 +369,8 @@ class AccountStore:
             key = normalize_user(name)
         except AccountError:
             key = None
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
         row = None
         if key is not None:
             with self._read() as db:

@@ -21,10 +21,7 @@ from pypicache.stats import Stats
 from pypicache.upstream.breaker import with_breaker
 from pypicache.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
-from pypicache.web.jsonapi import JsonAPI
-from pypicache.web.manage import Manage
 from pypicache.web.site import QuietSite, build_root
-from pypicache.web.upload import Upload
 
 
 @attrs.define
@@ -89,10 +86,25 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=None, stats=stats,  # type: ignore[arg-type]
               accounts=accounts)
-    root = build_root(mirror, downloader, storage, stats,
-                      upload=Upload(app=app, accounts=accounts, config=config.uploads),
-                      manage=Manage(app=app, accounts=accounts),
-                      jsonapi=JsonAPI(mirror, storage, downloader))
+
+    # Routes few servers use are built (and their modules imported) on their
+    # first request: start-up time and memory count (docs/performance.md).
+    def upload() -> Any:
+        from pypicache.web.upload import Upload
+
+        return Upload(app=app, accounts=accounts, config=config.uploads)
+
+    def manage() -> Any:
+        from pypicache.web.manage import Manage
+
+        return Manage(app=app, accounts=accounts)
+
+    def jsonapi() -> Any:
+        from pypicache.web.jsonapi import JsonAPI
+
+        return JsonAPI(mirror, storage, downloader)
+
+    root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi)
 
     async def read_gate(request: Any) -> bool:
         return await accounts.authenticate(request.getHeader(b"authorization")) is not None

@@ -4,11 +4,14 @@ Providers are registered as entry points in the groups ``pypicache.storage``,
 ``pypicache.index`` and ``pypicache.upstream`` (docs/providers.md explains why
 entry points rather than Twisted's ``getPlugins``).  The entry point names an
 object providing :class:`~pypicache.interfaces.IProviderFactory`.
+
+The built-in names (``filesystem``, ``memory``, ``sqlite``, ``simple``) are
+reserved: they resolve without scanning the installed distributions' entry
+points, which costs start-up time, and another package cannot take them over.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -66,9 +69,10 @@ def _builtin(kind: str) -> dict[str, str]:
 
 def available(kind: str) -> dict[str, Any]:
     """Name -> entry point (or import string) for every provider of ``kind``."""
-    found: dict[str, Any] = dict(_builtin(kind))
-    for ep in entry_points(group=f"pypicache.{kind}"):
-        found[ep.name] = ep
+    from importlib.metadata import entry_points
+
+    found: dict[str, Any] = {ep.name: ep for ep in entry_points(group=f"pypicache.{kind}")}
+    found.update(_builtin(kind))  # reserved names
     return found
 
 
@@ -85,7 +89,8 @@ def load_factory(kind: str, name: str) -> Any:
     """The verified factory named ``name`` for ``kind``, or ConfigError."""
     if kind not in KINDS:
         raise ConfigError(f"unknown provider kind {kind!r}")
-    known = available(kind)
+    builtin = _builtin(kind)
+    known = {name: builtin[name]} if name in builtin else available(kind)
     if name not in known:
         names = ", ".join(sorted(known)) or "none"
         raise ConfigError(f"{kind}.provider: no {kind} provider named {name!r} is installed "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any, NoReturn
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -48,10 +49,14 @@ class Options(usage.Options):
 
 
 class AppService(service.Service):
-    """Owns the built App: closes the index and thread pool on shutdown."""
+    """Owns the built App: closes the index and thread pool on shutdown, and
+    closes idle fast-path connections every 30 s."""
+
+    REAP_EVERY = 30.0
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._reaper: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -59,11 +64,19 @@ class AppService(service.Service):
         log.info("pypicache started: config {source}, data in {data_dir}, upstream {upstream}{offline}",
                  source=cfg.source, data_dir=str(cfg.data_dir), upstream=getattr(self.app.upstream, "url", "?"),
                  offline=" (offline)" if cfg.offline else "")
+        if hasattr(self.app.factory, "reap_idle"):
+            from twisted.internet import task
+
+            self._reaper = task.LoopingCall(self.app.factory.reap_idle)
+            self._reaper.clock = self.app.reactor
+            self._reaper.start(self.REAP_EVERY, now=False)
 
     def stopService(self) -> Any:
         super().stopService()
         from twisted.internet import defer
 
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
         return defer.ensureDeferred(self.app.close())
 
 
@@ -91,52 +104,93 @@ def _abort(message: str, app: Any = None) -> NoReturn:
     raise SystemExit(1)
 
 
-class _TopService(service.MultiService):
-    """The daemon's root service: a listener that cannot bind (port in use or
-    out of range, no permission) stops start-up with one line, not a
-    traceback followed by a hang."""
+class _PendingFactory(protocol.Factory):
+    """Stands in for the server's factory while the server is built.
 
-    def __init__(self, app: Any) -> None:
-        super().__init__()
-        self.app = app
-        self.listeners: dict[int, str] = {}  # id(listener service) -> endpoint string
+    Listening comes first in start-up, before the slow part (importing and
+    building the app): a port that cannot be bound then fails at once, and a
+    client that connects while the server starts waits in the kernel's accept
+    queue instead of being refused (pip and uv treat a refused connection as
+    an error and back off).  Nothing is accepted before the reactor runs, and
+    by then :meth:`attach` has given the real factory.
+    """
 
-    def privilegedStartService(self) -> None:
-        service.Service.privilegedStartService(self)
-        for child in self:
-            try:
-                child.privilegedStartService()
-            except Exception as e:
-                if id(child) not in self.listeners:
-                    raise
-                _abort(f"server.listen: cannot listen on {self.listeners[id(child)]!r}: {e}", self.app)
+    noisy = False
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def attach(self, target: Any) -> None:
+        self.target = target
+        if self.numPorts:
+            target.doStart()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.target is None:  # start-up failed; the connection is closed
+            return None
+        return self.target.buildProtocol(addr)
+
+    def stopFactory(self) -> None:
+        if self.target is not None:
+            self.target.doStop()
+
+
+class _Listener(service.Service):
+    """A port listened on during start-up; stopped with the service."""
+
+    def __init__(self, endpoint: str, listening: Any) -> None:
+        self.endpoint = endpoint
+        self.listening = listening  # a Deferred firing with the IListeningPort
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.listening.addCallback(lambda port: port.stopListening())
+        self.listening.addErrback(lambda _: None)
+        return self.listening
+
+
+def _listen(endpoint: str, factory: protocol.Factory) -> Any:
+    """Listen on ``endpoint`` now; one-line exit if it is malformed or busy."""
+    from twisted.internet import endpoints, reactor
+
+    try:
+        server = endpoints.serverFromString(reactor, endpoint)
+    except Exception as e:
+        _abort(f"config error: server.listen: bad endpoint {endpoint!r}: {e}")
+    try:
+        listening = server.listen(factory)
+    except Exception as e:
+        _abort(f"server.listen: cannot listen on {endpoint!r}: {e}")
+    failed: list[Any] = []
+    listening.addErrback(lambda f: failed.append(f) or f)
+    if failed:  # TCP, UNIX and systemd endpoints answer at once
+        listening.addErrback(lambda _: None)
+        _abort(f"server.listen: cannot listen on {endpoint!r}: {failed[0].value}")
+
+    def late_failure(f: Any) -> None:  # an endpoint that listens asynchronously
+        log.critical("server.listen: cannot listen on {endpoint!r}: {error}", endpoint=endpoint, error=f.value)
+        reactor.stop()
+
+    listening.addErrback(late_failure)
+    return listening
 
 
 def makeService(options: Options) -> service.IService:
-    from twisted.internet import endpoints, reactor
+    cfg = options["config_obj"]
+    pending = _PendingFactory()
+    listeners = [_Listener(endpoint, _listen(endpoint, pending)) for endpoint in cfg.listen]
+
+    from twisted.internet import reactor
 
     from pypicache.app import build
 
-    cfg = options["config_obj"]
-    # Endpoint strings are checked before anything is built, so that a typo
-    # costs no start-up work.
-    for endpoint in cfg.listen:
-        try:
-            endpoints.serverFromString(reactor, endpoint)
-        except Exception as e:
-            _abort(f"config error: server.listen: bad endpoint {endpoint!r}: {e}")
     try:
         app = build(cfg, reactor)
     except ConfigError as e:
         _abort(f"config error: {e}")
-    top = _TopService(app)
+    pending.attach(app.factory)
+    top = service.MultiService()
     AppService(app).setServiceParent(top)
-    if hasattr(app.factory, "reap_idle"):
-        from twisted.application.internet import TimerService
-
-        TimerService(30, app.factory.reap_idle).setServiceParent(top)
-    for endpoint in cfg.listen:
-        listener = strports.service(endpoint, app.factory)
+    for listener in listeners:  # stopped first (reverse order): no new requests while the app closes
         listener.setServiceParent(top)
-        top.listeners[id(listener)] = endpoint
     return top

@@ -33,7 +33,7 @@ needs_index_writes = pytest.mark.xfail(
 @pytest.fixture(autouse=True)
 def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command builds its own store: make its default hasher cheap."""
-    monkeypatch.setattr(accounts_module, "PasswordHasher",
+    monkeypatch.setattr(accounts_module, "default_hasher",
                         lambda: PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
 
 

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -37,7 +37,20 @@ _HOME = f"""<!DOCTYPE html>
 
 
 class Home(Resource):
-    """``/``: a short page naming the indexes, and the parent of every route."""
+    """``/``: a short page naming the indexes, and the parent of every route.
+
+    Routes that few servers use (uploads, management, the JSON API) are
+    registered as factories with :meth:`putLazyChild` and built, with their
+    modules imported, on their first request: that keeps start-up time and
+    memory down (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lazy: dict[bytes, Callable[[], Resource]] = {}
+
+    def putLazyChild(self, path: bytes, make: Callable[[], Resource]) -> None:
+        self._lazy[path] = make
 
     def render_GET(self, request: Any) -> Any:
         if request.postpath not in ([], [b""]):
@@ -49,6 +62,11 @@ class Home(Resource):
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"":
             return self
+        make = self._lazy.pop(path, None)
+        if make is not None:
+            child = make()
+            self.putChild(path, child)
+            return child
         return super().getChild(path, request)
 
 
@@ -67,13 +85,16 @@ class StatsPage(Resource):
         return json.dumps(self.stats.as_dict(), indent=1).encode() + b"\n"
 
 
-def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *, upload: Resource | None = None,
-               manage: Resource | None = None, jsonapi: Resource | None = None) -> Resource:
+def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
+               upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
+               jsonapi: Callable[[], Resource] | None = None) -> Home:
+    """The resource tree; ``upload``, ``manage`` and ``jsonapi`` are factories
+    called on the first request to their route."""
     pages = PageCache()
     root = Home()
-    for name, resource in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi)):
-        if resource is not None:
-            root.putChild(name, resource)
+    for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi)):
+        if make is not None:
+            root.putLazyChild(name, make)
     proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats)
     local_view = SimpleIndex(mirror, pages, local=True, stats=stats)
     root.views = (proxy_view, local_view)  # for the fast path
