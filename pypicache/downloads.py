@@ -227,8 +227,8 @@ class Downloader:
         transfer._notify()
         try:
             blob = await self.storage.ingest(transfer.spool, digest)
-            await self.index.mark_stored(transfer.project, record.filename, blob)
-            await self.mirror.note_changed(transfer.project)
+            self.mirror.note_record(transfer.project,
+                                    await self.index.mark_stored(transfer.project, record.filename, blob))
             log.info("cached {project}/{filename} ({size} bytes)", project=transfer.project,
                      filename=record.filename, size=blob.size)
             self._stored_again()
@@ -324,6 +324,5 @@ class Downloader:
         except BaseException:
             writer.abort()
             raise
-        await self.index.mark_metadata_stored(project, record.filename, blob.sha256)
-        await self.mirror.note_changed(project)
+        self.mirror.note_record(project, await self.index.mark_metadata_stored(project, record.filename, blob.sha256))
         return blob.sha256

@@ -358,3 +358,29 @@ async def test_version_1_database_is_upgraded(context: Any, opened: Any, tmp_pat
     kept = attrs.evolve(wheel, stored=True, size=5, listed=False)
     assert record == ProjectRecord(name="v1", files=(kept, upload), origin="local")
     assert await wait(index.used_filename(upload.filename)) == upload.sha256
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_writes_skip_the_fsync_uploads_keep_it(index: sqlite.SQLiteIndex) -> None:
+    """Writes that only record the upstream cache commit with synchronous =
+    NORMAL (a power cut costs a refetch); the connection is back at FULL for
+    everything else, such as an upload's add_file."""
+    def level(conn: sqlite3.Connection) -> int:
+        return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    assert await wait(index._call(sqlite._cache_write(level))) == 1
+    assert await wait(index._call(level)) == 2
+    seen: list[int] = []
+    real = sqlite._q_save_upstream_page
+
+    def spy(conn, *args):
+        seen.append(level(conn))
+        return real(conn, *args)
+
+    sqlite._q_save_upstream_page = spy
+    try:
+        await wait(index.save_upstream_page(index_page("w", index_file("w-1.tar.gz")), 1.0))
+    finally:
+        sqlite._q_save_upstream_page = real
+    assert seen == [1]
+    assert await wait(index._call(level)) == 2

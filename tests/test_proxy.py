@@ -367,3 +367,39 @@ async def test_uncached_head_and_range_requests(proxy, fake_upstream):
     assert response.code == 200
     response, body = await get(proxy.root + f"/files/tinyproj/{wheel}", range="bytes=-30")
     assert response.code == 206 and body == data[-30:]
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_storing_a_file_updates_memory_from_the_index_write(proxy, fake_upstream):
+    """The record an index mark returns becomes the in-memory copy: no
+    second read of the whole project (601 files for numpy) per stored file."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    await get(proxy.simple + "tinyproj/")
+    index = proxy.app.index
+    reads: list[str] = []
+    real_get = index.get_project
+
+    def counting_get(name):
+        reads.append(name)
+        return real_get(name)
+
+    index.get_project = counting_get
+    try:
+        response, _ = await get(proxy.root + f"/files/tinyproj/{wheel}")
+        assert response.code == 200
+        response, _ = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+        assert response.code == 200
+        for _ in range(200):  # the wheel is stored after its last byte was sent
+            memory = proxy.app.mirror.cached("tinyproj").file(wheel)
+            if memory.stored:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+    finally:
+        index.get_project = real_get
+    assert memory.stored and memory.metadata_stored
+    assert reads == []
+    assert (await real_get("tinyproj")) == proxy.app.mirror.cached("tinyproj")

@@ -165,9 +165,10 @@ def connect(path: Path) -> sqlite3.Connection:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warn("index: SQLite refused WAL mode for {path} (using {mode})", path=path, mode=mode)
-        # FULL: a commit (an upload answered 200, a file marked stored) survives
-        # a power cut, not only a crash. The cost, one fsync per write, is
-        # paid on the index's own thread, never the reactor's.
+        # FULL: a commit (an upload answered 200, a yank) survives a power
+        # cut, not only a crash.  The cost, one fsync per write, is paid on
+        # the index's own thread, never the reactor's; writes that only
+        # record the upstream cache skip it (see _cache_write).
         conn.execute("PRAGMA synchronous = FULL")
         _migrate(conn)
     except BaseException:
@@ -283,6 +284,30 @@ def _append_file(conn: sqlite3.Connection, project: str, f: FileRecord) -> None:
 
 # ----------------------------------------------------------------- queries
 # Each runs on the index thread with the connection as first argument.
+
+
+def _cache_write(query: Callable[..., T]) -> Callable[..., T]:
+    """``query`` committed with ``synchronous = NORMAL`` instead of FULL.
+
+    For writes that only record what the upstream said and what is in the
+    cache (pages, refresh times, "this file is stored"): losing the last of
+    them to a power cut costs a refetch, never wrong data (blobs are
+    content-addressed and fsynced before they are marked; a stored blob
+    marked unstored is fetched and recognised again).  WAL mode keeps the
+    database consistent either way, and the next FULL commit makes these
+    durable too.  A cold install writes several of these per package; the
+    fsync each was the largest cost of a cold ``uv pip install``.
+    """
+
+    def run(conn: sqlite3.Connection, *args: Any) -> T:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return query(conn, *args)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    run.__name__ = query.__name__
+    return run
 
 
 def _q_get_project(conn: sqlite3.Connection, name: str) -> ProjectRecord | None:
@@ -436,17 +461,17 @@ class SQLiteIndex:
         return self._call(_q_list_projects)
 
     def save_upstream_page(self, page: ProjectPage, refreshed_at: float) -> defer.Deferred:
-        return self._call(_q_save_upstream_page, page, refreshed_at)
+        return self._call(_cache_write(_q_save_upstream_page), page, refreshed_at)
 
     def mark_refreshed(self, name: str, refreshed_at: float,
                        validators: Validators | None) -> defer.Deferred:
-        return self._call(_q_mark_refreshed, name, refreshed_at, validators)
+        return self._call(_cache_write(_q_mark_refreshed), name, refreshed_at, validators)
 
     def mark_stored(self, name: str, filename: str, blob: BlobInfo) -> defer.Deferred:
-        return self._call(_q_mark, with_file_stored, name, filename, blob)
+        return self._call(_cache_write(_q_mark), with_file_stored, name, filename, blob)
 
     def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred:
-        return self._call(_q_mark, with_metadata_stored, name, filename, sha256)
+        return self._call(_cache_write(_q_mark), with_metadata_stored, name, filename, sha256)
 
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
@@ -468,7 +493,7 @@ class SQLiteIndex:
         return self._call(_q_get_project_list)
 
     def save_project_list(self, project_list: ProjectList, refreshed_at: float) -> defer.Deferred:
-        return self._call(_q_save_project_list, project_list, refreshed_at)
+        return self._call(_cache_write(_q_save_project_list), project_list, refreshed_at)
 
     def _close_in_thread(self) -> None:
         if self._conn is not None:
