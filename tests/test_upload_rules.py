@@ -641,3 +641,33 @@ async def test_concurrent_first_uploads_make_one_owner(server, tmp_path):
     assert server.app.accounts.store.maintainers(NAME) == {winner}
     record = await server.app.index.get_project(NAME)
     assert len(record.files) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_reupload_restores_a_lost_file(server, tmp_path):
+    """After storage lost a private wheel and its METADATA (a disk error,
+    or `verify --repair` quarantining a corrupt copy), uploading the same
+    bytes again stores them again: the 200 means the file is served."""
+    data = good_wheel(tmp_path)
+    assert (await post(server, form(data))).code == 200
+    record = await server.app.index.get_project(NAME)
+    wheel = record.file(WHEEL_NAME)
+    for sha in (wheel.sha256, wheel.metadata_sha256):
+        server.app.storage.path_of(sha).unlink()
+    answer = await post(server, form(data))
+    assert answer.code == 200, answer
+    for suffix, expected in (("", data), (".metadata", None)):
+        response = await treq.get(f"{server.root}/local/files/{NAME}/{WHEEL_NAME}{suffix}")
+        body = await treq.content(response)
+        assert response.code == 200
+        if expected is not None:
+            assert body == expected
+        else:
+            assert hashlib.sha256(body).hexdigest() == wheel.metadata_sha256
+    stored = (await server.app.index.get_project(NAME)).file(WHEEL_NAME)
+    assert stored.stored and stored.metadata_stored
+    assert leftovers(server) == []
+    # Nothing lost: a third identical upload changes nothing.
+    before = blob_files(server)
+    assert (await post(server, form(data))).code == 200
+    assert blob_files(server) == before

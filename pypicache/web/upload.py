@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from pypicache.config import UploadConfig
-from pypicache.model import FileExists, FileRecord, UpstreamError, UpstreamNotFound, Validators
+from pypicache.model import FileExists, FileRecord, HashMismatch, UpstreamError, UpstreamNotFound, Validators
 from pypicache.uploads.multipart import UploadError, parse_upload
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
@@ -130,6 +130,8 @@ class Upload(Resource):
         sha256 = valid.file.sha256
         used = await app.index.used_filename(filename)
         if used is not None:
+            if used == sha256 and record is not None and record.file(filename) is not None:
+                record = await self._restore_lost(name, record.file(filename), valid) or record
             self._answer_reupload(request, record, filename, used, sha256)
             return
 
@@ -161,6 +163,36 @@ class Upload(Resource):
                  filename=filename, size=blob.size)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         finish_bytes(request, b"OK\n")
+
+    async def _restore_lost(self, name: str, current: FileRecord, valid: Any) -> Any:
+        """Store again the bytes of an identical re-upload whose blob (or
+        METADATA) storage lost, e.g. after ``pypicache verify --repair``
+        quarantined a corrupt copy: the upload is the one way to get a private
+        file back, and a 200 must mean the file is served.  Returns the
+        updated record, or None when nothing was missing."""
+        app = self.app
+        record = None
+        if not (current.stored and current.sha256 and await app.storage.exists(current.sha256)):
+            blob = await app.storage.ingest(valid.file.path, valid.file.sha256)
+            record = await app.index.mark_stored(name, current.filename, blob)
+            app.mirror.note_record(name, record)
+        meta_sha = current.metadata_sha256
+        if current.core_metadata is not None and not (
+                current.metadata_stored and meta_sha and await app.storage.exists(meta_sha)):
+            writer = app.storage.open_write(meta_sha)
+            writer.write(valid.metadata_bytes)
+            try:
+                meta_blob = await writer.commit()
+            except HashMismatch:  # not the METADATA recorded at the first upload: keep the record
+                log.warn("{project}/{filename}: re-uploaded METADATA differs from the recorded one",
+                         project=name, filename=current.filename)
+            else:
+                record = await app.index.mark_metadata_stored(name, current.filename, meta_blob.sha256)
+                app.mirror.note_record(name, record)
+        if record is not None:
+            log.warn("{project}/{filename}: stored again from an identical re-upload (it had been lost)",
+                     project=name, filename=current.filename)
+        return record
 
     def _answer_reupload(self, request: Any, record: Any, filename: str, used: str | None, sha256: str) -> None:
         present = record is not None and record.file(filename) is not None
