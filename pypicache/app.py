@@ -41,9 +41,15 @@ class App:
     accounts: Any = None
     factory: Any = None  # what listeners serve: the fast path in front of the Site
 
+    #: How long close() waits for verified downloads to be stored and indexed.
+    SETTLE_TIMEOUT = 10.0
+
     async def close(self) -> None:
-        """Flush the index, drop upstream connections, stop threads."""
+        """Let verified downloads be stored, flush the index, drop upstream
+        connections, stop threads."""
         try:
+            if self.downloader is not None:
+                await self.downloader.settle(self.reactor, self.SETTLE_TIMEOUT)
             await self.index.close()
             if self.accounts is not None:
                 await self.accounts.close()

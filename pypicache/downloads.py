@@ -140,6 +140,36 @@ class Downloader:
             except OSError:
                 pass
 
+    def settle(self, clock: Any, timeout: float) -> defer.Deferred[None]:
+        """Fires once every transfer whose bytes are verified has been stored
+        and indexed, or after ``timeout`` seconds.
+
+        For shutdown: a file that clients already received whole should not
+        be left as an orphan blob (stored but not indexed) because the index
+        closed under it.  Transfers still downloading are not waited for;
+        closing the upstream ends them.
+        """
+        storing = [t.stored for t in self._transfers.values() if t.verified and not t.stored.called]
+        done: defer.Deferred[None] = defer.Deferred()
+        if not storing:
+            done.callback(None)
+            return done
+        left = [len(storing)]
+
+        def one_more(result: Any) -> Any:  # observe without consuming the result
+            left[0] -= 1
+            if left[0] == 0 and not done.called:
+                done.callback(None)
+            return result
+
+        for stored in storing:
+            stored.addBoth(one_more)
+        timer = clock.callLater(timeout, lambda: done.called or done.callback(None))
+        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        log.info("waiting up to {timeout}s for {n} verified file(s) to be stored", timeout=timeout,
+                 n=len(storing))
+        return done
+
     def transfer_for(self, project: str, filename: str) -> Transfer | None:
         return self._transfers.get((project, filename))
 

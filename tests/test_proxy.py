@@ -403,3 +403,58 @@ async def test_storing_a_file_updates_memory_from_the_index_write(proxy, fake_up
     assert memory.stored and memory.metadata_stored
     assert reads == []
     assert (await real_get("tinyproj")) == proxy.app.mirror.cached("tinyproj")
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_lets_a_verified_file_be_stored_and_indexed(tmp_path, fake_upstream):
+    """Shutting down right after a client received a file whole still stores
+    and indexes it, rather than leaving an orphan blob behind a closed index."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from pypicache.app import build
+
+    config = make_config(tmp_path, fake_upstream.url)
+    server = await start_server(config)
+    storage = server.app.storage
+    real_ingest = storage.ingest
+
+    def slow_ingest(path, sha256):
+        return deferLater(reactor, 0.3, lambda: None).addCallback(lambda _: real_ingest(path, sha256))
+
+    storage.ingest = slow_ingest
+    wheel = "tinyproj-1.0-py3-none-any.whl"
+    response, body = await get(server.root + f"/files/tinyproj/{wheel}")
+    assert response.code == 200 and body == fake_upstream.files[wheel].read_bytes()
+    assert server.app.downloader.transfer_for("tinyproj", wheel) is not None  # still storing
+    await server.stop()
+    again = build(config, reactor)
+    try:
+        record = await again.index.get_project("tinyproj")
+        assert record.file(wheel).stored
+        assert await again.storage.exists(record.file(wheel).sha256)
+    finally:
+        await again.close()
+
+
+def test_settle_gives_up_after_its_timeout(tmp_path):
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from pypicache.downloads import Downloader
+
+    downloader = Downloader(storage=None, index=None, upstream=None, mirror=None, spool_dir=tmp_path / "spool")
+
+    class Storing:
+        verified = True
+        stored: defer.Deferred = defer.Deferred()
+
+    downloader._transfers[("p", "f")] = Storing()  # type: ignore[assignment]
+    clock = Clock()
+    settled = downloader.settle(clock, 10.0)
+    clock.advance(9.9)
+    assert not settled.called
+    clock.advance(0.2)
+    assert settled.called
+    assert clock.getDelayedCalls() == []
+    assert not Storing.stored.called  # observed, never fired nor consumed
