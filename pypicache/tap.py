@@ -6,11 +6,11 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.application import service
-from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.python import usage
 
 from pypicache import config as configuration
+from pypicache import listening
 from pypicache.errors import ConfigError
 
 log = Logger()
@@ -104,83 +104,21 @@ def _abort(message: str, app: Any = None) -> NoReturn:
     raise SystemExit(1)
 
 
-class _PendingFactory(protocol.Factory):
-    """Stands in for the server's factory while the server is built.
-
-    Listening comes first in start-up, before the slow part (importing and
-    building the app): a port that cannot be bound then fails at once, and a
-    client that connects while the server starts waits in the kernel's accept
-    queue instead of being refused (pip and uv treat a refused connection as
-    an error and back off).  Nothing is accepted before the reactor runs, and
-    by then :meth:`attach` has given the real factory.
-    """
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    def attach(self, target: Any) -> None:
-        self.target = target
-        if self.numPorts:
-            target.doStart()
-
-    def buildProtocol(self, addr: Any) -> Any:
-        if self.target is None:  # start-up failed; the connection is closed
-            return None
-        return self.target.buildProtocol(addr)
-
-    def stopFactory(self) -> None:
-        if self.target is not None:
-            self.target.doStop()
-
-
-class _Listener(service.Service):
-    """A port listened on during start-up; stopped with the service."""
-
-    def __init__(self, endpoint: str, listening: Any) -> None:
-        self.endpoint = endpoint
-        self.listening = listening  # a Deferred firing with the IListeningPort
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.listening.addCallback(lambda port: port.stopListening())
-        self.listening.addErrback(lambda _: None)
-        return self.listening
-
-
-def _listen(endpoint: str, factory: protocol.Factory) -> Any:
-    """Listen on ``endpoint`` now; one-line exit if it is malformed or busy."""
-    from twisted.internet import endpoints, reactor
-
-    try:
-        server = endpoints.serverFromString(reactor, endpoint)
-    except Exception as e:
-        _abort(f"config error: server.listen: bad endpoint {endpoint!r}: {e}")
-    try:
-        listening = server.listen(factory)
-    except Exception as e:
-        _abort(f"server.listen: cannot listen on {endpoint!r}: {e}")
-    failed: list[Any] = []
-    listening.addErrback(lambda f: failed.append(f) or f)
-    if failed:  # TCP, UNIX and systemd endpoints answer at once
-        listening.addErrback(lambda _: None)
-        _abort(f"server.listen: cannot listen on {endpoint!r}: {failed[0].value}")
-
-    def late_failure(f: Any) -> None:  # an endpoint that listens asynchronously
-        log.critical("server.listen: cannot listen on {endpoint!r}: {error}", endpoint=endpoint, error=f.value)
-        reactor.stop()
-
-    listening.addErrback(late_failure)
-    return listening
-
-
 def makeService(options: Options) -> service.IService:
     cfg = options["config_obj"]
-    pending = _PendingFactory()
-    listeners = [_Listener(endpoint, _listen(endpoint, pending)) for endpoint in cfg.listen]
+    try:
+        early = [listening.bind_early(endpoint) for endpoint in cfg.listen]
+    except listening.ListenError as e:
+        _abort(str(e))
 
     from twisted.internet import reactor
+
+    pending = listening.PendingFactory()
+    try:
+        listeners = [listening.Listener(endpoint, listening.listen(reactor, endpoint, pending, sock))
+                     for endpoint, sock in zip(cfg.listen, early)]
+    except listening.ListenError as e:
+        _abort(str(e))
 
     from pypicache.app import build
 

@@ -17,7 +17,7 @@ import pytest_twisted
 import treq
 
 from pypicache import app as app_module
-from pypicache import tap
+from pypicache import listening, tap
 from tests.clients import isolated_env
 from tests.test_daemon import free_port, write_config
 
@@ -75,7 +75,7 @@ async def test_port_listens_before_the_app_is_built(tmp_path, monkeypatch, fake_
 
 
 def test_pending_factory_refuses_connections_until_attached():
-    pending = tap._PendingFactory()
+    pending = listening.PendingFactory()
     assert pending.buildProtocol(("127.0.0.1", 1)) is None
 
     class Target:

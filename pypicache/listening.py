@@ -1,0 +1,175 @@
+"""Listening ports, opened first in start-up, before the server exists.
+
+Listening comes before the slow part of start-up (importing and building the
+app): a port that cannot be bound fails at once, and a client that connects
+while the server starts waits in the kernel's accept queue instead of being
+refused (pip and uv treat a refused connection as an error and back off; a
+script polling for readiness sleeps between tries).
+
+The common listener, ``tcp:PORT[:interface=IPv4][:backlog=N]``, is bound with
+the :mod:`socket` module before Twisted's network stack is imported (the
+reactor, the endpoint parser and the TLS libraries they pull in are about a
+quarter of start-up), and handed to the reactor afterwards with
+``adoptStreamPort``.  Every other endpoint string goes through Twisted's
+endpoint parser as usual.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Twisted's default listen backlog for TCP ports.
+DEFAULT_BACKLOG = 50
+
+
+class ListenError(Exception):
+    """A listener that cannot be opened: one line naming the endpoint."""
+
+
+class PendingFactory(protocol.Factory):
+    """Stands in for the server's factory while the server is built.
+
+    Nothing is accepted before the reactor runs, and by then :meth:`attach`
+    has given the real factory.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def attach(self, target: Any) -> None:
+        self.target = target
+        if self.numPorts:
+            target.doStart()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.target is None:  # start-up failed; the connection is closed
+            return None
+        return self.target.buildProtocol(addr)
+
+    def stopFactory(self) -> None:
+        if self.target is not None:
+            self.target.doStop()
+
+
+class Listener(service.Service):
+    """A port listened on during start-up; stopped with the service."""
+
+    def __init__(self, endpoint: str, listening: Any) -> None:
+        self.endpoint = endpoint
+        self.listening = listening  # a Deferred firing with the IListeningPort
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.listening.addCallback(lambda port: port.stopListening())
+        self.listening.addErrback(lambda _: None)
+        return self.listening
+
+
+def plain_tcp(endpoint: str) -> tuple[str, int, int] | None:
+    """``(interface, port, backlog)`` for a plain IPv4 TCP endpoint, else None.
+
+    Only the unambiguous form is taken: ``tcp:PORT`` or ``tcp:port=PORT`` with
+    optional ``interface=`` (an IPv4 address) and ``backlog=``, no escapes.
+    Anything else (tcp6, unix, ssl, systemd, IPv6 interfaces, an out-of-range
+    port, an unknown key) is left to Twisted's parser, which also words the
+    errors.
+    """
+    if "\\" in endpoint:
+        return None
+    kind, _, rest = endpoint.partition(":")
+    if kind != "tcp" or not rest:
+        return None
+    interface, port, backlog = "", None, DEFAULT_BACKLOG
+    for i, part in enumerate(rest.split(":")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if i != 0:
+                return None
+            key, value = "port", part
+        if key == "port" and port is None and value.isdigit():
+            port = int(value)
+        elif key == "interface":
+            try:
+                socket.inet_pton(socket.AF_INET, value)
+            except OSError:
+                return None
+            interface = value
+        elif key == "backlog" and value.isdigit():
+            backlog = int(value)
+        else:
+            return None
+    if port is None or port > 65535:
+        return None
+    return interface, port, backlog
+
+
+def bind_early(endpoint: str) -> socket.socket | None:
+    """Bind and listen on a plain TCP endpoint now, with the socket module.
+
+    Returns None for endpoints that :func:`listen` must parse.  Options as
+    Twisted's TCP port sets them (SO_REUSEADDR, the backlog).
+    """
+    address = plain_tcp(endpoint)
+    if address is None:
+        return None
+    interface, port, backlog = address
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise ListenError(f"server.listen: cannot listen on {endpoint!r}: {e.strerror or e}") from None
+    return sock
+
+
+def listen(reactor: Any, endpoint: str, factory: protocol.Factory, early: socket.socket | None = None) -> Any:
+    """Listen on ``endpoint``; a Deferred firing with the listening port.
+
+    ``early`` is the socket :func:`bind_early` opened for it, if any: the
+    reactor adopts it (the port keeps its own copy of the descriptor).
+    """
+    if early is not None:
+        from twisted.internet.interfaces import IReactorSocket
+
+        if IReactorSocket.providedBy(reactor):
+            try:
+                port = reactor.adoptStreamPort(early.fileno(), socket.AF_INET, factory)
+            finally:
+                early.close()
+            return defer.succeed(port)
+        early.close()  # a reactor that cannot adopt sockets: listen again below
+
+    from twisted.internet import endpoints
+
+    try:
+        server = endpoints.serverFromString(reactor, endpoint)
+    except Exception as e:
+        raise ListenError(f"config error: server.listen: bad endpoint {endpoint!r}: {e}") from None
+    try:
+        listening = server.listen(factory)
+    except Exception as e:
+        raise ListenError(f"server.listen: cannot listen on {endpoint!r}: {e}") from None
+    failed: list[Any] = []
+    listening.addErrback(lambda f: failed.append(f) or f)
+    if failed:  # TCP, UNIX and systemd endpoints answer at once
+        listening.addErrback(lambda _: None)
+        raise ListenError(f"server.listen: cannot listen on {endpoint!r}: {failed[0].value}")
+
+    def late_failure(f: Any) -> None:  # an endpoint that listens asynchronously
+        log.critical("server.listen: cannot listen on {endpoint!r}: {error}", endpoint=endpoint, error=f.value)
+        reactor.stop()
+
+    listening.addErrback(late_failure)
+    return listening
