@@ -104,8 +104,40 @@ def _abort(message: str, app: Any = None) -> NoReturn:
     raise SystemExit(1)
 
 
+def _pause_gc() -> bool:
+    """Hold CPython's cycle collector for the rest of start-up.
+
+    Start-up is almost all imports: about 55,000 objects (modules, classes,
+    functions) that live as long as the process, and next to no garbage.  The
+    collector still ran some 130 times during a start, 45–65 ms of CPU in a
+    0.45–0.57 s start to the first answer, two thirds of it after this point.
+    When the reactor runs, :func:`_resume_gc` freezes what start-up built
+    (moves it out of the collector's generations) so that neither the first
+    requests nor later full collections scan it again.  The price is the
+    start-up garbage that a collection would have found: about 1,100 objects
+    (0.4 MiB), kept for the life of the process; collecting them first would
+    cost 11–17 ms, most of what the pause saves.  Not done inside a running
+    reactor (tests build services there).
+    """
+    import gc
+
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if (reactor is not None and reactor.running) or not gc.isenabled():
+        return False
+    gc.disable()
+    return True
+
+
+def _resume_gc() -> None:
+    import gc
+
+    gc.freeze()
+    gc.enable()
+
+
 def makeService(options: Options) -> service.IService:
     cfg = options["config_obj"]
+    paused = _pause_gc()
     try:
         early = [listening.bind_early(endpoint) for endpoint in cfg.listen]
     except listening.ListenError as e:
@@ -113,6 +145,8 @@ def makeService(options: Options) -> service.IService:
 
     from twisted.internet import reactor
 
+    if paused:
+        reactor.callWhenRunning(_resume_gc)
     pending = listening.PendingFactory()
     try:
         listeners = [listening.Listener(endpoint, listening.listen(reactor, endpoint, pending, sock))

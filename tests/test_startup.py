@@ -7,6 +7,7 @@ behaviour that makes start-up short.
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import subprocess
@@ -56,6 +57,7 @@ async def test_port_listens_before_the_app_is_built(tmp_path, monkeypatch, fake_
     monkeypatch.setattr(app_module, "build", build)
     top = tap.makeService(_options(tmp_path, fake_upstream.url, port))
     assert seen == [True]
+    assert gc.isenabled()  # inside a running reactor the collector is left alone
     top.privilegedStartService()
     top.startService()
     try:
@@ -127,3 +129,31 @@ app.accounts._pool.stop()
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {"before": [], "after": ["JsonAPI", "Manage", "Upload"]}
+
+
+def test_collector_paused_during_start_up_and_resumed_with_start_up_frozen(tmp_path, fake_upstream):
+    """The cycle collector is off from makeService until the reactor runs;
+    then it is back on, with what start-up built frozen out of its way."""
+    conf = write_config(tmp_path / "c.toml", MEMORY_CONFIG.format(data=tmp_path / "data", upstream=fake_upstream.url))
+    script = f"""
+import gc, json
+from pypicache import tap
+options = tap.Options()
+options.parseOptions(["--config", {str(conf)!r}, "--listen", "tcp:0:interface=127.0.0.1"])
+top = tap.makeService(options)
+seen = {{"building": gc.isenabled()}}
+from twisted.internet import reactor
+def running():
+    seen["running"] = gc.isenabled()
+    seen["frozen"] = gc.get_freeze_count() > 10000
+    top.stopService().addBoth(lambda _: reactor.stop())
+top.startService()
+reactor.callWhenRunning(running)
+reactor.run()
+print(json.dumps(seen))
+"""
+    result = subprocess.run([sys.executable, "-c", script], env=isolated_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"building": False, "running": True, "frozen": True}
