@@ -195,7 +195,7 @@ class Mirror:
         if record is not None and self.is_fresh(record):
             return PageResult(record)
         try:
-            fresh = await self._refreshes.run(name, lambda: self._refresh(name))
+            fresh = await self._refreshes.run(name, lambda: self._refresh(name, loaded=(record,)))
         except UpstreamError as e:
             record = self._records.get(name, record)
             # While the breaker is open every request would log: it logged once.
@@ -215,8 +215,13 @@ class Mirror:
         """Ask the upstream now (shared with any refresh in flight)."""
         return await self._refreshes.run(name, lambda: self._refresh(name))
 
-    async def _refresh(self, name: str) -> ProjectRecord | None:
-        current = self._records.get(name) or await self.index.get_project(name)
+    async def _refresh(self, name: str, loaded: tuple[ProjectRecord | None] | None = None) -> ProjectRecord | None:
+        """``loaded``: what :meth:`load` just found, so that a project the index
+        does not hold (every first request of a cold install) costs one index
+        read instead of two."""
+        current = self._records.get(name)
+        if current is None:
+            current = loaded[0] if loaded is not None else await self.index.get_project(name)
         validators = current.validators if current is not None and current.files else Validators()
         now = self.clock.seconds()
         try:

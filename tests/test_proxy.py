@@ -406,6 +406,28 @@ async def test_storing_a_file_updates_memory_from_the_index_write(proxy, fake_up
 
 
 @pytest_twisted.ensureDeferred
+async def test_first_page_of_a_project_reads_the_index_once(proxy, fake_upstream):
+    """A project nobody asked for yet (every page of a cold install) costs one
+    index read, not one to load it and another before asking the upstream."""
+    index = proxy.app.index
+    reads: list[str] = []
+    real_get = index.get_project
+
+    def counting_get(name):
+        reads.append(name)
+        return real_get(name)
+
+    index.get_project = counting_get
+    try:
+        response, body = await get(proxy.simple + "tinyproj/")
+        assert response.code == 200 and b"tinyproj-1.0" in body
+        await proxy.app.mirror.refresh("tinyproj")  # known in memory: no read at all
+    finally:
+        index.get_project = real_get
+    assert reads == ["tinyproj"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_close_lets_a_verified_file_be_stored_and_indexed(tmp_path, fake_upstream):
     """Shutting down right after a client received a file whole still stores
     and indexes it, rather than leaving an orphan blob behind a closed index."""
