@@ -13,6 +13,7 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from pypicache import providers
@@ -152,6 +153,8 @@ async def test_every_call_runs_off_the_reactor_thread(index: sqlite.SQLiteIndex)
     idents: set[int] = set()
     await wait(index._call(lambda conn: conn.set_trace_callback(
         lambda statement: idents.add(threading.get_ident()))))
+    await wait(index._read(lambda conn: conn.set_trace_callback(
+        lambda statement: idents.add(threading.get_ident()))))
     wheel = index_file("t-1-py3-none-any.whl")
     await wait(index.save_upstream_page(index_page("t", wheel), 1.0))
     await wait(index.get_project("t"))
@@ -166,9 +169,38 @@ async def test_every_call_runs_off_the_reactor_thread(index: sqlite.SQLiteIndex)
     await wait(index.set_yanked("t", "t-2.tar.gz", True, None))
     await wait(index.remove_file("t", "t-2.tar.gz"))
     await wait(index.create_project("t2", "local"))
-    assert len(idents) == 1  # one dedicated thread ...
-    assert threading.get_ident() not in idents  # ... which is not the reactor's
-    assert idents <= {t.ident for t in index._pool.threads}
+    assert len(idents) == 2  # two dedicated threads (writes, reads) ...
+    assert threading.get_ident() not in idents  # ... neither of them the reactor's
+    assert idents == {t.ident for t in index._pool.threads} | {t.ident for t in index._reader.threads}
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_are_not_queued_behind_writes(index: sqlite.SQLiteIndex) -> None:
+    """Lookups have their own connection and thread (WAL: readers never wait
+    for the writer), and a read started after a write finished sees it."""
+    wheel = index_file("r-1-py3-none-any.whl")
+    await wait(index.save_upstream_page(index_page("r", wheel), 1.0))
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(conn):
+        with sqlite._transaction(conn):
+            conn.execute("UPDATE projects SET refreshed_at = 5 WHERE name = 'r'")
+            writing.set()
+            release.wait(10)
+
+    held = index._call(slow_write)
+    queued = index.mark_stored("r", wheel.filename, BlobInfo(wheel.sha256, 1))
+    try:
+        assert await deferToThread(writing.wait, 10)
+        record = await wait(index.get_project("r"))  # answered while the writer is busy
+        assert record.refreshed_at == 1.0 and not record.file(wheel.filename).stored
+        assert await wait(index.used_filename("nothing-1.0.tar.gz")) is None
+    finally:
+        release.set()
+    await wait(held)
+    await wait(queued)
+    record = await wait(index.get_project("r"))
+    assert record.refreshed_at == 5 and record.file(wheel.filename).stored
 
 
 @pytest_twisted.ensureDeferred
@@ -184,7 +216,7 @@ async def test_reopen_keeps_data(context: Any, opened: Any) -> None:
     second = sqlite.factory.create({}, context)
     opened(second)
     assert await wait(second.get_project("keep")) == record
-    assert not first._pool.started  # its thread is gone
+    assert not first._pool.started and not first._reader.started  # its threads are gone
 
 
 @pytest_twisted.ensureDeferred
