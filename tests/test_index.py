@@ -416,3 +416,15 @@ async def test_cache_writes_skip_the_fsync_uploads_keep_it(index: sqlite.SQLiteI
         sqlite._q_save_upstream_page = real
     assert seen == [1]
     assert await wait(index._call(level)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_read_and_first_write_of_a_new_file_do_not_collide(context: Any, opened: Any,
+                                                                      tmp_path: Path) -> None:
+    """The reader connects only once the writer has made the file WAL and
+    created the schema: a new index answers its very first read."""
+    for i in range(20):
+        index = sqlite.SQLiteIndex(tmp_path / f"new-{i}.sqlite3", context.reactor)
+        opened(index)
+        assert await wait(index.get_project("x")) is None
+        assert await wait(index.list_projects()) == []

@@ -443,6 +443,7 @@ class SQLiteIndex:
         # never waits for the writer, so a lookup is not queued behind the
         # page writes of a cold install (30 at once, numpy's is 601 rows).
         # A read started after a write's Deferred fired sees that write.
+        self._opened = threading.Event()  # the writer's connection was attempted
         self._reader = ThreadPool(1, 1, name=f"pypicache-index-reads:{path.name}")
         self._reader.start()
         # Stop the (non-daemon) thread at shutdown even if nobody calls close().
@@ -452,7 +453,10 @@ class SQLiteIndex:
 
     def _in_thread(self, query: Callable[..., T], *args: Any) -> T:
         if self._conn is None:
-            self._conn = connect(self.path)
+            try:
+                self._conn = connect(self.path)
+            finally:
+                self._opened.set()
         return query(self._conn, *args)
 
     def _call(self, query: Callable[..., T], *args: Any) -> defer.Deferred:
@@ -463,6 +467,11 @@ class SQLiteIndex:
 
     def _read_in_thread(self, query: Callable[..., T], *args: Any) -> T:
         if self._read_conn is None:
+            # The writer opens first (the call made at construction): it
+            # switches a new file to WAL and creates the schema, which a
+            # second connection doing the same at the same moment can meet
+            # as "database is locked".
+            self._opened.wait()
             self._read_conn = connect(self.path)
         return query(self._read_conn, *args)
 
