@@ -167,3 +167,45 @@ async def test_fast_path_can_be_switched_off(tmp_path, fake_upstream):
         assert second[1][b"server"] != b"pypicache"
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_storing_a_file_keeps_the_proxy_page_but_not_the_local_one(tmp_path, fake_upstream, monkeypatch):
+    """After a cold install stores what it fetched, the proxy page is the same
+    bytes: it stays rendered (no re-render of a large page) and on the fast
+    path.  The local page lists stored files, so it changes."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from pypicache.web import simple
+
+    renders: list[str] = []
+    real_render = simple.render_project
+
+    def counting_render(fmt, name, *args, **kwargs):
+        renders.append(name)
+        return real_render(fmt, name, *args, **kwargs)
+
+    monkeypatch.setattr(simple, "render_project", counting_render)
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        wheel = "tinyproj-1.0-py3-none-any.whl"
+        (status, _, before), = split_responses(await deferToThread(exchange, port, get("/simple/tinyproj/", close=True)))
+        assert status == 200 and renders == ["tinyproj"]
+        (status, _, body), = split_responses(await deferToThread(exchange, port, get(f"/files/tinyproj/{wheel}", close=True)))
+        assert status == 200
+        for _ in range(200):
+            if server.app.mirror.cached("tinyproj").file(wheel).stored:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert server.app.mirror.cached("tinyproj").file(wheel).stored
+        (status, h, after), = split_responses(await deferToThread(exchange, port, get("/simple/tinyproj/", close=True)))
+        assert status == 200 and after == before
+        assert h[b"server"] == b"pypicache"  # the fast path answered
+        assert renders == ["tinyproj"]  # not rendered again
+        (status, _, local), = split_responses(await deferToThread(exchange, port, get("/local/simple/tinyproj/", close=True)))
+        assert status == 200 and wheel.encode() in local
+        assert renders == ["tinyproj", "tinyproj"]
+    finally:
+        await server.stop()

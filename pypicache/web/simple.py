@@ -5,12 +5,17 @@ their ETag (and a gzip variant made on first demand), so the hot path of a
 fresh page is a dict lookup and a write: pip revalidates every page, so a 304
 must cost next to nothing.  A rendered page is reused as long as the
 project's files tuple is the very same object (records are immutable; the
-mirror keeps the tuple when a refresh changed nothing).
+mirror keeps the tuple when a refresh changed nothing), and in the proxy view
+also when the files differ only in whether their bytes are stored here (which
+the proxy page does not show): a cold install stores every file it fetched,
+and the next install should not re-render numpy's 601 files, nor fall off the
+fast path for it.
 """
 
 from __future__ import annotations
 
 import gzip
+import operator
 from collections import OrderedDict
 from typing import Any
 
@@ -58,10 +63,16 @@ class PageCache:
         self.used = 0
         self._pages: OrderedDict[tuple, Rendered] = OrderedDict()
 
-    def get(self, key: tuple, ref: Any) -> Rendered | None:
+    def get(self, key: tuple, ref: Any, same: Any = None) -> Rendered | None:
+        """The page rendered from ``ref``; with ``same(old_ref, ref)``, also
+        one rendered from an equivalent ref (then re-keyed to ``ref``)."""
         page = self._pages.get(key)
-        if page is None or page.key_ref is not ref:
+        if page is None:
             return None
+        if page.key_ref is not ref:
+            if same is None or not same(page.key_ref, ref):
+                return None
+            page.key_ref = ref
         self._pages.move_to_end(key)
         return page
 
@@ -100,6 +111,24 @@ def etag_matches(header: bytes | None, *etags: str) -> bool:
         if item in wanted:
             return True
     return False
+
+
+def same_listing(old: tuple[FileRecord, ...], new: tuple[FileRecord, ...]) -> bool:
+    """True when two files tuples differ at most in ``stored`` and
+    ``metadata_stored``: the same proxy page (the local view lists stored files
+    only, so it never uses this)."""
+    if len(old) != len(new):
+        return False
+    listing = _LISTING
+    for a, b in zip(old, new):
+        if a is not b and listing(a) != listing(b):
+            return False
+    return True
+
+
+#: Every FileRecord field but where its bytes are (fields added later count).
+_LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
+                                 if f.name not in ("stored", "metadata_stored")))
 
 
 def visible_files(record: ProjectRecord, local: bool) -> tuple[FileRecord, ...]:
@@ -180,8 +209,8 @@ class SimpleIndex(Resource):
         record = result.record
         if self.local and not any(f.stored for f in record.files):
             raise HTTPError(404, f"no files of {name} are stored here")
-        key = (self.view, name, fmt.name)
-        page = self.pages.get(key, record.files)
+        key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
+        page = self.pages.get(key, record.files, None if self.local else same_listing)
         if page is None:
             body = render_project(fmt, name, visible_files(record, self.local), "../../files/" + name + "/",
                                   record.versions, self._page_meta(record))
@@ -268,8 +297,8 @@ class SimpleIndex(Resource):
         fmt = choose_format(accept.decode("latin-1") if accept else None, None)
         if fmt is None:
             return None
-        key = (self.view, name, fmt.name)
-        page = self.pages.get(key, record.files)
+        key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
+        page = self.pages.get(key, record.files, None if self.local else same_listing)
         if page is None:
             return None
         self.stats.pages += 1
