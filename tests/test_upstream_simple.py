@@ -663,3 +663,51 @@ async def test_sixteen_concurrent_downloads_do_not_queue(make_upstream, server):
         [defer.ensureDeferred(_download(upstream, server.base + f"files/f{i}.whl")) for i in range(16)],
         consumeErrors=True), 10)
     assert all(b"".join(chunks) == b"abc" for _, chunks in results)
+
+
+# ------------------------------------------------------------ request URLs
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:18080/files/numpy-1.whl", "https://files.example/packages/a/b/x.whl",
+    "https://Files.Example/a%7e/b?x=1&y=2", "https://h/a%2Fb", "https://h/a%zz", "https://h/a b",
+    "https://h/\u00e4", "https://user:pw@h/x", "https://h/x/../y", "https://h:443/x", "http://h:80/x",
+    "http://h:443/x", "https://h:80/x", "https://h:8443/x", "https://h:00443/x", "https://h:080/x",
+    "https://h/[x]", "https://h/x?a=[1]", "https://h/x?", "https://h/x?a=b?c", "https://h/x;p=1",
+    "https://h/x:y@z", "https://h/~u/x", "https://h/x'y(z)*+,", "https://h/", "https://h//x",
+    "https://h/x%", "https://h/x%2", "https://h:0/x", "https://h/x\\y", "https://h/x|y",
+    "https://h/x{y}", 'https://h/x"y', "https://xn--bcher-kva.example/x",
+])
+def test_wire_url_fast_path_matches_hyperlink(url):
+    """Plain URLs skip hyperlink; whatever takes that shortcut must come out
+    exactly as hyperlink's IRI-to-URI conversion would send it."""
+    from hyperlink import EncodedURL
+
+    expected = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+    assert simple._wire_url(url) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_pages_leaves_connections_that_files_reuse(make_upstream, server):
+    """A client resolving requirements asks for many pages at once, then for
+    their files: the connections the page burst opened (a TLS handshake each
+    on a real index) are kept and serve the file requests that follow."""
+    server.handlers["/simple/demo/"] = _serve(_json_page([]))
+    server.handlers["/f.whl"] = lambda request: b"x" * 10
+    upstream = make_upstream()
+    burst = 12
+    await _within(defer.gatherResults([upstream.fetch_project("demo") for _ in range(burst)]))
+    page_peers = {r.transport.getPeer().port for r in server.seen}
+    assert len(page_peers) == burst  # one connection per concurrent request
+    downloads = await _within(defer.gatherResults([upstream.open_file(server.base + "f.whl")
+                                                   for _ in range(burst)]))
+    for download in downloads:
+        await _within(download.deliver(lambda chunk: None))
+    file_peers = {r.transport.getPeer().port for r in server.seen[burst:]}
+    assert file_peers <= page_peers
+
+
+def test_new_upstream_connections_are_not_logged():
+    """Twisted's client factory logs "Starting factory" for every connection;
+    in a cold install that was a third of the log."""
+    pool = simple._new_pool(_reactor())
+    assert pool._factory.noisy is False
