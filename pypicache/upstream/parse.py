@@ -38,6 +38,12 @@ _API_VERSION = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
 _HASH_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A last path segment that ``urljoin`` copies verbatim (no query, fragment,
+#: parameters or dot segment), so it can be appended to its resolved directory.
+_PLAIN_SEGMENT = re.compile(r"[^/?#;\\]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+#: Hex digits of each hash algorithm's digest, looked up once per algorithm.
+_HEX_LENGTHS: dict[str, int] = {}
 _MAX_FILENAME = 255
 
 JSON_TYPES = frozenset({"application/vnd.pypi.simple.v1+json", "application/json"})
@@ -86,13 +92,16 @@ def _clean_hash(name: object, value: object) -> tuple[str, str] | None:
     if not _HASH_NAME.fullmatch(name) or not _HEX.fullmatch(value):
         return None
     if name in hashlib.algorithms_guaranteed and not name.startswith("shake_"):
-        if len(value) != hashlib.new(name).digest_size * 2:
+        length = _HEX_LENGTHS.get(name)
+        if length is None:
+            length = _HEX_LENGTHS[name] = hashlib.new(name).digest_size * 2
+        if len(value) != length:
             return None
     return name, value
 
 
 def _clean_hashes(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return {}
     out: dict[str, str] = {}
     for name, digest in value.items():
@@ -123,6 +132,46 @@ def _absolute_url(base: str, href: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
     return url
+
+
+class _Resolver:
+    """Resolves one page's file hrefs as :func:`_absolute_url` does.
+
+    A page lists hundreds of files that mostly share a directory (PyPI's
+    JSON gives relative ``../../files/...`` or absolute URLs; numpy has
+    thousands): the directory is resolved once and each file's last segment
+    appended, which gives the same URL as resolving the whole href (tests
+    compare the two) at a fraction of the cost of ``urljoin`` per file.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self._dirs: dict[str, str | None] = {}
+
+    def __call__(self, href: str) -> str | None:
+        href = href.strip()
+        path, _, fragment = href.partition("#")
+        head, sep, name = path.rpartition("/")
+        if not sep or name in (".", "..") or not _PLAIN_SEGMENT.fullmatch(name) or _CONTROL.search(href) \
+                or self._in_authority(path):
+            return _absolute_url(self.base, href)
+        try:
+            prefix = self._dirs[head]
+        except KeyError:
+            prefix = _absolute_url(self.base, head + "/")
+            if len(self._dirs) < 1024:
+                self._dirs[head] = prefix
+        if prefix is None:
+            return None
+        url = prefix + name + ("#" + fragment if fragment else "")
+        return url.replace(" ", "%20")
+
+    @staticmethod
+    def _in_authority(path: str) -> bool:
+        """True when the last segment is (part of) the host: ``//host``."""
+        scheme = _SCHEME.match(path)
+        rest = path[scheme.end():] if scheme else path
+        return rest.startswith("//") and rest.find("/", 2) < 0
 
 
 def _last_segment(url: str) -> str:
@@ -185,19 +234,19 @@ def _json_metadata(entry: Mapping[str, Any]) -> dict[str, str] | None:
     value = entry.get("core-metadata", entry.get("dist-info-metadata"))
     if value is True:
         return {}
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return _clean_hashes(value)
     return None
 
 
-def _json_file(entry: object, page_url: str) -> FileRecord | None:
-    if not isinstance(entry, Mapping):
+def _json_file(entry: object, resolve: Callable[[str], str | None]) -> FileRecord | None:
+    if not isinstance(entry, dict):
         return None
     filename = entry.get("filename")
     href = entry.get("url")
     if not isinstance(filename, str) or not _valid_filename(filename) or not isinstance(href, str):
         return None
-    url = _absolute_url(page_url, href)
+    url = resolve(href)
     if url is None:
         return None
     yanked_value = entry.get("yanked", False)
@@ -232,7 +281,8 @@ def parse_project_json(body: bytes, page_url: str, *, name: str | None = None) -
     files = data.get("files")
     if not isinstance(files, list):
         raise ValueError("JSON page has no files list")
-    records = _dedupe(r for r in (_json_file(e, page_url) for e in files) if r is not None)
+    resolve = _Resolver(page_url)
+    records = _dedupe(r for r in (_json_file(e, resolve) for e in files) if r is not None)
     versions = data.get("versions")
     if isinstance(versions, list):
         versions = tuple(v for v in versions if isinstance(v, str))
@@ -254,7 +304,7 @@ def parse_index_json(body: bytes) -> tuple[str, ...]:
     projects = data.get("projects")
     if not isinstance(projects, list):
         raise ValueError("JSON index has no projects list")
-    return _unique_names(p.get("name") for p in projects if isinstance(p, Mapping))
+    return _unique_names(p.get("name") for p in projects if isinstance(p, dict))
 
 
 def _unique_names(candidates: Iterable[object]) -> tuple[str, ...]:
@@ -336,11 +386,11 @@ def _html_metadata(attrs: Mapping[str, str | None]) -> dict[str, str] | None:
     return None
 
 
-def _html_file(attrs: Mapping[str, str | None], text: str, base: str) -> FileRecord | None:
+def _html_file(attrs: Mapping[str, str | None], text: str, resolve: Callable[[str], str | None]) -> FileRecord | None:
     href = attrs.get("href")
     if not href:
         return None
-    url = _absolute_url(base, href)
+    url = resolve(href)
     if url is None:
         return None
     url, fragment = urldefrag(url)
@@ -373,7 +423,8 @@ def parse_project_html(body: bytes, page_url: str, *, name: str | None = None) -
     """
     parser = _parse_html(body)
     base = urljoin(page_url, parser.base.strip()) if parser.base else page_url
-    records = (_html_file(attrs, text, base) for attrs, text in parser.anchors)
+    resolve = _Resolver(base)
+    records = (_html_file(attrs, text, resolve) for attrs, text in parser.anchors)
     return ProjectPage(
         name=_page_name(name, None, page_url),
         files=_dedupe(r for r in records if r is not None),
