@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from pypicache.durable import create_sqlite
 from pypicache.model import InvalidName, normalize
 
 if TYPE_CHECKING:
@@ -543,11 +544,16 @@ class _Transaction:
 def _connect(path: Path) -> sqlite3.Connection:
     # Password hashes: readable by the server's user only.  Created with that
     # mode before SQLite opens it, as SQLite gives its -wal and -shm files
-    # the database file's permissions.
+    # the database file's permissions.  A new database is built whole and
+    # linked into place (2 fsyncs instead of 8, on the server's way to its
+    # first answer).
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    except OSError:
-        pass  # SQLite's own error about the path says more
+        create_sqlite(path, _migrate, mode=0o600)
+    except (OSError, sqlite3.Error):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError:
+            pass  # SQLite's own error about the path, below, says more
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False)
     try:

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pypicache.durable import fsync_dir
 from pypicache.interfaces import IBlobReader, IBlobWriter, IProviderFactory, IStorage
 from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
@@ -113,20 +114,6 @@ def check_key(sha256: object) -> str:
     if not is_sha256(sha256) or len(sha256) != 64:  # type: ignore[arg-type]
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return sha256  # type: ignore[return-value]
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some file systems (and platforms) cannot fsync a directory; the
-        # rename is still atomic there, just not guaranteed durable.
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -221,7 +208,7 @@ class FilesystemStorage:
             except FileExistsError:
                 continue
             if self.fsync:
-                _fsync_dir(directory.parent)
+                fsync_dir(directory.parent)
 
     def _place(self, source: Path, sha256: str, size: int) -> BlobInfo:
         """Move a complete (and already fsynced) file in ``.tmp`` or on the
@@ -237,7 +224,7 @@ class FilesystemStorage:
         self._make_parents(target)
         _replace(source, target)
         if self.fsync:
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         return BlobInfo(sha256=sha256, size=size)
 
     # ------------------------------------------------------------------ IStorage
