@@ -349,7 +349,12 @@ class Download:
 class _QuietClientFactory(_HTTP11ClientFactory):
     """Twisted logs two lines per new upstream connection ("Starting
     factory ..."): in a cold install that was a third of the log and a
-    measurable share of the reactor thread."""
+    measurable share of the reactor thread.
+
+    ``_HTTP11ClientFactory`` and the pool's ``_factory`` hook are private
+    but unchanged since Twisted 12; tests/test_upstream_simple.py notices if
+    that changes.
+    """
 
     noisy = False
 
