@@ -711,3 +711,23 @@ def test_new_upstream_connections_are_not_logged():
     in a cold install that was a third of the log."""
     pool = simple._new_pool(_reactor())
     assert pool._factory.noisy is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_pooled_connections_the_upstream_closed_are_not_an_error(make_upstream, server):
+    """The pool keeps a burst's worth of idle connections; an upstream that
+    closes them (its keep-alive timeout) must cost a reconnect, not a failed
+    page or file, even when the close and the next request cross."""
+    server.handlers["/simple/demo/"] = _serve(_json_page([]))
+    server.handlers["/f.whl"] = lambda request: b"x" * 10
+    upstream = make_upstream()
+    await _within(defer.gatherResults([upstream.fetch_project("demo") for _ in range(6)]))
+    for request in server.seen:
+        request.transport.loseConnection()
+    pages = defer.gatherResults([upstream.fetch_project("demo") for _ in range(6)])
+    files = defer.gatherResults([upstream.open_file(server.base + "f.whl") for _ in range(6)])
+    assert len(await _within(pages)) == 6
+    for download in await _within(files):
+        chunks: list[bytes] = []
+        await _within(download.deliver(chunks.append))
+        assert b"".join(chunks) == b"x" * 10
