@@ -707,10 +707,11 @@ async def test_a_burst_of_pages_leaves_connections_that_files_reuse(make_upstrea
 
 
 def test_new_upstream_connections_are_not_logged():
-    """Twisted's client factory logs "Starting factory" for every connection;
+    """A noisy Twisted factory logs "Starting factory" for every connection;
     in a cold install that was a third of the log."""
-    pool = simple._new_pool(_reactor())
-    assert pool._factory.noisy is False
+    from pypicache.upstream.http import _ConnectionFactory
+
+    assert _ConnectionFactory.noisy is False
 
 
 @pytest_twisted.ensureDeferred

@@ -1,19 +1,20 @@
 """The ``simple`` upstream: any index that speaks the Simple API over HTTP(S).
 
-Pages are fetched with treq (JSON preferred, HTML accepted), conditionally
+Pages are fetched (JSON preferred, HTML accepted, gzip decoded), conditionally
 when we hold validators, and parsed by :mod:`pypicache.upstream.parse`.  Files
 are streamed chunk by chunk to the caller, so memory stays flat whatever the
-size of a wheel.
+size of a wheel.  Requests go through :mod:`pypicache.upstream.http`, a lean
+keep-alive client: Twisted's Agent and treq cost more per request than the
+rest of a cold install's work on the reactor thread.
 
 Every wait is bounded (connect, whole page, idle download) and every failure
 -- refused, reset, timed out, truncated, malformed -- arrives as
 :class:`~pypicache.model.UpstreamError`, because the server's answer to any of
 them is the same: serve what is cached.
 
-Redirects are followed here (at most :data:`MAX_REDIRECTS` hops) rather than
-by Twisted's ``RedirectAgent``, which leaves the bodies of the intermediate
-responses unread (a connection held until the server gives up) and resolves
-a relative ``Location`` against the first URL instead of the current one.
+Redirects are followed here (at most :data:`MAX_REDIRECTS` hops): the body of
+each intermediate response is read (so its connection is reused) and a
+relative ``Location`` is resolved against the current URL.
 Configured extra headers (credentials) only go to the upstream's own origin.
 """
 
@@ -26,7 +27,6 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 import attrs
 from hyperlink import EncodedURL
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.protocol import Protocol
@@ -34,9 +34,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
@@ -53,6 +52,7 @@ from pypicache.model import (
     normalize,
 )
 from pypicache.providers import HTTPSettings, ProviderContext, check_options
+from pypicache.upstream.http import ConnectionPool
 from pypicache.upstream.parse import page_format, parse_index, parse_project
 
 __all__ = [
@@ -71,6 +71,9 @@ ACCEPT = (
     "application/vnd.pypi.simple.v1+json, "
     "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 )
+_ACCEPT = ACCEPT.encode("ascii")
+#: Files are never asked for compressed: their bytes are what is hashed.
+_FILE_HEADERS = {b"accept-encoding": b"identity"}
 DEFAULT_URL = "https://pypi.org/simple/"
 MAX_REDIRECTS = 5
 #: Pages bigger than this are parsed in the thread pool, not the reactor thread.
@@ -346,45 +349,22 @@ class Download:
 # --------------------------------------------------------------- upstream
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """Twisted logs two lines per new upstream connection ("Starting
-    factory ..."): in a cold install that was a third of the log and a
-    measurable share of the reactor thread.
-
-    ``_HTTP11ClientFactory`` and the pool's ``_factory`` hook are private
-    but unchanged since Twisted 12; tests/test_upstream_simple.py notices if
-    that changes.
-    """
-
-    noisy = False
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
 #: Idle connections kept per upstream host.  A client resolving a set of
 #: requirements asks for its pages (then METADATA, then files) all at once;
-#: Twisted's pool opens a connection per concurrent request and keeps only
-#: this many afterwards.  Keeping a burst's worth means the next burst reuses
-#: them instead of paying a new connection (a TLS handshake on a real index).
+#: the pool opens a connection per concurrent request and keeps this many
+#: afterwards, so the next burst reuses them instead of paying a new
+#: connection (a TLS handshake on a real index).
 IDLE_PER_HOST = 32
-
-
-def _new_pool(reactor: Any) -> HTTPConnectionPool:
-    pool = _QuietPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = IDLE_PER_HOST
-    pool.cachedConnectionTimeout = 60
-    return pool
+#: How long an idle upstream connection is kept.
+IDLE_TIMEOUT = 60.0
 
 
 @implementer(IUpstream)
 class SimpleUpstream:
     """Pages and files from one Simple API root.
 
-    ``http_client`` (a treq ``HTTPClient``) and ``download_agent`` (an
-    ``IAgent``) may be injected by tests; by default both share one
-    persistent connection pool, so the connections a burst of page requests
+    Pages and files share one keep-alive :class:`ConnectionPool` (``pool``
+    may be injected by tests), so the connections a burst of page requests
     opened serve the METADATA and file requests that follow.  Call
     :meth:`close` on shutdown.
     """
@@ -396,26 +376,19 @@ class SimpleUpstream:
         *,
         http: HTTPSettings | None = None,
         headers: Mapping[str, str] | None = None,
-        http_client: Any = None,
-        download_agent: Any = None,
+        pool: Any = None,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self._reactor = context.reactor
         self._threadpool = context.threadpool
         self._http = http or context.http
-        self._extra = {k.encode("latin-1"): v.encode("latin-1") for k, v in (headers or {}).items()}
-        self._pools: list[HTTPConnectionPool] = []
+        self._extra = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in (headers or {}).items()}
+        self._origin = _origin(self.url)
+        self._user_agent = self._http.user_agent.encode("latin-1")
         self._draining: set[Deferred[None]] = set()
-        if http_client is None or download_agent is None:
-            pool = _new_pool(self._reactor)
-            self._pools.append(pool)
-            agent = Agent(self._reactor, connectTimeout=self._http.connect_timeout, pool=pool)
-            if http_client is None:
-                http_client = HTTPClient(agent)
-            if download_agent is None:
-                download_agent = agent
-        self._client = http_client
-        self._download_agent = download_agent
+        self._pool = pool if pool is not None else ConnectionPool(
+            self._reactor, connect_timeout=self._http.connect_timeout, idle_per_host=IDLE_PER_HOST,
+            idle_timeout=IDLE_TIMEOUT)
 
     async def _close(self) -> None:
         # Let a response being parsed right now (close() called from one of
@@ -424,7 +397,7 @@ class SimpleUpstream:
         await deferLater(self._reactor, 0, lambda: None)
         while self._draining:
             await defer.DeferredList(list(self._draining))
-        await defer.gatherResults([p.closeCachedConnections() for p in self._pools])
+        await self._pool.close()
 
     def close(self) -> Deferred[None]:
         """Close pooled connections (for shutdown and test teardown)."""
@@ -438,17 +411,18 @@ class SimpleUpstream:
 
     # -- requests ---------------------------------------------------------
 
-    def _headers(self, url: str, extra: Mapping[bytes, bytes]) -> Headers:
-        headers = Headers({b"User-Agent": [self._http.user_agent.encode("latin-1")]})
-        if self._extra and _origin(url) == _origin(self.url):
-            for name, value in self._extra.items():
-                headers.setRawHeaders(name, [value])
-        for name, value in extra.items():
-            headers.setRawHeaders(name, [value])
-        return headers
+    def _headers(self, url: str, extra: Mapping[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+        """Request headers (lower-case names, each once): configured extra
+        headers only for the upstream's own origin, never after a redirect
+        elsewhere."""
+        headers = {b"user-agent": self._user_agent}
+        if self._extra and _origin(url) == self._origin:
+            headers.update(self._extra)
+        headers.update(extra)
+        return list(headers.items())
 
     async def _get(self, url: str, extra: Mapping[bytes, bytes],
-                   send: Callable[[str, Headers], Awaitable[Any]]) -> tuple[Any, str]:
+                   send: Callable[[str, list[tuple[bytes, bytes]]], Awaitable[Any]]) -> tuple[Any, str]:
         """GET ``url`` following redirects; the response and its final URL."""
         start = url
         for hop in range(MAX_REDIRECTS + 1):
@@ -465,11 +439,11 @@ class SimpleUpstream:
             url = target
         raise AssertionError("unreachable")
 
-    def _send_page(self, url: str, headers: Headers) -> Deferred[Any]:
-        return self._client.get(url, headers=headers, allow_redirects=False, unbuffered=True)
+    def _send_page(self, url: str, headers: list[tuple[bytes, bytes]]) -> Deferred[Any]:
+        return self._pool.request(_wire_url(url), headers, decode_gzip=True)
 
-    def _send_file(self, url: str, headers: Headers) -> Deferred[Any]:
-        return self._download_agent.request(b"GET", _wire_url(url), headers)
+    def _send_file(self, url: str, headers: list[tuple[bytes, bytes]]) -> Deferred[Any]:
+        return self._pool.request(_wire_url(url), headers)
 
     def _bounded(self, coro: Awaitable[Any], url: str, timeout: float) -> Deferred[Any]:
         """Run ``coro`` for at most ``timeout`` seconds; every failure other
@@ -504,11 +478,11 @@ class SimpleUpstream:
 
     async def _page(self, url: str, validators: Validators) -> tuple[bytes, str | None, str, Validators]:
         """Body, Content-Type, final URL and validators of a 200 page."""
-        extra = {b"Accept": ACCEPT.encode("ascii")}
+        extra = {b"accept": _ACCEPT}
         if validators.etag:
-            extra[b"If-None-Match"] = validators.etag.encode("latin-1")
+            extra[b"if-none-match"] = validators.etag.encode("latin-1")
         if validators.last_modified:
-            extra[b"If-Modified-Since"] = validators.last_modified.encode("latin-1")
+            extra[b"if-modified-since"] = validators.last_modified.encode("latin-1")
         response, final = await self._get(url, extra, self._send_page)
         code = response.code
         if code != 200:
@@ -564,7 +538,7 @@ class SimpleUpstream:
     # -- files ------------------------------------------------------------
 
     async def _open(self, url: str) -> Download:
-        response, final = await self._get(url, {b"Accept-Encoding": b"identity"}, self._send_file)
+        response, final = await self._get(url, _FILE_HEADERS, self._send_file)
         if response.code != 200:
             self._drain(response, final)
             if response.code in (404, 410):
