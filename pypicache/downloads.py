@@ -130,6 +130,11 @@ class Downloader:
         self._transfers: dict[tuple[str, str], Transfer] = {}
         self._starting: Coalescer[Transfer] = Coalescer()
         self._metadata: Coalescer[str] = Coalescer()
+        #: METADATA blobs stored and answered whose index mark has not landed
+        #: yet: their sha256 (so a repeat request needs no second fetch) and
+        #: the marks in flight (so shutdown can wait for them).
+        self._metadata_unmarked: dict[tuple[str, str], str] = {}
+        self._metadata_marks: set[defer.Deferred[None]] = set()
         #: Files whose storing failed for lack of space: logged once each,
         #: forgotten as soon as anything is stored again.
         self._disk_full: set[tuple[str, str]] = set()
@@ -142,7 +147,8 @@ class Downloader:
 
     def settle(self, clock: Any, timeout: float) -> defer.Deferred[None]:
         """Fires once every transfer whose bytes are verified has been stored
-        and indexed, or after ``timeout`` seconds.
+        and indexed (and every stored METADATA blob indexed), or after
+        ``timeout`` seconds.
 
         For shutdown: a file that clients already received whole should not
         be left as an orphan blob (stored but not indexed) because the index
@@ -150,6 +156,7 @@ class Downloader:
         closing the upstream ends them.
         """
         storing = [t.stored for t in self._transfers.values() if t.verified and not t.stored.called]
+        storing += list(self._metadata_marks)
         done: defer.Deferred[None] = defer.Deferred()
         if not storing:
             done.callback(None)
@@ -311,9 +318,20 @@ class Downloader:
 
     # -------------------------------------------------------------- metadata
     async def fetch_metadata(self, project: str, record: FileRecord) -> str:
-        """Fetch, verify and store a file's PEP 658 METADATA; its sha256."""
-        return await self._metadata.run((project, record.filename),
-                                        lambda: self._fetch_metadata(project, record))
+        """Fetch, verify and store a file's PEP 658 METADATA; its sha256.
+
+        Returns once the blob is stored (verified and durable), before the
+        index has recorded it: in a cold install every METADATA request would
+        otherwise wait for the index writer, queued behind the page saves of
+        the same install.  A crash in between leaves an orphan blob, which
+        costs a re-fetch and which ``verify --repair`` removes; nothing wrong
+        is ever served.
+        """
+        key = (project, record.filename)
+        unmarked = self._metadata_unmarked.get(key)
+        if unmarked is not None:
+            return unmarked
+        return await self._metadata.run(key, lambda: self._fetch_metadata(project, record))
 
     async def _fetch_metadata(self, project: str, record: FileRecord) -> str:
         download = await self.upstream.open_file(record.url + ".metadata")
@@ -354,5 +372,20 @@ class Downloader:
         except BaseException:
             writer.abort()
             raise
-        self.mirror.note_record(project, await self.index.mark_metadata_stored(project, record.filename, blob.sha256))
+        key = (project, record.filename)
+        self._metadata_unmarked[key] = blob.sha256
+        mark = defer.ensureDeferred(self._mark_metadata(project, record.filename, blob.sha256))
+        if not mark.called:
+            self._metadata_marks.add(mark)
+            mark.addBoth(lambda _: self._metadata_marks.discard(mark))
         return blob.sha256
+
+    async def _mark_metadata(self, project: str, filename: str, sha256: str) -> None:
+        """Record a stored METADATA blob in the index (in the background)."""
+        try:
+            self.mirror.note_record(project, await self.index.mark_metadata_stored(project, filename, sha256))
+        except Exception as e:
+            log.error("indexing {project}/{filename}.metadata failed; it will be fetched again: {error}",
+                      project=project, filename=filename, error=repr(e))
+        finally:
+            self._metadata_unmarked.pop((project, filename), None)

@@ -225,6 +225,89 @@ async def test_core_metadata_is_fetched_verified_and_served(proxy, fake_upstream
 
 
 @pytest_twisted.ensureDeferred
+async def test_core_metadata_is_answered_before_the_index_records_it(proxy, fake_upstream):
+    """In a cold install the index writer is busy with page saves; METADATA,
+    once stored, is served without waiting for its index mark, and asking
+    again meanwhile needs no second upstream fetch."""
+    from tests.builders import wheel_metadata
+
+    index = proxy.app.index
+    real_mark = index.mark_metadata_stored
+    held: list[defer.Deferred] = []
+
+    def held_mark(project, filename, sha256):
+        gate: defer.Deferred = defer.Deferred()
+        held.append(gate)
+        return gate.addCallback(lambda _: real_mark(project, filename, sha256))
+
+    index.mark_metadata_stored = held_mark
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    try:
+        await get(proxy.simple + "tinyproj/")
+        response, body = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+        assert response.code == 200 and body == wheel_metadata(fake_upstream.files[wheel])
+        assert len(held) == 1 and not held[0].called  # answered while the mark waits
+        response, again = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+        assert response.code == 200 and again == body
+        assert fake_upstream.count(".metadata") == 1 and len(held) == 1
+    finally:
+        index.mark_metadata_stored = real_mark
+    for gate in held:
+        gate.callback(None)
+    from twisted.internet import reactor
+
+    await proxy.app.downloader.settle(reactor, 5)
+    record = await index.get_project("tinyproj")
+    assert record.file(wheel).metadata_stored
+    assert proxy.app.downloader._metadata_unmarked == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_metadata_whose_index_mark_fails_is_fetched_again(proxy, fake_upstream):
+    """A failed index mark is logged, the client already has its bytes, and
+    the next request fetches (and tries to record) it again."""
+    index = proxy.app.index
+    real_mark = index.mark_metadata_stored
+    calls: list[str] = []
+
+    def failing_mark(project, filename, sha256):
+        calls.append(filename)
+        if len(calls) == 1:
+            return defer.fail(OSError("index is read-only"))
+        return real_mark(project, filename, sha256)
+
+    index.mark_metadata_stored = failing_mark
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    try:
+        await get(proxy.simple + "tinyproj/")
+        response, first = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+        assert response.code == 200
+        response, second = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
+        assert response.code == 200 and second == first
+    finally:
+        index.mark_metadata_stored = real_mark
+    assert calls == [wheel, wheel]
+    assert fake_upstream.count(".metadata") == 2
+    assert (await index.get_project("tinyproj")).file(wheel).metadata_stored
+
+
+def test_settle_waits_for_metadata_index_marks(tmp_path):
+    from twisted.internet.task import Clock
+
+    from pypicache.downloads import Downloader
+
+    downloader = Downloader(storage=None, index=None, upstream=None, mirror=None, spool_dir=tmp_path / "spool")
+    mark: defer.Deferred = defer.Deferred()
+    downloader._metadata_marks.add(mark)
+    clock = Clock()
+    settled = downloader.settle(clock, 10.0)
+    assert not settled.called
+    mark.callback(None)
+    assert settled.called
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_first_requests_make_one_upstream_download(proxy, fake_upstream):
     wheel = "tinyproj-1.0-py3-none-any.whl"
     expected = fake_upstream.files[wheel].read_bytes()
@@ -393,9 +476,9 @@ async def test_storing_a_file_updates_memory_from_the_index_write(proxy, fake_up
         assert response.code == 200
         response, _ = await get(proxy.root + f"/files/tinyproj/{wheel}.metadata")
         assert response.code == 200
-        for _ in range(200):  # the wheel is stored after its last byte was sent
+        for _ in range(200):  # both are indexed after their last byte was sent
             memory = proxy.app.mirror.cached("tinyproj").file(wheel)
-            if memory.stored:
+            if memory.stored and memory.metadata_stored:
                 break
             await deferLater(reactor, 0.01, lambda: None)
     finally:
