@@ -209,3 +209,26 @@ async def test_storing_a_file_keeps_the_proxy_page_but_not_the_local_one(tmp_pat
         assert renders == ["tinyproj", "tinyproj"]
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_connections_send_without_nagle_delay(tmp_path, fake_upstream):
+    """TCP_NODELAY on every client connection: with Nagle's algorithm a small
+    body sent after its headers (a METADATA file through sendfile) waits for
+    the client's delayed ACK of the headers, up to 40 ms per response."""
+    config = make_config(tmp_path, fake_upstream.url)
+    server = await start_server(config)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port.getHost().port), timeout=5) as s:
+            from twisted.internet import reactor
+            from twisted.internet.task import deferLater
+
+            for _ in range(100):  # accepted on the reactor's next turn
+                if server.app.factory.live:
+                    break
+                await deferLater(reactor, 0.01, lambda: None)
+            (proto,) = server.app.factory.live
+            handle = proto.transport.getHandle()
+            assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        await server.stop()

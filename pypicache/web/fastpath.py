@@ -67,6 +67,15 @@ class FastHTTP(protocol.Protocol):
         self._handed_over = False
 
     def connectionMade(self) -> None:
+        # Nagle's algorithm would hold a response's last partial segment (a
+        # METADATA body sent with sendfile after its headers, say) until the
+        # client ACKs the headers, and clients delay that ACK by up to 40 ms.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except OSError:  # not a TCP socket after all (or already gone)
+                pass
         self.factory.connections += 1
         self.factory.live.add(self)
         self.last_activity = time.monotonic()
