@@ -288,6 +288,9 @@ async def test_core_metadata_whose_index_mark_fails_is_fetched_again(proxy, fake
         index.mark_metadata_stored = real_mark
     assert calls == [wheel, wheel]
     assert fake_upstream.count(".metadata") == 2
+    from twisted.internet import reactor
+
+    await proxy.app.downloader.settle(reactor, 5)  # the second mark runs in the background
     assert (await index.get_project("tinyproj")).file(wheel).metadata_stored
 
 
