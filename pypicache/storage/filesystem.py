@@ -22,9 +22,11 @@ process opens a blob, its bytes are hashed in the thread pool before the
 reader is handed out; a blob whose sha256 is not its name is moved to
 ``.quarantine/``, logged, and reported as missing (``BlobNotFound``), so the
 server fetches it again instead of serving it.  The verdict is remembered per
-(device, inode, size, mtime), so a blob costs one hash per process (or per
-change on disk), not one per request.  Silent decay of a file that is not
-rewritten is caught by the next process start or by ``pypicache verify``.
+(device, inode, size, mtime, ctime), so a blob costs one hash per process (or
+per change on disk), not one per request.  The change time is what catches a
+byte rewritten in place with size and mtime put back: no writer can set it.
+Decay that touches no metadata at all (the disk itself) is caught by the
+scrub (pypicache.scrub), the next process start or ``pypicache verify``.
 """
 
 from __future__ import annotations
@@ -67,10 +69,16 @@ _HASH_CHUNK = 1024 * 1024
 #: forgotten is simply hashed again the next time it is opened.
 VERIFIED_CACHE_SIZE = 32768
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What identifies one version of a file: rewriting or replacing it
-    changes at least one of these."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+#: (device, inode, size, mtime, ctime) of one version of a blob file.
+StatKey = tuple[int, int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    """What identifies one version of a file: replacing it changes the inode,
+    and any write, truncate, chmod or ``utime`` through the same inode moves
+    its change time, which (unlike mtime) no writer can set back.  So a byte
+    rewritten in place with size and mtime restored is still noticed."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _hash_fd(fd: int) -> tuple[str, int]:
@@ -156,10 +164,10 @@ class FilesystemStorage:
         self._reactor = reactor
         self._threadpool = threadpool
         #: sha256 -> stat key of the version whose bytes were found right.
-        self._verified: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
+        self._verified: OrderedDict[str, StatKey] = OrderedDict()
         self._verified_max = verified_cache_size
         #: (sha256, stat key) -> Deferreds waiting for a hash in progress.
-        self._checking: dict[tuple[str, tuple[int, int, int, int]], list[defer.Deferred[bool]]] = {}
+        self._checking: dict[tuple[str, StatKey], list[defer.Deferred[bool]]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         if clean:
@@ -305,7 +313,7 @@ class FilesystemStorage:
             self._note_verified(info.sha256, key)
         return info
 
-    def _note_verified(self, sha256: str, key: tuple[int, int, int, int]) -> None:
+    def _note_verified(self, sha256: str, key: StatKey) -> None:
         self._verified[sha256] = key
         self._verified.move_to_end(sha256)
         while len(self._verified) > self._verified_max:
@@ -339,7 +347,7 @@ class FilesystemStorage:
 
         return waiter.addCallbacks(verdict, failed)
 
-    def _checked(self, result: Any, sha256: str, key: tuple[int, int, int, int]) -> None:
+    def _checked(self, result: Any, sha256: str, key: StatKey) -> None:
         waiters = self._checking.pop((sha256, key), [])
         if isinstance(result, Failure):
             log.failure("verifying blob {sha256} failed", result, sha256=sha256)
@@ -352,7 +360,7 @@ class FilesystemStorage:
             if not d.called:  # a cancelled waiter has had its answer
                 d.callback(result)
 
-    def _check_fd(self, sha256: str, fd: int, key: tuple[int, int, int, int]) -> bool:
+    def _check_fd(self, sha256: str, fd: int, key: StatKey) -> bool:
         """Runs in the thread pool: True when the bytes behind ``fd`` hash to
         ``sha256``; a corrupt or unreadable blob is moved aside and logged.
         Closes ``fd``."""
@@ -368,7 +376,7 @@ class FilesystemStorage:
         self._move_aside(sha256, key, f"its bytes hash to {actual}")
         return False
 
-    def _move_aside(self, sha256: str, key: tuple[int, int, int, int] | None, why: str) -> bool:
+    def _move_aside(self, sha256: str, key: StatKey | None, why: str) -> bool:
         """Move the blob ``sha256`` into ``.quarantine/`` so it is never served
         again, unless the file at its path is no longer the version ``key``
         that was found bad (a good copy was placed meanwhile).  Thread pool."""
