@@ -646,3 +646,24 @@ async def test_rewrite_in_place_never_served_by_running_server(server, fake_upst
     assert code == 404
     code, body, _ = await get(server.root + f"/files/tinyproj/{WHEEL_1}")
     assert code == 200 and body == good
+
+
+@pytest_twisted.ensureDeferred
+async def test_rewritten_metadata_is_fetched_again_not_404(server, fake_upstream):
+    """Advertised METADATA must be served (pip and uv fail on a 404): a
+    quarantined METADATA blob is fetched again like a file."""
+    good = wheel_metadata(fake_upstream.files[WHEEL_1])
+    url = server.root + f"/files/tinyproj/{WHEEL_1}.metadata"
+    code, body, _ = await get(url)
+    assert code == 200 and body == good
+    for _ in range(100):
+        record = await server.app.index.get_project("tinyproj")
+        if record.file(WHEEL_1).metadata_stored:
+            break
+        await deferred_sleep(0.02)
+    await later_ctime_tick()
+    rot_in_place(server.app.storage.path_of(sha(good)), 5)
+    code, body, _ = await get(server.root + f"/local/files/tinyproj/{WHEEL_1}.metadata")
+    assert code == 404
+    code, body, _ = await get(url)
+    assert code == 200 and body == good
