@@ -21,7 +21,8 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
+from zope.interface.verify import verifyObject
 
 from pypicache import config as configuration
 from pypicache.errors import ConfigError
@@ -183,6 +184,20 @@ async def test_scrub_runs_with_the_app_and_stops_on_close(tmp_path, fake_upstrea
     assert not scrubber.running
 
 
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_a_pass_in_progress(tmp_path, provider_context):
+    store = filesystem.factory.create({"path": str(tmp_path / "store")}, provider_context)
+    await write_blob(store, os.urandom(10_000))
+    scrubber = Scrubber(store, None, None, rate=1, reactor=provider_context.reactor,
+                        threadpool=provider_context.threadpool)  # 1 byte/s: would take hours
+    scrubber.start()
+    ended = []
+    scrubber.run_pass().addErrback(lambda f: ended.append(f.check(defer.CancelledError)))
+    await deferred_sleep(0.1)
+    await wait(scrubber.stop(), 5)
+    assert ended == [defer.CancelledError] and not scrubber.running
+
+
 # ---------------------------------------------------------------- the option
 
 
@@ -205,7 +220,7 @@ async def test_rate_zero_means_no_scrub(tmp_path, fake_upstream):
 
 def test_storages_declare_the_inventory(provider_context):
     for store in (filesystem.factory.create({}, provider_context), memory.factory.create({}, provider_context)):
-        assert IBlobInventory.providedBy(store)
+        assert IBlobInventory.providedBy(store) and verifyObject(IBlobInventory, store)
 
 
 @pytest_twisted.ensureDeferred
