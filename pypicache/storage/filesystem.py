@@ -421,7 +421,7 @@ class FilesystemStorage:
 
     # --------------------------------------------------- for pypicache verify
 
-    def check_blob(self, sha256: str, *, remove_corrupt: bool = False,
+    def check_blob(self, sha256: str, remove_corrupt: bool = False,
                    pace: Callable[[int], defer.Deferred[None]] | None = None) -> defer.Deferred[BlobCheck]:
         """Hash one blob now (ignoring what this process remembers).
 

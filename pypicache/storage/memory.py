@@ -101,7 +101,7 @@ class MemoryStorage:
     def iter_blobs(self) -> Iterator[tuple[str, int]]:
         return iter([(sha, len(data)) for sha, data in sorted(self.blobs.items())])
 
-    def check_blob(self, sha256: str, *, remove_corrupt: bool = False,
+    def check_blob(self, sha256: str, remove_corrupt: bool = False,
                    pace: Callable[[int], defer.Deferred[None]] | None = None) -> defer.Deferred[BlobCheck]:
         check_key(sha256)
         data = self.blobs.get(sha256)
