@@ -172,7 +172,7 @@ def open_store(cfg: Any, **kwargs: Any) -> Any:
     from pypicache.accounts import AccountStore
 
     try:
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg.data_dir.mkdir(0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"server.data_dir: cannot create {cfg.data_dir}: {e.strerror or e}") from e
     return AccountStore(Path(cfg.data_dir) / ACCOUNTS_FILE, **kwargs)

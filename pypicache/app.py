@@ -16,7 +16,9 @@ from pypicache import providers
 from pypicache.config import Config
 from pypicache.downloads import Downloader
 from pypicache.errors import ConfigError
+from pypicache.interfaces import IBlobInventory
 from pypicache.mirror import Mirror
+from pypicache.scrub import Scrubber
 from pypicache.stats import Stats
 from pypicache.upstream.breaker import with_breaker
 from pypicache.accounts import Accounts, AccountStore
@@ -40,6 +42,7 @@ class App:
     stats: Stats
     accounts: Any = None
     factory: Any = None  # what listeners serve: the fast path in front of the Site
+    scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -48,6 +51,8 @@ class App:
         """Let verified downloads be stored, flush the index, drop upstream
         connections, stop threads."""
         try:
+            if self.scrubber is not None:
+                await self.scrubber.stop()
             if self.downloader is not None:
                 await self.downloader.settle(self.reactor, self.SETTLE_TIMEOUT)
             await self.index.close()
@@ -67,7 +72,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     """
     data_dir = config.data_dir
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(0o700, parents=True, exist_ok=True)  # private packages: the server's user only
     except OSError as e:
         raise ConfigError(f"server.data_dir: cannot create {data_dir}: {e.strerror or e}") from e
     threadpool = ThreadPool(minthreads=0, maxthreads=config.threads, name="pypicache")
@@ -114,6 +119,11 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
     async def read_gate(request: Any) -> bool:
         return await accounts.authenticate(request.getHeader(b"authorization")) is not None
+
+    rate = getattr(storage, "scrub_rate", 0) if IBlobInventory.providedBy(storage) else 0
+    if rate > 0:
+        app.scrubber = Scrubber(storage, index, mirror, rate=rate, reactor=reactor, threadpool=threadpool)
+        app.scrubber.start()
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
                          read_gate=read_gate if config.auth.read == "authenticated" else None)

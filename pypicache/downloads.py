@@ -138,7 +138,7 @@ class Downloader:
         #: Files whose storing failed for lack of space: logged once each,
         #: forgotten as soon as anything is stored again.
         self._disk_full: set[tuple[str, str]] = set()
-        spool_dir.mkdir(parents=True, exist_ok=True)
+        spool_dir.mkdir(0o700, parents=True, exist_ok=True)  # partial files: the server's user only
         for leftover in spool_dir.iterdir():  # partial downloads from a crash
             try:
                 leftover.unlink()

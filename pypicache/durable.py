@@ -45,14 +45,15 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def create_sqlite(path: Path, build: Callable[[sqlite3.Connection], None], *, mode: int = 0o644) -> bool:
+def create_sqlite(path: Path, build: Callable[[sqlite3.Connection], None], *, mode: int = 0o600) -> bool:
     """Create the WAL-mode database ``path`` with ``build`` unless it exists.
 
     ``build`` gets an autocommit connection to the new file and creates the
     schema.  Returns True if this call created the database; False if one
     was there already, including one another process created meanwhile
     (that one is kept, ours discarded).  ``mode`` is the file's permission
-    (SQLite gives its -wal and -shm files the same).
+    (SQLite gives its -wal and -shm files the same); the default keeps the
+    database to the server's user, and the umask can only narrow it.
     """
     if path.exists():
         return False

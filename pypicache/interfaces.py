@@ -119,6 +119,34 @@ class IStorage(Interface):
         """Deferred firing with None once the blob is gone (absent is fine)."""
 
 
+class IBlobInventory(Interface):
+    """Optional for a storage: list its blobs and re-check one.
+
+    What the background scrub (:mod:`pypicache.scrub`) and ``pypicache
+    verify`` need to walk the whole store; a storage without it is simply not
+    scrubbed.  Declare it with ``@implementer(IStorage, IBlobInventory)``.
+    """
+
+    scrub_rate = Attribute("Bytes per second the background scrub may read (int, 0 = no scrub).")
+
+    def iter_blobs():
+        """Every blob as ``(sha256, size)``.  Blocking: called in a thread,
+        and consumed a batch at a time, so it should be a lazy iterator."""
+
+    def check_blob(sha256, remove_corrupt=False, pace=None):
+        """Hash the blob now, whatever was remembered about it.
+
+        :param remove_corrupt: move a corrupt or unreadable blob out of the
+            way (never served again) unless a good copy replaced it meanwhile.
+        :param pace: None, or a callable taking a byte count and returning a
+            Deferred: called after each chunk read, the next chunk waits for it
+            (the scrub's rate limit).  Cancelling that Deferred abandons the check.
+        :return: Deferred firing with a
+            :class:`pypicache.storage.filesystem.BlobCheck` (status "ok",
+            "missing", "corrupt" or "unreadable"; ``removed`` when moved aside).
+        """
+
+
 # -------------------------------------------------------------------- upstream
 
 

@@ -592,3 +592,78 @@ def test_verify_reads_option_is_checked(provider_context):
     with pytest.raises(ConfigError, match="storage.verify_reads"):
         filesystem.factory.create({"verify_reads": "yes"}, provider_context)
     assert filesystem.factory.create({"verify_reads": False}, provider_context).verify_reads is False
+
+
+# ------------------------------------------- bit rot in a running process
+
+
+def rot_in_place(path: Path, offset: int = 0) -> None:
+    """Flip one byte through the same inode with pwrite, then put size and
+    mtime back: everything a reader can set looks unchanged.  Only the
+    inode's change time (which no writer can set back) moves."""
+    st = os.stat(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        byte = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([byte[0] ^ 0x01]), offset)
+    finally:
+        os.close(fd)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+async def later_ctime_tick() -> None:
+    """The kernel stamps ctime from a coarse clock: let one tick pass so a
+    rewrite right after a store gets a different change time."""
+    await deferred_sleep(0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rewrite_in_place_is_checked_again(store):
+    data = os.urandom(70_000)
+    info = await write_blob(store, data)
+    assert await read_blob(store, info.sha256) == data  # known good, not hashed
+    await later_ctime_tick()
+    rot_in_place(store.path_of(info.sha256), 4242)
+    with pytest.raises(BlobNotFound):
+        await wait(store.open_read(info.sha256))
+    assert [p.name for p in store.quarantined()] == [info.sha256]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rewrite_in_place_never_served_by_running_server(server, fake_upstream):
+    good = fake_upstream.files[WHEEL_1].read_bytes()
+    code, body, _ = await get(server.root + f"/files/tinyproj/{WHEEL_1}")
+    assert code == 200 and body == good
+    await wait_stored(server, WHEEL_1)
+    code, body, _ = await get(server.root + f"/local/files/tinyproj/{WHEEL_1}")
+    assert code == 200 and body == good  # stored by this process, trusted since
+    await later_ctime_tick()
+    rot_in_place(server.app.storage.path_of(sha(good)), len(good) // 3)
+    code, body, _ = await get(server.root + f"/local/files/tinyproj/{WHEEL_1}")
+    assert code != 200, "a rewritten blob was served with bytes that do not match its hash"
+    assert code == 404
+    code, body, _ = await get(server.root + f"/files/tinyproj/{WHEEL_1}")
+    assert code == 200 and body == good
+
+
+@pytest_twisted.ensureDeferred
+async def test_rewritten_metadata_is_fetched_again_not_404(server, fake_upstream):
+    """Advertised METADATA must be served (pip and uv fail on a 404): a
+    quarantined METADATA blob is fetched again like a file."""
+    good = wheel_metadata(fake_upstream.files[WHEEL_1])
+    url = server.root + f"/files/tinyproj/{WHEEL_1}.metadata"
+    code, body, _ = await get(url)
+    assert code == 200 and body == good
+    for _ in range(100):
+        record = await server.app.index.get_project("tinyproj")
+        if record.file(WHEEL_1).metadata_stored:
+            break
+        await deferred_sleep(0.02)
+    await later_ctime_tick()
+    rot_in_place(server.app.storage.path_of(sha(good)), 5)
+    code, body, _ = await get(server.root + f"/local/files/tinyproj/{WHEEL_1}.metadata")
+    assert code == 404
+    code, body, _ = await get(url)
+    assert code == 200 and body == good

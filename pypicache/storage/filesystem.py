@@ -22,9 +22,11 @@ process opens a blob, its bytes are hashed in the thread pool before the
 reader is handed out; a blob whose sha256 is not its name is moved to
 ``.quarantine/``, logged, and reported as missing (``BlobNotFound``), so the
 server fetches it again instead of serving it.  The verdict is remembered per
-(device, inode, size, mtime), so a blob costs one hash per process (or per
-change on disk), not one per request.  Silent decay of a file that is not
-rewritten is caught by the next process start or by ``pypicache verify``.
+(device, inode, size, mtime, ctime), so a blob costs one hash per process (or
+per change on disk), not one per request.  The change time is what catches a
+byte rewritten in place with size and mtime put back: no writer can set it.
+Decay that touches no metadata at all (the disk itself) is caught by the
+scrub (pypicache.scrub), the next process start or ``pypicache verify``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pypicache.durable import fsync_dir
-from pypicache.interfaces import IBlobReader, IBlobWriter, IProviderFactory, IStorage
+from pypicache.errors import ConfigError
+from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
 from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
 
@@ -63,14 +66,37 @@ _replace = os.replace
 _COPY_CHUNK = 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
 
+#: Permissions of everything created under the root: private package bytes
+#: and METADATA are for the server's user only.  A stricter umask still wins.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+#: Default of ``scrub_rate``: bytes per second the background scrub re-reads
+#: (a 100 GB store is checked about once a day; 0 turns it off).
+SCRUB_RATE = 1024 * 1024
+
 #: How many verified blobs a process remembers (about 250 bytes each); a blob
 #: forgotten is simply hashed again the next time it is opened.
 VERIFIED_CACHE_SIZE = 32768
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What identifies one version of a file: rewriting or replacing it
-    changes at least one of these."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+#: (device, inode, size, mtime, ctime) of one version of a blob file.
+StatKey = tuple[int, int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    """What identifies one version of a file: replacing it changes the inode,
+    and any write, truncate, chmod or ``utime`` through the same inode moves
+    its change time, which (unlike mtime) no writer can set back.  So a byte
+    rewritten in place with size and mtime restored is still noticed."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_some(fd: int, h: Any, offset: int, length: int) -> int:
+    """Feed up to ``length`` bytes at ``offset`` into ``h``; how many there
+    were (0 at the end).  Runs in the thread pool."""
+    chunk = os.pread(fd, length, offset)
+    h.update(chunk)
+    return len(chunk)
 
 
 def _hash_fd(fd: int) -> tuple[str, int]:
@@ -133,7 +159,7 @@ def _subdirs(path: Path | str, width: int) -> list[str]:
         return []
 
 
-@implementer(IStorage)
+@implementer(IStorage, IBlobInventory)
 class FilesystemStorage:
     """Content-addressed blobs under ``root``; see the module docstring.
 
@@ -144,7 +170,7 @@ class FilesystemStorage:
 
     def __init__(self, root: Path, reactor: Any, threadpool: Any, *, fsync: bool = True,
                  verify_reads: bool = True, clean: bool = True,
-                 verified_cache_size: int = VERIFIED_CACHE_SIZE) -> None:
+                 verified_cache_size: int = VERIFIED_CACHE_SIZE, scrub_rate: int = SCRUB_RATE) -> None:
         """``clean=False`` keeps ``.tmp`` as it is: for a second process (the
         ``pypicache verify`` command) looking at the store of a running server,
         whose in-flight files must not be deleted under it."""
@@ -153,15 +179,16 @@ class FilesystemStorage:
         self.quarantine = self.root / ".quarantine"
         self.fsync = fsync
         self.verify_reads = verify_reads
+        self.scrub_rate = scrub_rate
         self._reactor = reactor
         self._threadpool = threadpool
         #: sha256 -> stat key of the version whose bytes were found right.
-        self._verified: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
+        self._verified: OrderedDict[str, StatKey] = OrderedDict()
         self._verified_max = verified_cache_size
         #: (sha256, stat key) -> Deferreds waiting for a hash in progress.
-        self._checking: dict[tuple[str, tuple[int, int, int, int]], list[defer.Deferred[bool]]] = {}
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(exist_ok=True)
+        self._checking: dict[tuple[str, StatKey], list[defer.Deferred[bool]]] = {}
+        self.root.mkdir(DIR_MODE, parents=True, exist_ok=True)
+        self.tmp.mkdir(DIR_MODE, exist_ok=True)
         if clean:
             self._remove_leftovers()
 
@@ -195,7 +222,7 @@ class FilesystemStorage:
         while True:
             path = self.tmp / f"{secrets.token_hex(16)}.part"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             except FileExistsError:  # pragma: no cover - 128 random bits
                 continue
             return path, fd
@@ -204,7 +231,7 @@ class FilesystemStorage:
         """Create the two fan-out directories, durably when fsync is on."""
         for directory in (target.parent.parent, target.parent):
             try:
-                os.mkdir(directory)
+                os.mkdir(directory, DIR_MODE)
             except FileExistsError:
                 continue
             if self.fsync:
@@ -305,7 +332,7 @@ class FilesystemStorage:
             self._note_verified(info.sha256, key)
         return info
 
-    def _note_verified(self, sha256: str, key: tuple[int, int, int, int]) -> None:
+    def _note_verified(self, sha256: str, key: StatKey) -> None:
         self._verified[sha256] = key
         self._verified.move_to_end(sha256)
         while len(self._verified) > self._verified_max:
@@ -339,7 +366,7 @@ class FilesystemStorage:
 
         return waiter.addCallbacks(verdict, failed)
 
-    def _checked(self, result: Any, sha256: str, key: tuple[int, int, int, int]) -> None:
+    def _checked(self, result: Any, sha256: str, key: StatKey) -> None:
         waiters = self._checking.pop((sha256, key), [])
         if isinstance(result, Failure):
             log.failure("verifying blob {sha256} failed", result, sha256=sha256)
@@ -352,7 +379,7 @@ class FilesystemStorage:
             if not d.called:  # a cancelled waiter has had its answer
                 d.callback(result)
 
-    def _check_fd(self, sha256: str, fd: int, key: tuple[int, int, int, int]) -> bool:
+    def _check_fd(self, sha256: str, fd: int, key: StatKey) -> bool:
         """Runs in the thread pool: True when the bytes behind ``fd`` hash to
         ``sha256``; a corrupt or unreadable blob is moved aside and logged.
         Closes ``fd``."""
@@ -368,7 +395,7 @@ class FilesystemStorage:
         self._move_aside(sha256, key, f"its bytes hash to {actual}")
         return False
 
-    def _move_aside(self, sha256: str, key: tuple[int, int, int, int] | None, why: str) -> bool:
+    def _move_aside(self, sha256: str, key: StatKey | None, why: str) -> bool:
         """Move the blob ``sha256`` into ``.quarantine/`` so it is never served
         again, unless the file at its path is no longer the version ``key``
         that was found bad (a good copy was placed meanwhile).  Thread pool."""
@@ -376,7 +403,7 @@ class FilesystemStorage:
         try:
             if key is not None and _stat_key(os.stat(path)) != key:
                 return False
-            self.quarantine.mkdir(exist_ok=True)
+            self.quarantine.mkdir(DIR_MODE, exist_ok=True)
             destination = self.quarantine / sha256
             _replace(path, destination)
         except FileNotFoundError:
@@ -394,15 +421,58 @@ class FilesystemStorage:
 
     # --------------------------------------------------- for pypicache verify
 
-    def check_blob(self, sha256: str, *, remove_corrupt: bool = False) -> defer.Deferred[BlobCheck]:
+    def check_blob(self, sha256: str, remove_corrupt: bool = False,
+                   pace: Callable[[int], defer.Deferred[None]] | None = None) -> defer.Deferred[BlobCheck]:
         """Hash one blob now (ignoring what this process remembers).
 
         With ``remove_corrupt`` a corrupt or unreadable blob is moved to
         ``.quarantine/`` (unless a good copy replaced it while it was hashed).
-        Not part of IStorage: ``pypicache verify`` uses it when available.
+        With ``pace`` the blob is read a chunk per thread call, waiting for
+        ``pace(bytes)`` between chunks (the scrub: one big blob neither holds
+        a pool thread nor the disk for long).  IBlobInventory.
         """
         check_key(sha256)
-        return self._in_thread(self._check_blob, sha256, remove_corrupt)
+        if pace is None:
+            return self._in_thread(self._check_blob, sha256, remove_corrupt)
+        return defer.ensureDeferred(self._check_blob_paced(sha256, remove_corrupt, pace))
+
+    async def _check_blob_paced(self, sha256: str, remove_corrupt: bool,
+                                pace: Callable[[int], defer.Deferred[None]]) -> BlobCheck:
+        try:
+            fd = os.open(self.path_of(sha256), os.O_RDONLY)  # one cheap call, like open_read
+        except FileNotFoundError:
+            return BlobCheck(sha256, "missing")
+        try:
+            key = _stat_key(os.fstat(fd))
+            h = hashlib.sha256()
+            size = 0
+            try:
+                while True:
+                    # The descriptor is only closed after the thread returned:
+                    # a cancelled pace ends the loop between two reads.
+                    n = await self._in_thread(_hash_some, fd, h, size, _HASH_CHUNK)
+                    if not n:
+                        break
+                    size += n
+                    await pace(n)
+            except OSError as e:
+                removed = remove_corrupt and await self._in_thread(
+                    self._move_aside, sha256, key, f"unreadable: {e}")
+                return self._forget(BlobCheck(sha256, "unreadable", error=str(e), removed=removed))
+        finally:
+            os.close(fd)
+        actual = h.hexdigest()
+        if actual == sha256:
+            return BlobCheck(sha256, "ok", size=size, actual=actual)
+        removed = remove_corrupt and await self._in_thread(
+            self._move_aside, sha256, key, f"its bytes hash to {actual}")
+        return self._forget(BlobCheck(sha256, "corrupt", size=size, actual=actual, removed=removed))
+
+    def _forget(self, check: BlobCheck) -> BlobCheck:
+        """Drop the remembered good verdict of a blob found bad."""
+        if check.removed:
+            self._verified.pop(check.sha256, None)
+        return check
 
     def _check_blob(self, sha256: str, remove_corrupt: bool) -> BlobCheck:
         try:
@@ -583,20 +653,26 @@ class FileBlobReader:
 class FilesystemStorageFactory:
     """``provider = "filesystem"``: options ``path`` (default ``files``,
     relative to the data directory), ``fsync`` (default true) and
-    ``verify_reads`` (default true)."""
+    ``verify_reads`` (default true) and ``scrub_rate`` (bytes per second,
+    default 1 MiB, 0 = off)."""
 
     kind = "storage"
 
     def create(self, options: Mapping[str, Any], context: ProviderContext, *,
                clean: bool = True) -> FilesystemStorage:
         """``clean=False`` (not a config option): see FilesystemStorage."""
-        check_options("storage", options, {"path": str, "fsync": bool, "verify_reads": bool})
+        check_options("storage", options, {"path": str, "fsync": bool, "verify_reads": bool,
+                                           "scrub_rate": int})
+        scrub_rate = options.get("scrub_rate", SCRUB_RATE)
+        if scrub_rate < 0:
+            raise ConfigError(f"storage.scrub_rate: must be 0 (no scrub) or bytes per second, got {scrub_rate!r}")
         root = Path(options.get("path", "files")).expanduser()
         if not root.is_absolute():
             root = Path(context.data_dir) / root
         return FilesystemStorage(root, context.reactor, context.threadpool,
                                  fsync=options.get("fsync", True),
-                                 verify_reads=options.get("verify_reads", True), clean=clean)
+                                 verify_reads=options.get("verify_reads", True), clean=clean,
+                                 scrub_rate=scrub_rate)
 
 
 factory = FilesystemStorageFactory()

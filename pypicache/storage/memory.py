@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pypicache.interfaces import IBlobReader, IBlobWriter, IProviderFactory, IStorage
+from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
 from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
+from pypicache.storage.filesystem import BlobCheck
 
 __all__ = ["MemoryStorage", "MemoryBlobWriter", "MemoryBlobReader", "factory"]
 
@@ -35,9 +36,13 @@ def check_key(sha256: object) -> str:
     return sha256  # type: ignore[return-value]
 
 
-@implementer(IStorage)
+@implementer(IStorage, IBlobInventory)
 class MemoryStorage:
-    """``blobs`` maps sha256 -> bytes; tests may inspect (not mutate) it."""
+    """``blobs`` maps sha256 -> bytes; tests may inspect it, and replace a
+    value to play bit rot for the scrub (IBlobInventory)."""
+
+    #: Memory does not decay unnoticed: no background scrub by default.
+    scrub_rate = 0
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
@@ -90,6 +95,27 @@ class MemoryStorage:
         check_key(sha256)
         self.blobs.pop(sha256, None)
         return defer.succeed(None)
+
+    # ------------------------------------------------------ IBlobInventory
+
+    def iter_blobs(self) -> Iterator[tuple[str, int]]:
+        return iter([(sha, len(data)) for sha, data in sorted(self.blobs.items())])
+
+    def check_blob(self, sha256: str, remove_corrupt: bool = False,
+                   pace: Callable[[int], defer.Deferred[None]] | None = None) -> defer.Deferred[BlobCheck]:
+        check_key(sha256)
+        data = self.blobs.get(sha256)
+        if data is None:
+            return defer.succeed(BlobCheck(sha256, "missing"))
+        actual = hashlib.sha256(data).hexdigest()
+        if actual == sha256:
+            result = BlobCheck(sha256, "ok", size=len(data), actual=actual)
+        else:
+            removed = remove_corrupt and self.blobs.pop(sha256, None) is not None
+            result = BlobCheck(sha256, "corrupt", size=len(data), actual=actual, removed=removed)
+        if pace is None:
+            return defer.succeed(result)
+        return pace(len(data)).addCallback(lambda _: result)
 
 
 @implementer(IBlobWriter)

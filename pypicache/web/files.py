@@ -262,18 +262,28 @@ class Files(Resource):
 
     async def _serve_metadata(self, request: Any, project: str, record: FileRecord) -> None:
         sha = record.metadata_sha256 if record.metadata_stored else None
-        if sha is None:
-            if not self.allow_upstream or not record.url:
-                raise HTTPError(404, f"metadata of {record.filename} is not stored here")
+        if sha is not None:
             try:
-                sha = await self.downloader.fetch_metadata(project, record)
-            except UpstreamNotFound:
-                raise HTTPError(404, f"upstream has no metadata for {record.filename}") from None
-            except HashMismatch:
-                raise HTTPError(502, f"upstream metadata for {record.filename} failed verification",
-                                {b"retry-after": b"30"}) from None
-            except UpstreamError as e:
-                raise _upstream_failed(project, record.filename + ".metadata", e) from None
+                reader = await self.storage.open_read(sha)
+            except BlobNotFound:
+                # Quarantined as corrupt, or lost: fetch it again like a file
+                # (an advertised METADATA answered 404 fails pip and uv).
+                log.error("index says {project}/{filename}.metadata is stored but storage lacks it",
+                          project=project, filename=record.filename)
+            else:
+                await self._send_blob(request, reader, sha, b"application/octet-stream")
+                return
+        if not self.allow_upstream or not record.url:
+            raise HTTPError(404, f"metadata of {record.filename} is not stored here")
+        try:
+            sha = await self.downloader.fetch_metadata(project, record)
+        except UpstreamNotFound:
+            raise HTTPError(404, f"upstream has no metadata for {record.filename}") from None
+        except HashMismatch:
+            raise HTTPError(502, f"upstream metadata for {record.filename} failed verification",
+                            {b"retry-after": b"30"}) from None
+        except UpstreamError as e:
+            raise _upstream_failed(project, record.filename + ".metadata", e) from None
         try:
             reader = await self.storage.open_read(sha)
         except BlobNotFound:
