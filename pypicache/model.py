@@ -16,7 +16,11 @@ from packaging.utils import canonicalize_name
 #: The Simple API version this server speaks (PEP 691 / PEP 700).
 API_VERSION = "1.1"
 
-_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+#: PEP 508 names, ASCII only.  Spelled out in both cases with re.ASCII, not
+#: with IGNORECASE: Unicode case folding would let ``ſ`` pass for ``s`` and the
+#: Kelvin sign for ``k`` (and str.lower keeps ``ſ``), so a non-ASCII "name"
+#: would reach the upstream and Location headers.
+_VALID_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -27,8 +31,9 @@ class InvalidName(ValueError):
 def normalize(name: str) -> str:
     """PEP 503 normalised form of a *valid* project name.
 
-    Raises InvalidName for anything else, so a client-supplied string that is
-    not a project name never reaches the index or a URL.
+    Raises InvalidName for anything else (non-ASCII letters included), so a
+    client-supplied string that is not a project name never reaches the index
+    or a URL.
     """
     if not isinstance(name, str) or len(name) > 200 or not _VALID_NAME.fullmatch(name):
         raise InvalidName(f"not a valid project name: {name!r}")
