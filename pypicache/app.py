@@ -113,7 +113,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     def jsonapi() -> Any:
         from pypicache.web.jsonapi import JsonAPI
 
-        return JsonAPI(mirror, storage, downloader)
+        return JsonAPI(mirror, storage, downloader, public_url=config.public_url)
 
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi)
 

@@ -72,6 +72,9 @@ class Config:
     threads: int = 4
     access_log: bool = True
     fast_path: bool = True
+    #: Absolute base URL of this server as clients reach it ("https://host/prefix/"),
+    #: for the JSON API's URLs; None: they are relative to the request URL.
+    public_url: str | None = None
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -90,6 +93,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "threads": int,
     "access_log": bool,
     "fast_path": bool,
+    "public_url": str,
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
               "breaker_threshold", "breaker_cooldown"}
@@ -155,6 +159,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
             if server[key] < 0:
                 raise ConfigError(f"server.{key}: must be 0 or more seconds, got {server[key]!r}")
             kwargs[key] = float(server[key])
+    if "public_url" in server:
+        kwargs["public_url"] = _public_url(server["public_url"])
     if "threads" in server:
         if not 1 <= server["threads"] <= 64:
             raise ConfigError(f"server.threads: must be between 1 and 64, got {server['threads']!r}")
@@ -196,6 +202,26 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         http=HTTPSettings(**http_kwargs),
         source=source,
     )
+
+
+def _public_url(value: str) -> str:
+    """An absolute http(s) URL with a host, no credentials, query or
+    fragment; returned ending in "/" (the root under which routes live)."""
+    from urllib.parse import urlsplit
+
+    where = "server.public_url"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError as e:
+        raise ConfigError(f"{where}: not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: expected an absolute http:// or https:// URL with a host, got {value!r}")
+    if parts.username is not None or parts.query or parts.fragment or "#" in value or "?" in value:
+        raise ConfigError(f"{where}: must not carry credentials, a query or a fragment, got {value!r}")
+    if not value.isascii() or any(ch.isspace() or ord(ch) < 33 or ch in '"<>\\^`{|}' for ch in value):
+        raise ConfigError(f"{where}: must be ASCII without spaces or quotes (percent-encode), got {value!r}")
+    return value if value.endswith("/") else value + "/"
 
 
 def _names(where: str, value: Any) -> frozenset[str]:

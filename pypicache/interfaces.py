@@ -238,7 +238,8 @@ class IIndex(Interface):
         ``record.origin`` must be ``"local"``.  The filename is remembered as
         used forever, with the file's sha256.
         Fails with :class:`pypicache.model.FileExists` when the filename was
-        ever used before (even if that file was deleted since).
+        ever used before (even if that file was deleted since), compared as
+        :meth:`used_filename` compares them.
         :return: Deferred firing with the new ProjectRecord.
         """
 
@@ -249,7 +250,11 @@ class IIndex(Interface):
 
     def used_filename(filename):
         """Deferred firing with the sha256 of what was uploaded under
-        ``filename`` (in any project, even if deleted since), or None."""
+        ``filename`` (in any project, even if deleted since), or None.
+        Filenames compare as the public index compares them: by
+        :func:`pypicache.model.file_key` (normalised name, version, build
+        and tags), so ``pkg-2.0.0-py3-none-any.whl`` is used once
+        ``pkg-2.0-py3-none-any.whl`` was."""
 
     def set_yanked(name, filename, yanked, reason):
         """Mark one file yanked (PEP 592) with an optional reason, or not.

@@ -11,12 +11,23 @@ import re
 from typing import Mapping
 
 import attrs
-from packaging.utils import canonicalize_name
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    canonicalize_version,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 
 #: The Simple API version this server speaks (PEP 691 / PEP 700).
 API_VERSION = "1.1"
 
-_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+#: PEP 508 names, ASCII only.  Spelled out in both cases with re.ASCII, not
+#: with IGNORECASE: Unicode case folding would let ``ſ`` pass for ``s`` and the
+#: Kelvin sign for ``k`` (and str.lower keeps ``ſ``), so a non-ASCII "name"
+#: would reach the upstream and Location headers.
+_VALID_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -27,12 +38,37 @@ class InvalidName(ValueError):
 def normalize(name: str) -> str:
     """PEP 503 normalised form of a *valid* project name.
 
-    Raises InvalidName for anything else, so a client-supplied string that is
-    not a project name never reaches the index or a URL.
+    Raises InvalidName for anything else (non-ASCII letters included), so a
+    client-supplied string that is not a project name never reaches the index
+    or a URL.
     """
     if not isinstance(name, str) or len(name) > 200 or not _VALID_NAME.fullmatch(name):
         raise InvalidName(f"not a valid project name: {name!r}")
     return str(canonicalize_name(name))
+
+
+def file_key(filename: str) -> str:
+    """The identity of a distribution file as the public index compares
+    filenames: normalised name, normalised version, build tag and tag set.
+
+    ``pkg-2.0.0-py3-none-any.whl`` and ``Pkg-2.0-py3-none-any.whl`` name the
+    same file (PEP 440 versions, PEP 503 names), so "a filename is used once"
+    must compare these keys, not strings.  An sdist's key has no extension
+    (one sdist per release, as on PyPI).  A name that parses as neither
+    (an old egg, say) is its own key.
+    """
+    try:
+        if filename.endswith(".whl"):
+            name, version, build, tags = parse_wheel_filename(filename)
+            build_tag = "".join(str(part) for part in build)
+            tag_set = ",".join(sorted(str(tag) for tag in tags))
+            return f"wheel:{name}:{canonicalize_version(version)}:{build_tag}:{tag_set}"
+        if filename.endswith((".tar.gz", ".zip")):
+            name, version = parse_sdist_filename(filename)
+            return f"sdist:{name}:{canonicalize_version(version)}"
+    except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
+        pass
+    return f"file:{filename}"
 
 
 def is_sha256(value: object) -> bool:

@@ -780,6 +780,31 @@ class IndexContract:
         assert (await wait(index.get_project("once"))).files == ()
 
     @pytest_twisted.ensureDeferred
+    async def test_filenames_compare_as_the_public_index_compares_them(self, index: Any) -> None:
+        """Another spelling of a used filename (name, version, build and
+        tags normalised) is the same filename: used too, even after deletion."""
+        wheel = local_file("norm-2.0-py3-none-any.whl")
+        await wait(index.add_file("norm", wheel))
+        for other in ("norm-2.0.0-py3-none-any.whl", "Norm-2-PY3-none-ANY.whl", "NORM-02.0-py3-none-any.whl"):
+            assert await wait(index.used_filename(other)) == wheel.sha256
+            error = await wait_for_error(_FileExists, index.add_file, "norm", local_file(other))
+            assert error.sha256 == wheel.sha256
+        await wait(index.remove_file("norm", wheel.filename))
+        error = await wait_for_error(_FileExists, index.add_file, "norm", local_file("norm-2.0.0-py3-none-any.whl"))
+        assert error.sha256 == wheel.sha256
+        sdist = local_file("norm-1.1.tar.gz")
+        await wait(index.add_file("norm", sdist))
+        assert await wait(index.used_filename("norm-01.1.0.tar.gz")) == sdist.sha256
+        # Other tags, another build or another version are other files.
+        for free in ("norm-2.0-py2.py3-none-any.whl", "norm-2.0-1-py3-none-any.whl", "norm-2.0.1-py3-none-any.whl",
+                     "norm-1.1-py3-none-any.whl"):
+            assert await wait(index.used_filename(free)) is None
+            await wait(index.add_file("norm", local_file(free)))
+        assert [f.filename for f in (await wait(index.get_project("norm"))).files] == [
+            "norm-1.1.tar.gz", "norm-2.0-py2.py3-none-any.whl", "norm-2.0-1-py3-none-any.whl",
+            "norm-2.0.1-py3-none-any.whl", "norm-1.1-py3-none-any.whl"]
+
+    @pytest_twisted.ensureDeferred
     async def test_add_file_refuses_records_that_are_no_upload(self, index: Any) -> None:
         await wait_for_error(ValueError, index.add_file, "bad", index_file("bad-1.tar.gz"))
         await wait_for_error(ValueError, index.add_file, "bad",

@@ -428,3 +428,13 @@ async def test_delete_confirmation_prompt(monkeypatch: pytest.MonkeyPatch, capsy
         assert admin._confirm_factory(argparse.Namespace(yes=True, project="p"), reactor, None) is None
     finally:
         stop_context(context)
+
+
+def test_project_names_must_be_ascii(cli: CLI) -> None:
+    """``ſ`` and the Kelvin sign fold onto ASCII letters; PEP 508 names are ASCII."""
+    assert cli("user", "add", "bob", "--password-stdin", stdin=PASSWORD) == 0
+    for name in ("\u017fample", "\u212aiwi", "\u0130nfo"):
+        assert cli("project", "grant", name, "bob") == 1
+        assert "not a valid project name" in cli.err
+    assert cli("project", "maintainers", "\u212aiwi") == 1
+    assert cli("user", "add", "\u212aarl", "--password-stdin", stdin=PASSWORD) == 1

@@ -333,3 +333,15 @@ def test_provider_breaking_its_interface_gives_one_line(bare_context, monkeypatc
     message = str(info.value)
     assert message.startswith("storage.provider: 'hollow' built an object that does not provide IStorage")
     assert "\n" not in message
+
+
+
+def test_public_url():
+    assert parse({}).public_url is None
+    cfg = parse({"server": {"public_url": "https://pkgs.example.com/py"}})
+    assert cfg.public_url == "https://pkgs.example.com/py/"
+    assert parse({"server": {"public_url": "http://[::1]:8141/"}}).public_url == "http://[::1]:8141/"
+    for bad in ("pkgs.example.com", "ftp://pkgs.example.com/", "https://", "https://x/?a=1", "https://x/#f",
+                "https://user:pw@x/", "https://x/a b", "https://x:99999/", "https://x/\r\n"):
+        message = _error({"server": {"public_url": bad}})
+        assert message.startswith("server.public_url:"), message

@@ -431,3 +431,51 @@ async def test_form_with_a_huge_field_count_is_answered(hsrv):
     response = await raw_request(hsrv, "POST", "/api/projects/privproj/1.0/yank", body=body,
                                  headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
     assert response.status is not None and response.status < 500
+
+
+# ------------------------------------------------------- non-ASCII names
+
+#: Letters that Python's case folding maps onto ASCII (``ſ``→s, the Kelvin
+#: sign→k, ``İ``→i with IGNORECASE): PEP 508 names are ASCII, so none of them
+#: may pass for a project name, be sent upstream or land in a Location.
+NON_ASCII_NAMES = ["\u017fample", "\u212aiwi", "\u0130nfo", "tinypro\u0237", "tiny\u017fproj"]
+
+
+def test_normalize_refuses_non_ascii_letters():
+    from pypicache.model import InvalidName, normalize
+
+    for name in NON_ASCII_NAMES + ["Tiny\u212a", "\u0131nfo", "caf\u00e9", "\uff54inyproj"]:
+        with pytest.raises(InvalidName):
+            normalize(name)
+    assert normalize("Tiny_Proj.K") == "tiny-proj-k"
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_ascii_names_are_refused_on_every_route(hsrv, fake_upstream, tmp_path):
+    from urllib.parse import quote
+
+    kiwi = build_wheel(tmp_path / "kiwi", "kiwi", "1.0")
+    sample = build_wheel(tmp_path / "sample", "sample", "1.0")
+    before = await snapshot(hsrv)
+    fake_upstream.reset_log()
+    failures = []
+    for name in NON_ASCII_NAMES:
+        encoded = quote(name, safe="")
+        for method, path in (("GET", f"/simple/{encoded}/"), ("GET", f"/simple/{encoded}"),
+                             ("GET", f"/local/simple/{encoded}/"), ("GET", f"/files/{encoded}/{WHEEL}"),
+                             ("GET", f"/files/{encoded}/{WHEEL}.metadata"), ("GET", f"/local/files/{encoded}/{WHEEL}"),
+                             ("GET", f"/pypi/{encoded}/json"), ("GET", f"/pypi/{encoded}/1.0/json"),
+                             ("GET", f"/local/pypi/{encoded}/json"),
+                             ("POST", f"/api/projects/{encoded}/1.0/yank")):
+            body = b"reason=x" if method == "POST" else b""
+            response = await raw_request(hsrv, method, path, headers=AUTH, body=body)
+            if response.status is None or not 400 <= response.status < 500 or response.header("location"):
+                failures.append((method, name, path, response.status, response.header("location")))
+    assert failures == []
+    # An upload whose name field folds onto the filename's ASCII name is refused too.
+    response = await upload(hsrv, kiwi, name="\u212aiwi")
+    assert response.status == 400 and b"invalid project name" in response.body, response
+    response = await upload(hsrv, sample, name="\u017fample")
+    assert response.status == 400, response
+    assert await snapshot(hsrv) == before
+    assert fake_upstream.requests == []

@@ -383,13 +383,39 @@ async def test_version_1_database_is_upgraded(context: Any, opened: Any, tmp_pat
     opened(index)
     assert await wait(index.get_project("v1")) == saved
     assert await wait(index.get_project_list()) == (names, 2.0)
-    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) == 2
+    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) \
+        == sqlite.SCHEMA_VERSION
     assert await wait(index.used_filename(wheel.filename)) is None
     upload = local_file("v1-2.0.tar.gz")
     record = await wait(index.add_file("v1", upload))
     kept = attrs.evolve(wheel, stored=True, size=5, listed=False)
     assert record == ProjectRecord(name="v1", files=(kept, upload), origin="local")
     assert await wait(index.used_filename(upload.filename)) == upload.sha256
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_2_used_filenames_compare_normalised_after_upgrade(context: Any, opened: Any,
+                                                                         tmp_path: Path) -> None:
+    """Filenames used before the upgrade block their other spellings too."""
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    try:
+        for step in (1, 2):  # the schema exactly as version 2 wrote it
+            for statement in sqlite._MIGRATIONS[step]:
+                conn.execute(statement)
+        sha = "ab" * 32
+        conn.execute("INSERT INTO used_filenames (filename, sha256, project, upload_time) VALUES (?, ?, ?, ?)",
+                     ("old_pkg-2.0-py3-none-any.whl", sha, "old-pkg", None))
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    index = sqlite.factory.create({}, context)
+    opened(index)
+    assert await wait(index.used_filename("old_pkg-2.0-py3-none-any.whl")) == sha
+    assert await wait(index.used_filename("Old.Pkg-2.0.0-py3-none-any.whl")) == sha
+    assert await wait(index.used_filename("old_pkg-2.0-py2.py3-none-any.whl")) is None
+    error = await wait_for_error(FileExists, index.add_file, "old-pkg", local_file("old_pkg-2.0.0-py3-none-any.whl"))
+    assert error.sha256 == sha
 
 
 @pytest_twisted.ensureDeferred

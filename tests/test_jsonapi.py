@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import pytest_twisted
@@ -134,10 +135,11 @@ async def test_project_json_has_pypi_shape(api, fake_upstream):
     assert wheel["upload_time_iso_8601"].endswith("Z")
     assert wheel["has_sig"] is False and wheel["comment_text"] == ""
     assert wheel["yanked"] is False and wheel["yanked_reason"] is None
-    assert wheel["url"] == f"{api.root}/files/tinyproj/tinyproj-2.0-py3-none-any.whl"
+    # Relative to the request URL: nothing from the request's headers.
+    assert wheel["url"] == "../../files/tinyproj/tinyproj-2.0-py3-none-any.whl"
 
     # The URL is served by this server, with the advertised bytes.
-    response, content = await get(wheel["url"])
+    response, content = await get(urljoin(api.root + "/pypi/tinyproj/json", wheel["url"]))
     assert response.code == 200
     assert hashlib.sha256(content).hexdigest() == sha
 
@@ -164,7 +166,7 @@ async def test_version_endpoint(api):
     assert data["info"]["summary"] == "A tiny project"
     assert {f["filename"] for f in data["urls"]} == {"tinyproj-1.0-py3-none-any.whl", "tinyproj-1.0.tar.gz"}
     for f in data["urls"]:
-        assert f["url"].startswith(api.root + "/files/tinyproj/")
+        assert f["url"].startswith("../../../files/tinyproj/")
     # An equal spelling of the version finds the same release.
     response, body = await get(api.root + "/pypi/tinyproj/1.0.0/json")
     assert response.code == 200
@@ -278,7 +280,7 @@ async def test_local_view_shows_only_stored_files(api, fake_upstream):
     data = json.loads(body)
     assert list(data["releases"]) == ["2.0"]
     assert [f["filename"] for f in data["urls"]] == [wheel]
-    assert data["urls"][0]["url"] == f"{api.root}/local/files/tinyproj/{wheel}"
+    assert data["urls"][0]["url"] == f"../../files/tinyproj/{wheel}"
     assert data["info"]["summary"] == "A tiny project"
 
 
@@ -383,10 +385,10 @@ async def test_private_project_info_from_stored_metadata():
     assert info["description_content_type"] == "text/markdown"
     assert info["description"].startswith("# Private\n\nBody with </script>")
     assert info["requires_python"] == ">=3.9"
-    assert info["package_url"] == "http://pkgs.example:8080/simple/private-pkg/"
+    assert info["package_url"] == "../../simple/private-pkg/"
     # Private projects list every file (even an unlisted one); the .exe is skipped.
     (f,) = data["urls"]
-    assert f["url"] == "http://pkgs.example:8080/files/private-pkg/private_pkg-1.1-py3-none-any.whl"
+    assert f["url"] == "../../files/private-pkg/private_pkg-1.1-py3-none-any.whl"
     assert f["digests"] == {"md5": "0" * 32, "sha256": f["digests"]["sha256"], "blake2b_256": "b" * 64}
     assert f["md5_digest"] == "0" * 32
     assert f["upload_time"] == "2025-02-01T10:20:30"
@@ -426,6 +428,63 @@ async def test_relative_urls_without_a_usable_host():
     data = json.loads(await client.content(response))
     # Resolved against /pypi/private-pkg/1.1/json this is /files/private-pkg/...
     assert data["urls"][0]["url"] == "../../../files/private-pkg/private_pkg-1.1-py3-none-any.whl"
+
+
+# ------------------------------------------------------------ URLs and spoofed headers
+
+SPOOFED = {"Host": "evil.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
+           "X-Forwarded-Prefix": "/evil", "Forwarded": "host=evil.example;proto=https"}
+
+
+async def spoofed_get(server: Any, path: str, headers: dict[str, str]) -> Any:
+    from tests.test_faults import raw_request
+
+    lines = [f"GET {path} HTTP/1.1", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+    if "Host" not in headers:
+        lines.append("Host: 127.0.0.1")
+    return await raw_request(server, "GET", path, raw=("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_and_forwarded_headers_never_reach_the_urls(proxy, fake_upstream):  # noqa: F811
+    """The answer is cacheable, so nothing a client (or a cache's unkeyed
+    header) sends may shape it: URLs are relative to the request URL."""
+    honest = await spoofed_get(proxy, "/pypi/tinyproj/json", {})
+    assert honest.status == 200
+    for name, value in SPOOFED.items():
+        response = await spoofed_get(proxy, "/pypi/tinyproj/json", {name: value})
+        assert response.status == 200, (name, response.status)
+        assert b"evil" not in response.body and b"https:" not in response.body, name
+        assert response.body == honest.body and response.header("etag") == honest.header("etag")
+    data = json.loads(honest.body)
+    assert data["info"]["package_url"] == "../../simple/tinyproj/"
+    assert data["info"]["release_url"] == "../../pypi/tinyproj/2.0/json"
+    url = urljoin(proxy.root + "/pypi/tinyproj/json", data["urls"][0]["url"])
+    response, content = await get(url)
+    assert response.code == 200 and hashlib.sha256(content).hexdigest() == data["urls"][0]["digests"]["sha256"]
+    version = json.loads((await spoofed_get(proxy, "/pypi/tinyproj/1.0/json", SPOOFED)).body)
+    assert version["urls"][0]["url"].startswith("../../../files/tinyproj/tinyproj-1.0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_url_gives_absolute_urls_whatever_the_host(tmp_path, fake_upstream):
+    from tests.server import make_config, start_server
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url, public_url="https://pkgs.example.com/py"))
+    try:
+        bodies = set()
+        for headers in ({}, SPOOFED):
+            response = await spoofed_get(server, "/pypi/tinyproj/json", headers)
+            assert response.status == 200
+            bodies.add(response.body)
+        (body,) = bodies
+        data = json.loads(body)
+        assert data["info"]["package_url"] == "https://pkgs.example.com/py/simple/tinyproj/"
+        assert data["info"]["release_url"] == "https://pkgs.example.com/py/pypi/tinyproj/2.0/json"
+        assert {f["url"] for f in data["urls"]} == {
+            f"https://pkgs.example.com/py/files/tinyproj/{f['filename']}" for f in data["urls"]}
+    finally:
+        await server.stop()
 
 
 # ------------------------------------------------------------ helpers

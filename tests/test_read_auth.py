@@ -116,7 +116,19 @@ class Guarded:
 async def guarded(tmp_path: Path, fake_upstream: Any):
     """A server that wants credentials for reading, with user alice, her
     token, and one private project (acme-tools 1.0)."""
-    config = make_config(tmp_path, fake_upstream.url, access_log=True)
+    async for server in _guarded(tmp_path, fake_upstream, access_log=True):
+        yield server
+
+
+@pytest_twisted.async_yield_fixture
+async def guarded_fast(tmp_path: Path, fake_upstream: Any):
+    """The same, without an access log: the page fast path is in front."""
+    async for server in _guarded(tmp_path, fake_upstream, access_log=False):
+        yield server
+
+
+async def _guarded(tmp_path: Path, fake_upstream: Any, *, access_log: bool) -> Any:
+    config = make_config(tmp_path, fake_upstream.url, access_log=access_log)
     config = attrs.evolve(config, auth=attrs.evolve(config.auth, read="authenticated"))
     server = await start_server(config)
     try:
@@ -235,3 +247,57 @@ async def test_failed_logins_are_not_logged(guarded, tmp_path, log_capture):
     # and a successful upload with a token, for the "logged in" side of the log
     await upload(guarded, build_wheel(tmp_path / "d2", "acme-tools", "2.0"), ("__token__", guarded.token))
     log_capture.assert_never_logged(WRONG, PASSWORD, guarded.token, basic("alice", WRONG))
+
+
+def assert_private(response: Any, what: Any) -> None:
+    """Only the client that authenticated may keep it: no shared cache."""
+    cache_control = ",".join(response.headers.getRawHeaders("cache-control") or [])
+    directives = {d.strip().split("=")[0].lower() for d in cache_control.split(",") if d.strip()}
+    assert "private" in directives and "public" not in directives, (what, cache_control)
+    vary = ",".join(response.headers.getRawHeaders("vary") or [])
+    assert "authorization" in {v.strip().lower() for v in vary.split(",")}, (what, vary)
+
+
+@pytest_twisted.ensureDeferred
+async def test_protected_answers_are_private(guarded):
+    """With reads protected, no answer may tell a shared cache in front to
+    keep it (it would serve it to anyone): pages, JSON, files, metadata,
+    304s, ranges, errors and challenges are all ``private`` and vary on
+    Authorization; max-age is kept."""
+    await check_private_answers(guarded)
+
+
+@pytest_twisted.ensureDeferred
+async def test_protected_answers_are_private_on_the_fast_path(guarded_fast):
+    await check_private_answers(guarded_fast)
+
+
+async def check_private_answers(server: Any) -> None:
+    auth = "Basic " + basic("alice", PASSWORD)
+    for param in READS:
+        path, accept, _ = param.values
+        for _ in range(2):  # the second time from the caches (and the fast path)
+            response, _body = await get(server, path, accept, auth)
+            assert response.code == 200
+            assert_private(response, path)
+        if path.startswith(("/simple/", "/local/simple/", "/pypi/")):
+            cache_control = response.headers.getRawHeaders("cache-control")[0]
+            assert "max-age=60" in cache_control, (path, cache_control)
+        etag = response.headers.getRawHeaders("etag")
+        if etag and ("simple/" in path or "/pypi/" in path):
+            again = await treq.get(server.root + path, headers={"accept": [accept], "authorization": [auth],
+                                                                "if-none-match": etag}, persistent=False,
+                                   timeout=TIMEOUT)
+            await treq.content(again)
+            assert again.code == 304, path
+            assert_private(again, path + " (304)")
+    response = await treq.get(f"{server.root}/files/acme-tools/{PRIVATE_WHEEL}",
+                              headers={"authorization": [auth], "range": ["bytes=-10"]}, persistent=False,
+                              timeout=TIMEOUT)
+    assert response.code == 206 and len(await treq.content(response)) == 10
+    assert_private(response, "range")
+    assert "max-age=31536000" in response.headers.getRawHeaders("cache-control")[0]
+    for path, code in (("/simple/no-such-project-here/", 404), ("/simple/acme-tools/", 401)):
+        response, _body = await get(server, path, "text/html", auth if code != 401 else None)
+        assert response.code in (code, 503), path
+        assert_private(response, path)

@@ -451,6 +451,22 @@ def _(tmp_path: Path) -> Form:
     return form(good_wheel(tmp_path), description="x" * (1024 * 1024 + 1))
 
 
+@rule("markup-in-wheel-tags", "invalid wheel tag", "acme_tools-1.0-py3-none-any><svg onload=alert(1)>.whl")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), "acme_tools-1.0-py3-none-any><svg onload=alert(1)>.whl")
+
+
+@rule("quote-in-wheel-tags", "invalid wheel tag", 'acme_tools-1.0-py3-none-any"><svg onload=alert(1)>.whl')
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), file_param=b"filename*=UTF-8''acme_tools-1.0-py3-none-any%22%3E%3Csvg%20"
+                                                 b"onload%3Dalert(1)%3E.whl")
+
+
+@rule("bad-abi-tag", "invalid wheel tag", "acme_tools-1.0-py3-no%ne-any.whl")
+def _(tmp_path: Path) -> Form:
+    return form(good_wheel(tmp_path), "acme_tools-1.0-py3-no%ne-any.whl")
+
+
 @pytest.mark.parametrize("rule_id", list(RULES))
 @pytest_twisted.ensureDeferred
 async def test_rule(server, tmp_path, rule_id):
@@ -671,3 +687,43 @@ async def test_identical_reupload_restores_a_lost_file(server, tmp_path):
     before = blob_files(server)
     assert (await post(server, form(data))).code == 200
     assert blob_files(server) == before
+
+
+# ------------------------------------------------------------ a file is named once, as PyPI compares names
+
+
+async def delete_file(server: RunningServer, filename: str) -> None:
+    response = await treq.request("DELETE", f"{server.root}/api/projects/{NAME}/{filename}",
+                                  auth=("alice", PASSWORD), persistent=False, timeout=TIMEOUT)
+    await treq.content(response)
+    assert response.code == 200, response.code
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_spelling_of_a_used_filename_is_409(server, tmp_path):
+    """``2.0.0`` is ``2.0``, ``01.1`` is ``1.1``, tags and name compare
+    normalised: the same (name, version, build, tags) is one filename, used
+    once, even after deletion."""
+    first = build_wheel(tmp_path / "a", NAME, "2.0").read_bytes()
+    assert (await post(server, form(first, "acme_tools-2.0-py3-none-any.whl", version="2.0"))).code == 200
+    await delete_file(server, "acme_tools-2.0-py3-none-any.whl")
+    other = build_wheel(tmp_path / "b", NAME, "2.0.0", summary="other bytes").read_bytes()
+    for filename in ("acme_tools-2.0.0-py3-none-any.whl", "Acme.Tools-2-py3-none-any.whl",
+                     "acme_tools-2.0-PY3-none-ANY.whl"):
+        answer = await refused(server, form(other, filename, version="2.0.0"), 409, "File already exists",
+                               filename=filename)
+        assert answer.code == 409
+
+    one = build_wheel(tmp_path / "c", NAME, "1.1").read_bytes()
+    assert (await post(server, form(one, "acme_tools-1.1-py3-none-any.whl", version="1.1"))).code == 200
+    again = build_wheel(tmp_path / "d", NAME, "01.1", summary="other bytes").read_bytes()
+    await refused(server, form(again, "acme_tools-01.1-py3-none-any.whl", version="01.1"), 409,
+                  "File already exists", filename="acme_tools-01.1-py3-none-any.whl")
+    # Other tags, another build number or an sdist are other files.
+    sdist = build_sdist(tmp_path / "e", NAME, "1.1").read_bytes()
+    assert (await post(server, form(sdist, "acme_tools-1.1.tar.gz", version="1.1"))).code == 200
+    zipped = build_sdist(tmp_path / "f", NAME, "1.1.0").read_bytes()
+    await refused(server, form(zipped, "acme_tools-1.1.0.tar.gz", version="1.1.0"), 409, "File already exists",
+                  filename="acme_tools-1.1.0.tar.gz")
+    record = await server.app.index.get_project(NAME)
+    assert [f.filename for f in record.files] == ["acme_tools-1.1-py3-none-any.whl", "acme_tools-1.1.tar.gz"]

@@ -32,6 +32,7 @@ from pypicache.model import (
     ProjectPage,
     ProjectRecord,
     Validators,
+    file_key,
 )
 from pypicache.providers import check_options
 
@@ -47,7 +48,7 @@ class MemoryIndex:
     def __init__(self) -> None:
         self._projects: dict[str, ProjectRecord] = {}
         self._project_list: tuple[ProjectList, float] | None = None
-        #: Every filename ever uploaded -> its sha256 (never shrinks).
+        #: Every filename ever uploaded, as its file_key -> its sha256 (never shrinks).
         self._used: dict[str, str] = {}
 
     def get_project(self, name: str) -> defer.Deferred:
@@ -96,11 +97,12 @@ class MemoryIndex:
 
     def _add_file(self, name: str, upload: FileRecord) -> ProjectRecord:
         sha256 = check_upload(upload)
-        used = self._used.get(upload.filename)
+        key = file_key(upload.filename)
+        used = self._used.get(key)
         if used is not None:
             raise FileExists(upload.filename, used)
         record = self._projects[name] = with_upload(self._projects.get(name), name, upload)
-        self._used[upload.filename] = sha256
+        self._used[key] = sha256
         return record
 
     def create_project(self, name: str, origin: str) -> defer.Deferred:
@@ -111,7 +113,7 @@ class MemoryIndex:
         return record
 
     def used_filename(self, filename: str) -> defer.Deferred:
-        return defer.succeed(self._used.get(filename))
+        return defer.succeed(self._used.get(file_key(filename)))
 
     def remove_file(self, name: str, filename: str) -> defer.Deferred:
         return defer.maybeDeferred(self._remove_file, name, filename)

@@ -19,6 +19,7 @@ import attrs
 from twisted.logger import Logger
 
 from pypicache.model import (
+    file_key,
     BlobInfo,
     FileExists,
     FileRecord,
@@ -280,12 +281,17 @@ def with_upload(record: ProjectRecord | None, name: str, upload: FileRecord) -> 
     new file goes last.  Raises ValueError for a record that is no upload
     (:func:`check_upload`) and :class:`FileExists` (with that file's sha256)
     when the project still holds a file of that name, whatever its origin:
-    an upload never replaces a file.  Whether the filename was used before
-    anywhere else is for the provider to check first.
+    an upload never replaces a file.  Names compare as the public index
+    compares them (:func:`pypicache.model.file_key`: ``2.0`` is ``2.0.0``).
+    Whether the filename was used before anywhere else is for the provider
+    to check first.
     """
     check_upload(upload)
     base = ProjectRecord(name=name, origin=LOCAL) if record is None else privatised(record)
     clash = base.file(upload.filename)
+    if clash is None:
+        key = file_key(upload.filename)
+        clash = next((f for f in base.files if file_key(f.filename) == key), None)
     if clash is not None:
         raise FileExists(upload.filename, clash.sha256)
     upload = attrs.evolve(

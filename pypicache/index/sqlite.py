@@ -10,7 +10,8 @@ What each operation *means* is defined once, by the pure functions in
 :mod:`pypicache.index.rules`; this module loads a record, applies one and
 writes the result, each call inside one transaction.  The one piece of
 state beyond the projects is the register of used filenames (table
-``used_filenames``): a filename, once uploaded, is never accepted again.
+``used_filenames``): a filename, once uploaded, is never accepted again, nor
+any other spelling of it (column ``file_key``, see pypicache.model.file_key).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pypicache.model import (
     ProjectPage,
     ProjectRecord,
     Validators,
+    file_key,
 )
 from pypicache.providers import check_options
 
@@ -61,13 +63,21 @@ T = TypeVar("T")
 
 #: PRAGMA user_version this code writes.  Bump it and add a step to
 #: ``_MIGRATIONS`` to change the schema; older files are upgraded on open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Milliseconds a statement waits for another process's lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 
-#: Step ``n`` takes a database from version ``n - 1`` to ``n``.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+def _fill_file_keys(conn: sqlite3.Connection) -> None:
+    """Give every used filename recorded before version 3 its file_key."""
+    rows = conn.execute("SELECT filename FROM used_filenames").fetchall()
+    conn.executemany("UPDATE used_filenames SET file_key = ? WHERE filename = ?",
+                     [(file_key(filename), filename) for (filename,) in rows])
+
+
+#: Step ``n`` takes a database from version ``n - 1`` to ``n``: SQL
+#: statements, or functions of the connection for what SQL cannot compute.
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
         """CREATE TABLE projects (
             name TEXT PRIMARY KEY,
@@ -113,6 +123,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             project TEXT NOT NULL,
             upload_time TEXT
         ) WITHOUT ROWID""",
+    ),
+    # Filenames compare as the public index compares them: 2.0 is 2.0.0.
+    # Not unique: databases from before may hold two spellings already.
+    3: (
+        "ALTER TABLE used_filenames ADD COLUMN file_key TEXT",
+        _fill_file_keys,
+        "CREATE INDEX used_filenames_by_key ON used_filenames (file_key)",
     ),
 }
 
@@ -193,7 +210,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
                                f"understands ({SCHEMA_VERSION})")
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[step]:
-                conn.execute(statement)
+                if isinstance(statement, str):
+                    conn.execute(statement)
+                else:
+                    statement(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     if version < SCHEMA_VERSION:
         log.info("index: schema upgraded from {old} to {new}", old=version, new=SCHEMA_VERSION)
@@ -364,8 +384,8 @@ def _q_mark(conn: sqlite3.Connection, how: Callable, name: str, filename: str,
 
 
 def _q_used_filename(conn: sqlite3.Connection, filename: str) -> str | None:
-    row = conn.execute("SELECT sha256 FROM used_filenames WHERE filename = ?",
-                       (filename,)).fetchone()
+    row = conn.execute("SELECT sha256 FROM used_filenames WHERE file_key = ? ORDER BY filename = ? DESC LIMIT 1",
+                       (file_key(filename), filename)).fetchone()
     return None if row is None else row[0]
 
 
@@ -383,8 +403,9 @@ def _q_add_file(conn: sqlite3.Connection, name: str, upload: FileRecord) -> Proj
             _append_file(conn, name, record.files[-1])
         else:
             _write_project(conn, record)
-        conn.execute("INSERT INTO used_filenames (filename, sha256, project, upload_time) "
-                     "VALUES (?, ?, ?, ?)", (upload.filename, sha256, name, upload.upload_time))
+        conn.execute("INSERT INTO used_filenames (filename, sha256, project, upload_time, file_key) "
+                     "VALUES (?, ?, ?, ?, ?)", (upload.filename, sha256, name, upload.upload_time,
+                                                file_key(upload.filename)))
     return record
 
 

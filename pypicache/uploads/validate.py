@@ -62,6 +62,10 @@ MAX_UNPACKED_BYTES = 2 * 1024 * 1024 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+#: One part of a wheel's compressed tag set (PEP 425: "py2.py3", "none",
+#: "manylinux_2_17_x86_64"): what packaging.tags produces, and nothing that
+#: could carry markup or a quote into a page.
+_TAG_PART = re.compile(r"[A-Za-z0-9_]+", re.ASCII)
 
 
 @attrs.frozen
@@ -206,7 +210,12 @@ def _parse_filename(filename: str) -> tuple[str, str, Version, str]:
             name, version, _build, _tags = parse_wheel_filename(filename)
         except ValueError as e:
             raise UploadError(400, f"invalid wheel filename {filename!r}") from e
-        return WHEEL, str(name), version, filename[:-4].split("-")[-3]
+        tag_fields = filename[:-4].split("-")[-3:]
+        for part in (p for field in tag_fields for p in field.split(".")):
+            if not _TAG_PART.fullmatch(part):
+                raise UploadError(400, f"invalid wheel tag {part[:50]!r} in {filename!r}: tags are "
+                                       "letters, digits and '_' (PEP 425)")
+        return WHEEL, str(name), version, tag_fields[0]
     if filename.endswith((".tar.gz", ".zip")):
         try:
             name, version = parse_sdist_filename(filename)

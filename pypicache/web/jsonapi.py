@@ -19,6 +19,12 @@ all that clients comparing serials rely on.
 
 Rendered bodies are cached like pages (pypicache.web.simple.PageCache), valid
 while the project's files tuple is the very same object.
+
+URLs in an answer (files, ``package_url``, ``release_url``) are relative to
+the request URL, or absolute under ``[server] public_url`` when configured.
+They never come from ``Host`` or ``X-Forwarded-*``: the answer is cacheable
+(here and by any shared cache in front), so a header that a cache does not
+key on must not shape it.
 """
 
 from __future__ import annotations
@@ -72,8 +78,6 @@ _READ_CHUNK = 64 * 1024
 #: rather than make every request wait for the upstream again.
 METADATA_RETRY_SECONDS = 60.0
 
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
-                   r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 _EGG = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(?:-py(?P<py>[0-9.]+))?(?:-[^-]+)?\.egg$")
 _OTHER_SDIST = (".tar.bz2", ".tar.xz", ".tgz", ".tar")
 _FOLD = re.compile(r"\r?\n[ \t]+")
@@ -368,8 +372,11 @@ class JsonAPI(Resource):
     isLeaf = True
 
     def __init__(self, mirror: Mirror, storage: Any, downloader: Any, local: bool = False, *,
-                 pages: PageCache | None = None, parsed_cache_size: int = 1024) -> None:
+                 pages: PageCache | None = None, parsed_cache_size: int = 1024,
+                 public_url: str | None = None) -> None:
         super().__init__()
+        #: "https://host/prefix/" (validated by pypicache.config), or None for relative URLs.
+        self.public_url = public_url
         self.mirror = mirror
         self.storage = storage
         self.downloader = downloader
@@ -446,8 +453,7 @@ class JsonAPI(Resource):
         files = visible(record, self.local)
         if self.local and not files:
             raise HTTPError(404, "Not Found")
-        root, depth_root = self._roots(request)
-        base = root if root is not None else depth_root + ("../" if version is not None else "")
+        base = self._base(request, version is not None)
         key = ("pypi-json", self.view, name, str(version) if version is not None else None, base)
         page = self.pages.get(key, record.files)
         if page is None:
@@ -462,22 +468,15 @@ class JsonAPI(Resource):
             request.setHeader(b"x-pypicache-stale", b"true")
         self._send(request, page, key)
 
-    def _roots(self, request: Any) -> tuple[str | None, str]:
-        """(absolute URL of the view's root, or None) and the relative one.
-
-        The view's root is the path above ``pypi/``: ``/`` or ``/local/``.
-        The absolute form is built from the Host header (and
-        X-Forwarded-Proto, for a TLS-terminating proxy); a missing or odd
-        Host leaves relative URLs, which clients resolve against this URL.
-        """
-        relative = "../../"
-        host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
-        if not host or not _HOST.match(host):
-            return None, relative
-        proto = (request.getHeader(b"x-forwarded-proto") or b"").decode("latin-1").split(",")[0].strip().lower()
-        scheme = proto if proto in ("http", "https") else ("https" if request.isSecure() else "http")
-        prefix = "/" + "".join(quote(p.decode("utf-8", "replace"), safe="") + "/" for p in request.prepath[:-1])
-        return f"{scheme}://{host}{prefix}", relative
+    def _base(self, request: Any, with_version: bool) -> str:
+        """The URL of the view's root (the path above ``pypi/``: ``/`` or
+        ``/local/``): under ``public_url`` when configured, else relative
+        to this request's URL, which clients resolve it against.  Never
+        from request headers (see the module's docstring)."""
+        if self.public_url is None:
+            return "../../../" if with_version else "../../"
+        return self.public_url + "".join(quote(p.decode("utf-8", "replace"), safe="") + "/"
+                                         for p in request.prepath[:-1])
 
     async def _build(self, name: str, record: ProjectRecord, files: tuple[FileRecord, ...],
                      version: Version | None, base: str) -> tuple[bytes, int, bool] | None:

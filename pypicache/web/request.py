@@ -9,6 +9,9 @@
   with 413.
 * With ``[auth] read = "authenticated"`` every request is authenticated before
   it is routed; the upload and management routes check credentials themselves.
+  Every answer then says ``Cache-Control: private`` and ``Vary: Authorization``
+  (set here, as the headers go out, so no route can forget it): a shared
+  cache in front must never hand a protected answer to someone else.
 """
 
 from __future__ import annotations
@@ -39,8 +42,21 @@ def _path_of(raw: bytes) -> bytes:
     return raw.split(b"?", 1)[0]
 
 
+def make_private(headers: Any) -> None:
+    """Turn a response's cache headers private (max-age and the rest kept)
+    and add ``Authorization`` to ``Vary``."""
+    directives = [d.strip() for v in headers.getRawHeaders(b"cache-control", []) for d in v.split(b",")]
+    directives = [d for d in directives if d and d.lower() not in (b"public", b"private")]
+    headers.setRawHeaders(b"cache-control", [b", ".join(directives + [b"private"])])
+    vary = [v.strip() for value in headers.getRawHeaders(b"vary", []) for v in value.split(b",") if v.strip()]
+    if b"authorization" not in (v.lower() for v in vary):
+        headers.setRawHeaders(b"vary", [b", ".join(vary + [b"Authorization"])])
+
+
 class PyPICacheRequest(Request):
     is_upload = False
+    #: Reads need credentials: every answer is made private (see make_private).
+    private = False
 
     def __init__(self, channel: Any, *args: Any, **kw: Any) -> None:
         # Passed, not set as a class attribute: Request.__init__ assigns the
@@ -50,8 +66,14 @@ class PyPICacheRequest(Request):
         kw["parsePOSTFormSubmission"] = False
         super().__init__(channel, *args, **kw)
 
+    def write(self, data: bytes) -> None:
+        if self.private and not self.startedWriting:
+            make_private(self.responseHeaders)
+        super().write(data)
+
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
+        self.private = getattr(site, "read_gate", None) is not None
         path = _path_of(getattr(self.channel, "_path", b"") or b"")
         self.is_upload = path in UPLOAD_PATHS
         if self.is_upload:
