@@ -91,8 +91,16 @@ def _carry_state(prior: FileRecord | None, new: FileRecord) -> FileRecord:
 
 
 def merge_upstream_page(old: ProjectRecord | None, page: ProjectPage,
-                        refreshed_at: float) -> ProjectRecord:
+                        refreshed_at: float, merge: bool = False) -> ProjectRecord:
     """The record that results from saving ``page`` over ``old``.
+
+    A page never enters a private project (``old.origin == "local"``)
+    unless ``merge`` says the name is listed in ``[uploads] merge``: then
+    ``old`` itself is returned, unchanged.  A refresh that was already on
+    its way when the first upload made the name private would otherwise
+    list (and serve) the upstream's files under the private name for good.
+    Providers apply this function inside the transaction that writes the
+    result, so the check and the write see the same record.
 
     The page governs the upstream files only.  Order: first the upstream
     files the page lists, in the page's order; then every file the page does
@@ -110,6 +118,8 @@ def merge_upstream_page(old: ProjectRecord | None, page: ProjectPage,
     the list from the filenames instead).  Validators, refresh time and
     page-level ``meta`` always come from the page.
     """
+    if old is not None and old.origin == LOCAL and not merge:
+        return old
     previous = {f.filename: f for f in old.files} if old is not None else {}
     origin = UPSTREAM if old is None else old.origin
     files: list[FileRecord] = []
