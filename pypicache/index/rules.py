@@ -16,6 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
 from twisted.logger import Logger
 
 from pypicache.model import (
@@ -324,3 +332,64 @@ def with_origin(record: ProjectRecord | None, name: str, origin: str) -> Project
         return record
     return attrs.evolve(record, origin=origin,
                         versions=None if origin == LOCAL else record.versions)
+
+
+# ------------------------------------------------------ yank, unyank, delete
+
+
+class NoUploadedFile(LookupError):
+    """A yank/unyank/delete target that names no uploaded file.
+
+    ``upstream`` is True when it names a file that came from the upstream
+    (a conflict with the rule, not an unknown file).
+    """
+
+    def __init__(self, message: str, *, upstream: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream = upstream
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _filename_version(filename: str) -> tuple[str, Version] | None:
+    try:
+        if filename.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(filename)
+        else:
+            name, version = parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return str(canonicalize_name(name)), version
+
+
+def uploaded_files(record: ProjectRecord, target: str) -> list[FileRecord]:
+    """The uploaded files of ``record`` that ``target`` names: the one rule
+    for yank, unyank and delete, over HTTP and with the admin command.
+
+    ``target`` is an exact filename, or else a version: every uploaded file
+    whose filename (parsed with packaging.utils) has that version.  Files
+    cached from the upstream are never matched: the next refresh would undo
+    a yank, and deleting them here would not remove them upstream.  Raises
+    :class:`NoUploadedFile` when nothing matches.
+    """
+    exact = record.file(target)
+    if exact is not None:
+        if exact.origin != LOCAL:
+            raise NoUploadedFile(f"{target} was not uploaded here (it comes from the upstream)", upstream=True)
+        return [exact]
+    try:
+        version = Version(target)
+    except InvalidVersion:
+        raise NoUploadedFile(f"{record.name} has no file named {target!r} (and it is not a version)") from None
+    found = []
+    for f in record.files:
+        if f.origin != LOCAL:
+            continue
+        parsed = _filename_version(f.filename)
+        if parsed is not None and parsed[0] == record.name and parsed[1] == version:
+            found.append(f)
+    if not found:
+        raise NoUploadedFile(f"{record.name} has no uploaded file of version {target}")
+    return found
