@@ -273,8 +273,9 @@ def privatised(record: ProjectRecord) -> ProjectRecord:
     """``record`` turned private (unchanged when it already is).
 
     The upstream no longer governs the name: its unstored files are dropped
-    (we cannot serve them), stored ones are kept but unlisted (still served
-    by file URL, for lock files that name them; private pages hide them).
+    (we cannot serve them), stored ones are kept but unlisted: no view shows
+    or serves them (:mod:`pypicache.visibility`) unless the name later opts
+    in to merging.
     The upstream bookkeeping goes too -- validators, refresh time, versions
     and page meta -- so that should the name later opt in to merging, the
     first upstream fetch is a full one rather than a 304 against files we
