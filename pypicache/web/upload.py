@@ -4,8 +4,9 @@ The order of checks is the order of cost: credentials first (401), then the
 spooled body is parsed and validated in the thread pool (400/413), then the
 ownership rules (403), then the filename rules (200 for an identical re-upload
 so retries are safe, 409 "already exists" for anything else under a used
-filename), and only then is anything stored: the METADATA blob, the file blob,
-and last the index row that makes them visible.
+filename), and only then is anything stored: the first uploader's grant of a
+new name, the METADATA blob, the file blob, and last the index row that makes
+them visible (the grant is taken back if that row is not written).
 """
 
 from __future__ import annotations
