@@ -717,6 +717,11 @@ class Accounts:
         """Deferred firing with None once ``user`` maintains ``project``."""
         return self._call(self.store.grant, project, user)
 
+    def revoke(self, project: str, user: str) -> defer.Deferred:
+        """Deferred firing with True once ``user`` no longer maintains
+        ``project`` (False if they did not)."""
+        return self._call(self.store.revoke, project, user)
+
     def close(self) -> defer.Deferred:
         """Finish queued calls, close the database, stop the thread."""
         if self._closed:

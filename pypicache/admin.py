@@ -20,15 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    canonicalize_name,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
-from packaging.version import InvalidVersion, Version
-
 from pypicache import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.model import FileRecord, InvalidName, normalize
@@ -267,43 +258,15 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
 
 
 def files_matching(project: Any, target: str) -> list[FileRecord]:
-    """The uploaded files of ``project`` (a ProjectRecord) that ``target`` names.
+    """The uploaded files of ``project`` (a ProjectRecord) that ``target``
+    names, by the rule the HTTP route follows too
+    (:func:`pypicache.index.rules.uploaded_files`); CommandError if none."""
+    from pypicache.index.rules import NoUploadedFile, uploaded_files
 
-    ``target`` is an exact filename, or else a version: every uploaded file
-    whose filename (parsed with packaging.utils) has that version.  Files
-    cached from the upstream are never matched: the next refresh would undo
-    a yank, and deleting them here would not remove them upstream.
-    """
-    exact = project.file(target)
-    if exact is not None:
-        if exact.origin != "local":
-            raise CommandError(f"{target} was not uploaded here (it comes from the upstream)")
-        return [exact]
     try:
-        version = Version(target)
-    except InvalidVersion:
-        raise CommandError(f"{project.name} has no file named {target!r} (and it is not a version)") from None
-    found = []
-    for record in project.files:
-        if record.origin != "local":
-            continue
-        parsed = _filename_version(record.filename)
-        if parsed is not None and parsed[0] == project.name and parsed[1] == version:
-            found.append(record)
-    if not found:
-        raise CommandError(f"{project.name} has no uploaded file of version {target}")
-    return found
-
-
-def _filename_version(filename: str) -> tuple[str, Version] | None:
-    try:
-        if filename.endswith(".whl"):
-            name, version, _, _ = parse_wheel_filename(filename)
-        else:
-            name, version = parse_sdist_filename(filename)
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return None
-    return str(canonicalize_name(name)), version
+        return uploaded_files(project, target)
+    except NoUploadedFile as e:
+        raise CommandError(str(e)) from None
 
 
 async def catalog_action(index: Any, action: str, project_name: str, target: str, *,

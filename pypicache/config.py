@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import attrs
@@ -41,14 +42,25 @@ class ProviderConfig:
     options: Mapping[str, Any] = attrs.field(factory=dict)
 
 
+def _claim_table(value: Any) -> Mapping[str, frozenset[str]]:
+    """``claim`` as name -> owners; a plain collection of names (the list
+    form) claims each name without owners."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({name: frozenset(owners) for name, owners in value.items()})
+    return MappingProxyType({name: frozenset() for name in value})
+
+
 @attrs.frozen
 class UploadConfig:
     """Who may upload what (docs/uploading.md, docs/security.md)."""
 
     enabled: bool = True
     max_size: int = 100 * 1024 * 1024
-    #: Names that may be created privately although the upstream has them.
-    claim: frozenset[str] = frozenset()
+    #: Names that may be created privately although the upstream has them,
+    #: each with the users who own it.  A name claimed without owners (the
+    #: list form) is created only by a user granted with ``pypicache
+    #: project grant`` (or an admin): no ordinary user wins it by racing.
+    claim: Mapping[str, frozenset[str]] = attrs.field(factory=dict, converter=_claim_table)
     #: Private names whose upstream files are listed too (opt-in mixing).
     merge: frozenset[str] = frozenset()
 
@@ -249,9 +261,34 @@ def _uploads(table: Any) -> UploadConfig:
         elif key == "max_size":
             _check_type("uploads.max_size", value, int)
             kwargs[key] = int(_positive("uploads.max_size", value))
+        elif key == "claim" and isinstance(value, dict):
+            kwargs[key] = _owned_claims(value)
         else:
             kwargs[key] = _names(f"uploads.{key}", value)
     return UploadConfig(**kwargs)
+
+
+def _owned_claims(table: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """``[uploads.claim]``: project name = [owner user names]."""
+    from pypicache.accounts import AccountError, normalize_user
+    from pypicache.model import InvalidName, normalize
+
+    claims: dict[str, frozenset[str]] = {}
+    for name, owners in table.items():
+        where = f"uploads.claim.{name}"
+        try:
+            project = normalize(name)
+        except InvalidName as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if project in claims:
+            raise ConfigError(f"{where}: {project} is claimed twice")
+        if not isinstance(owners, list) or not all(isinstance(o, str) for o in owners):
+            raise ConfigError(f"{where}: expected a list of user names (its owners)")
+        try:
+            claims[project] = frozenset(normalize_user(o) for o in owners)
+        except AccountError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return claims
 
 
 def _auth(table: Any) -> AuthConfig:

@@ -208,12 +208,18 @@ class IIndex(Interface):
         """Deferred firing with a sorted list of normalised names of every
         project that has a record."""
 
-    def save_upstream_page(page, refreshed_at):
+    def save_upstream_page(page, refreshed_at, merge=False):
         """Replace a project's upstream-listed files with those of ``page``.
 
         Files that are stored keep their ``stored``/``metadata_stored`` state;
         a stored file the upstream no longer lists is kept with
         ``listed=False``; other unlisted files are dropped.
+        :param merge: True when the name is listed in ``[uploads] merge``.
+            Unless it is, a page for a private project (``origin="local"``)
+            is dropped and the stored record returned unchanged -- checked
+            in the same transaction as the write, since an upload may have
+            made the name private while the page was being fetched
+            (:func:`pypicache.index.rules.merge_upstream_page` does both).
         :return: Deferred firing with the new ProjectRecord.
         """
 

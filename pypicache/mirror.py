@@ -243,7 +243,9 @@ class Mirror:
         except Exception as e:  # a provider bug must not become a 500 traceback loop
             log.failure("upstream provider failed for {project}", project=name)
             raise UpstreamError(f"upstream provider error: {e}") from e
-        record = await self.index.save_upstream_page(page, now)
+        # The index drops the page if an upload made the name private
+        # meanwhile (and it is not merged): then the private record returns.
+        record = await self.index.save_upstream_page(page, now, name in self.merge)
         if current is not None and current.files == record.files:
             record = attrs.evolve(record, files=current.files)
         return self.remember(record)

@@ -917,7 +917,7 @@ class IndexContract:
         old, older = index_file("mg-0.9.tar.gz"), index_file("mg-0.8.tar.gz")
         page = index_page("mg", old, theirs, older, validators=_Validators("e1", None),
                           versions=("0.8", "0.9", "1.0"), meta={"tracks": ["https://x.example/"]})
-        record = await wait(index.save_upstream_page(page, 5.0))
+        record = await wait(index.save_upstream_page(page, 5.0, True))
         # Upstream files in the page's order, then ours.
         assert record == _ProjectRecord(name="mg", files=(old, older, ours),
                                         validators=_Validators("e1", None), refreshed_at=5.0,
@@ -930,7 +930,7 @@ class IndexContract:
         newer = local_file("mg-1.1.tar.gz")
         await wait(index.add_file("mg", newer))
         newest = index_file("mg-2.0.tar.gz")
-        record = await wait(index.save_upstream_page(index_page("mg", newest, theirs), 6.0))
+        record = await wait(index.save_upstream_page(index_page("mg", newest, theirs), 6.0, True))
         # The files the page does not govern keep their previous order.
         assert record.files == (newest, _attrs.evolve(old, stored=True, size=9, listed=False),
                                 ours, newer)
@@ -939,6 +939,27 @@ class IndexContract:
         # 304s on a merged project work as on any other.
         record = await wait(index.mark_refreshed("mg", 7.0, None))
         assert record.origin == "local" and record.refreshed_at == 7.0
+
+    @pytest_twisted.ensureDeferred
+    async def test_upstream_page_never_enters_an_unmerged_private_project(self, index: Any) -> None:
+        # A refresh that was on its way when the first upload made the name
+        # private: the page is dropped, the private record stays as it was.
+        cached = index_file("pv-0.9.tar.gz")
+        await wait(index.save_upstream_page(index_page("pv", cached), 1.0))
+        await wait(index.mark_stored("pv", cached.filename, _BlobInfo(cached.sha256, 3)))
+        ours = local_file("pv-1.0.tar.gz")
+        private = await wait(index.add_file("pv", ours))
+        late = index_page("pv", index_file("pv-2.0.tar.gz"), cached, validators=_Validators("e", None),
+                          versions=("0.9", "2.0"), meta={"tracks": ["https://x.example/"]})
+        for merge in ((), (False,)):
+            record = await wait(index.save_upstream_page(late, 2.0, *merge))
+            assert record == private
+            assert await wait(index.get_project("pv")) == private
+        # A name created private by create_project too.
+        empty = await wait(index.create_project("pv-empty", "local"))
+        assert await wait(index.save_upstream_page(index_page("pv-empty", index_file("pv_empty-1.tar.gz")),
+                                                   3.0)) == empty
+        assert await wait(index.get_project("pv-empty")) == empty
 
     @pytest_twisted.ensureDeferred
     async def test_upstream_page_keeps_local_files_of_upstream_project(self, index: Any) -> None:

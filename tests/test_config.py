@@ -345,3 +345,25 @@ def test_public_url():
                 "https://user:pw@x/", "https://x/a b", "https://x:99999/", "https://x/\r\n"):
         message = _error({"server": {"public_url": bad}})
         assert message.startswith("server.public_url:"), message
+
+
+def test_claim_table_names_owners_and_the_list_form_still_works():
+    doc = tomllib.loads('[uploads.claim]\n"Acme_Requests" = ["Alice", "bob"]\nempty = []\n')
+    claim = parse(doc, source="<test>").uploads.claim
+    assert dict(claim) == {"acme-requests": frozenset({"alice", "bob"}), "empty": frozenset()}
+    listed = parse({"uploads": {"claim": ["Acme.Tools"]}}, source="<test>").uploads.claim
+    assert dict(listed) == {"acme-tools": frozenset()}  # claimed, no owner: granted users only
+    assert dict(Config().uploads.claim) == {}
+
+
+@pytest.mark.parametrize("claim, where, what", [
+    ({"acme": "alice"}, "uploads.claim.acme", "list of user names"),
+    ({"acme": [1]}, "uploads.claim.acme", "list of user names"),
+    ({"acme": ["no spaces"]}, "uploads.claim.acme", "invalid user name"),
+    ({"bad name!": ["alice"]}, "uploads.claim.bad name!", "not a valid project name"),
+    ({"Acme": ["alice"], "acme": ["bob"]}, "uploads.claim.acme", "claimed twice"),
+    ("acme", "uploads.claim", "list of project names"),
+])
+def test_bad_claim_names_the_key(claim, where, what):
+    message = _error({"uploads": {"claim": claim}})
+    assert message.startswith(f"{where}: ") and what in message

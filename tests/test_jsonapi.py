@@ -291,6 +291,7 @@ class FakeMirror:
     """Just what JsonAPI asks of a Mirror."""
 
     offline = False
+    merge: frozenset[str] = frozenset()
 
     def __init__(self, *records: ProjectRecord) -> None:
         self.clock = Clock()

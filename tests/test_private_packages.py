@@ -125,7 +125,7 @@ async def test_uv_publish(tmp_path, fake_upstream):
 
 @pytest_twisted.ensureDeferred
 async def test_claimed_private_name_shadows_a_higher_upstream_version(tmp_path, fake_upstream):
-    server = await private_server(tmp_path, fake_upstream, claim=frozenset({"tinyproj"}))
+    server = await private_server(tmp_path, fake_upstream, claim={"tinyproj": frozenset({"alice"})})
     try:
         wheel = build_wheel(tmp_path / "dist", "tinyproj", "1.5")
         ok(await deferToThread(twine_upload, server.root + "/legacy/", wheel))
@@ -155,7 +155,7 @@ async def test_unclaimed_name_that_exists_upstream_is_refused(tmp_path, fake_ups
 
 @pytest_twisted.ensureDeferred
 async def test_merged_private_name_lists_both(tmp_path, fake_upstream):
-    server = await private_server(tmp_path, fake_upstream, claim=frozenset({"tinyproj"}),
+    server = await private_server(tmp_path, fake_upstream, claim={"tinyproj": frozenset({"alice"})},
                                   merge=frozenset({"tinyproj"}))
     try:
         wheel = build_wheel(tmp_path / "dist", "tinyproj", "1.5")

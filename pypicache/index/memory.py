@@ -57,8 +57,9 @@ class MemoryIndex:
     def list_projects(self) -> defer.Deferred:
         return defer.succeed(sorted(self._projects))
 
-    def save_upstream_page(self, page: ProjectPage, refreshed_at: float) -> defer.Deferred:
-        record = merge_upstream_page(self._projects.get(page.name), page, refreshed_at)
+    def save_upstream_page(self, page: ProjectPage, refreshed_at: float,
+                           merge: bool = False) -> defer.Deferred:
+        record = merge_upstream_page(self._projects.get(page.name), page, refreshed_at, merge)
         self._projects[record.name] = record
         return defer.succeed(record)
 

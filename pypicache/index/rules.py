@@ -16,6 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
 from twisted.logger import Logger
 
 from pypicache.model import (
@@ -92,8 +100,16 @@ def _carry_state(prior: FileRecord | None, new: FileRecord) -> FileRecord:
 
 
 def merge_upstream_page(old: ProjectRecord | None, page: ProjectPage,
-                        refreshed_at: float) -> ProjectRecord:
+                        refreshed_at: float, merge: bool = False) -> ProjectRecord:
     """The record that results from saving ``page`` over ``old``.
+
+    A page never enters a private project (``old.origin == "local"``)
+    unless ``merge`` says the name is listed in ``[uploads] merge``: then
+    ``old`` itself is returned, unchanged.  A refresh that was already on
+    its way when the first upload made the name private would otherwise
+    list (and serve) the upstream's files under the private name for good.
+    Providers apply this function inside the transaction that writes the
+    result, so the check and the write see the same record.
 
     The page governs the upstream files only.  Order: first the upstream
     files the page lists, in the page's order; then every file the page does
@@ -111,6 +127,8 @@ def merge_upstream_page(old: ProjectRecord | None, page: ProjectPage,
     the list from the filenames instead).  Validators, refresh time and
     page-level ``meta`` always come from the page.
     """
+    if old is not None and old.origin == LOCAL and not merge:
+        return old
     previous = {f.filename: f for f in old.files} if old is not None else {}
     origin = UPSTREAM if old is None else old.origin
     files: list[FileRecord] = []
@@ -256,8 +274,9 @@ def privatised(record: ProjectRecord) -> ProjectRecord:
     """``record`` turned private (unchanged when it already is).
 
     The upstream no longer governs the name: its unstored files are dropped
-    (we cannot serve them), stored ones are kept but unlisted (still served
-    by file URL, for lock files that name them; private pages hide them).
+    (we cannot serve them), stored ones are kept but unlisted: no view shows
+    or serves them (:mod:`pypicache.visibility`) unless the name later opts
+    in to merging.
     The upstream bookkeeping goes too -- validators, refresh time, versions
     and page meta -- so that should the name later opt in to merging, the
     first upstream fetch is a full one rather than a 304 against files we
@@ -320,3 +339,64 @@ def with_origin(record: ProjectRecord | None, name: str, origin: str) -> Project
         return record
     return attrs.evolve(record, origin=origin,
                         versions=None if origin == LOCAL else record.versions)
+
+
+# ------------------------------------------------------ yank, unyank, delete
+
+
+class NoUploadedFile(LookupError):
+    """A yank/unyank/delete target that names no uploaded file.
+
+    ``upstream`` is True when it names a file that came from the upstream
+    (a conflict with the rule, not an unknown file).
+    """
+
+    def __init__(self, message: str, *, upstream: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream = upstream
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _filename_version(filename: str) -> tuple[str, Version] | None:
+    try:
+        if filename.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(filename)
+        else:
+            name, version = parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return str(canonicalize_name(name)), version
+
+
+def uploaded_files(record: ProjectRecord, target: str) -> list[FileRecord]:
+    """The uploaded files of ``record`` that ``target`` names: the one rule
+    for yank, unyank and delete, over HTTP and with the admin command.
+
+    ``target`` is an exact filename, or else a version: every uploaded file
+    whose filename (parsed with packaging.utils) has that version.  Files
+    cached from the upstream are never matched: the next refresh would undo
+    a yank, and deleting them here would not remove them upstream.  Raises
+    :class:`NoUploadedFile` when nothing matches.
+    """
+    exact = record.file(target)
+    if exact is not None:
+        if exact.origin != LOCAL:
+            raise NoUploadedFile(f"{target} was not uploaded here (it comes from the upstream)", upstream=True)
+        return [exact]
+    try:
+        version = Version(target)
+    except InvalidVersion:
+        raise NoUploadedFile(f"{record.name} has no file named {target!r} (and it is not a version)") from None
+    found = []
+    for f in record.files:
+        if f.origin != LOCAL:
+            continue
+        parsed = _filename_version(f.filename)
+        if parsed is not None and parsed[0] == record.name and parsed[1] == version:
+            found.append(f)
+    if not found:
+        raise NoUploadedFile(f"{record.name} has no uploaded file of version {target}")
+    return found

@@ -344,10 +344,12 @@ def _q_list_projects(conn: sqlite3.Connection) -> list[str]:
 
 
 def _q_save_upstream_page(conn: sqlite3.Connection, page: ProjectPage,
-                          refreshed_at: float) -> ProjectRecord:
+                          refreshed_at: float, merge: bool = False) -> ProjectRecord:
     with _transaction(conn):
-        record = merge_upstream_page(_load_project(conn, page.name), page, refreshed_at)
-        _write_project(conn, record)
+        old = _load_project(conn, page.name)
+        record = merge_upstream_page(old, page, refreshed_at, merge)
+        if record is not old:  # the same object: a private name dropped the page
+            _write_project(conn, record)
     return record
 
 
@@ -512,8 +514,9 @@ class SQLiteIndex:
     def list_projects(self) -> defer.Deferred:
         return self._read(_q_list_projects)
 
-    def save_upstream_page(self, page: ProjectPage, refreshed_at: float) -> defer.Deferred:
-        return self._call(_cache_write(_q_save_upstream_page), page, refreshed_at)
+    def save_upstream_page(self, page: ProjectPage, refreshed_at: float,
+                           merge: bool = False) -> defer.Deferred:
+        return self._call(_cache_write(_q_save_upstream_page), page, refreshed_at, merge)
 
     def mark_refreshed(self, name: str, refreshed_at: float,
                        validators: Validators | None) -> defer.Deferred:

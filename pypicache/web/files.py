@@ -30,6 +30,7 @@ from pypicache.model import (
 )
 from pypicache.stats import Stats
 from pypicache.upstream.breaker import CircuitOpen
+from pypicache.visibility import visible
 from pypicache.web.sending import send_body
 from pypicache.web.util import HTTPError, handle
 
@@ -136,15 +137,19 @@ class Files(Resource):
     async def _find(self, project: str, filename: str) -> tuple[FileRecord | None, bool]:
         """The record for ``filename`` (or the file whose metadata it is)."""
 
+        merged = project in self.mirror.merge
+
         def lookup(rec: Any) -> tuple[FileRecord | None, bool]:
+            # A file hidden by the visibility rule (an upstream file of a
+            # private name) is as unknown here as on the pages.
             if rec is None:
                 return None, False
             found = rec.file(filename)
             if found is not None:
-                return found, False
+                return (found, False) if visible(rec, found, merged=merged) else (None, False)
             if filename.endswith(".metadata"):
                 base = rec.file(filename[: -len(".metadata")])
-                if base is not None and base.core_metadata is not None:
+                if base is not None and base.core_metadata is not None and visible(rec, base, merged=merged):
                     return base, True
             return None, False
 

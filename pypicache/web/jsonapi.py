@@ -62,6 +62,7 @@ from pypicache.model import (
 )
 from pypicache.uploads.metadata import parse_core_metadata
 from pypicache.uploads.multipart import UploadError
+from pypicache.visibility import visible_files
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
 from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches
@@ -349,15 +350,6 @@ def file_dict(record: FileRecord, packagetype: str, python_version: str, url: st
     }
 
 
-def visible(record: ProjectRecord, local: bool) -> tuple[FileRecord, ...]:
-    """The files the matching Simple view shows."""
-    if local:
-        return tuple(f for f in record.files if f.stored)
-    if record.origin == "local":
-        return record.files
-    return tuple(f for f in record.files if f.listed)
-
-
 # -------------------------------------------------------------- resource
 
 
@@ -450,7 +442,7 @@ class JsonAPI(Resource):
         if result is None:
             raise HTTPError(404, "Not Found")
         record = result.record
-        files = visible(record, self.local)
+        files = visible_files(record, local=self.local, merged=name in self.mirror.merge)
         if self.local and not files:
             raise HTTPError(404, "Not Found")
         base = self._base(request, version is not None)

@@ -1,8 +1,10 @@
 """``/api/projects/<project>/<target>[/yank|/unyank]``: yank, unyank, delete.
 
-``target`` is a filename or a version (then every file of that version).
-Only private projects are managed here: a cached upstream project's yank
-state belongs to the upstream and would be overwritten by the next refresh.
+``target`` is a filename or a version (then every uploaded file of that
+version).  Only uploaded files of private projects are managed here, by the
+rule the admin command follows (:func:`pypicache.index.rules.uploaded_files`):
+an upstream file's yank state belongs to the upstream and would be
+overwritten by the next refresh.
 Yanked files stay listed, marked (PEP 592); deleted files disappear, and
 their filenames stay used (an upload can never replace a file).
 """
@@ -13,37 +15,15 @@ import json
 from typing import Any
 from urllib.parse import parse_qs
 
-from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
+from pypicache.index.rules import NoUploadedFile, uploaded_files
+from pypicache.model import InvalidName, normalize
 from pypicache.web.upload import AUTH_CHALLENGE
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 log = Logger()
-
-
-def version_of(filename: str) -> Version | None:
-    try:
-        if filename.endswith(".whl"):
-            return parse_wheel_filename(filename)[1]
-        return parse_sdist_filename(filename)[1]
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return None
-
-
-def select_files(record: ProjectRecord, target: str) -> list[FileRecord]:
-    """The files ``target`` names: one filename, or every file of a version."""
-    found = record.file(target)
-    if found is not None:
-        return [found]
-    try:
-        wanted = Version(target)
-    except InvalidVersion:
-        return []
-    return [f for f in record.files if version_of(f.filename) == wanted]
 
 
 class Manage(Resource):
@@ -80,7 +60,8 @@ class Manage(Resource):
         identity = await self.accounts.authenticate(request.getHeader(b"authorization"))
         if identity is None:
             raise HTTPError(401, "credentials needed", AUTH_CHALLENGE)
-        maintainers = set(await self.accounts.maintainers(name))
+        # The owners a claim names ([uploads.claim]) maintain it too.
+        maintainers = set(await self.accounts.maintainers(name)) | set(self.app.config.uploads.claim.get(name, ()))
         record = await self.app.mirror.load(name)
         if record is None:
             raise HTTPError(404, f"no such project: {name}")
@@ -88,9 +69,10 @@ class Manage(Resource):
             raise HTTPError(409, f"{name} is not a private project: its files follow the upstream")
         if not identity.may_manage(name, maintainers):
             raise HTTPError(403, f"{identity.user} may not manage {name}")
-        files = select_files(record, target)
-        if not files:
-            raise HTTPError(404, f"{name} has no file or version {target!r}")
+        try:  # the admin command's rule: only uploaded files, never the upstream's
+            files = uploaded_files(record, target)
+        except NoUploadedFile as e:
+            raise HTTPError(409 if e.upstream else 404, str(e)) from None
 
         reason = self._reason(request)
         index = self.app.index

@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from pypicache.mirror import Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
 from pypicache.stats import Stats
+from pypicache.visibility import visible, visible_files
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
 from pypicache.web.render import etag_for, render_index, render_project
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
@@ -131,13 +132,6 @@ _LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
                                  if f.name not in ("stored", "metadata_stored")))
 
 
-def visible_files(record: ProjectRecord, local: bool) -> tuple[FileRecord, ...]:
-    """The files a view shows: the local view only what storage holds."""
-    if local:
-        return tuple(f for f in record.files if f.stored)
-    return tuple(f for f in record.files if f.listed)
-
-
 class SimpleIndex(Resource):
     """``<prefix>/`` and ``<prefix>/<project>/`` in HTML or JSON."""
 
@@ -207,12 +201,14 @@ class SimpleIndex(Resource):
         if result is None:
             raise HTTPError(404, f"no such project: {name}")
         record = result.record
-        if self.local and not any(f.stored for f in record.files):
+        merged = name in self.mirror.merge
+        if self.local and not any(f.stored and visible(record, f, merged=merged) for f in record.files):
             raise HTTPError(404, f"no files of {name} are stored here")
         key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
         page = self.pages.get(key, record.files, None if self.local else same_listing)
         if page is None:
-            body = render_project(fmt, name, visible_files(record, self.local), "../../files/" + name + "/",
+            files = visible_files(record, local=self.local, merged=merged)
+            body = render_project(fmt, name, files, "../../files/" + name + "/",
                                   record.versions, self._page_meta(record))
             page = self.pages.put(key, Rendered(record.files, body, etag_for(body)))
         self.stats.pages += 1

@@ -4,8 +4,9 @@ The order of checks is the order of cost: credentials first (401), then the
 spooled body is parsed and validated in the thread pool (400/413), then the
 ownership rules (403), then the filename rules (200 for an identical re-upload
 so retries are safe, 409 "already exists" for anything else under a used
-filename), and only then is anything stored: the METADATA blob, the file blob,
-and last the index row that makes them visible.
+filename), and only then is anything stored: the first uploader's grant of a
+new name, the METADATA blob, the file blob, and last the index row that makes
+them visible (the grant is taken back if that row is not written).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from pypicache.config import UploadConfig
+from pypicache.mirror import retry_after_seconds
 from pypicache.model import FileExists, FileRecord, HashMismatch, UpstreamError, UpstreamNotFound, Validators
 from pypicache.uploads.multipart import UploadError, parse_upload
 from pypicache.web.util import HTTPError, finish_bytes, handle
@@ -118,14 +120,10 @@ class Upload(Resource):
         app = self.app
         name, filename = valid.project, valid.filename
         record = await app.mirror.load(name)
-        if record is None or record.origin != "local":
-            await self._check_new_private_name(name, record)
-        maintainers = set(await self.accounts.maintainers(name))
         existing = record is not None and record.origin == "local"
-        if not identity.may_upload(name, maintainers, existing=existing):
-            if not identity.in_scope(name):
-                raise HTTPError(403, f"this token of {identity.user} is limited to other projects than {name}")
-            raise HTTPError(403, f"{identity.user} may not upload to {name}")
+        if not existing:
+            await self._check_new_private_name(name, record)
+        maintainers = await self._check_may_upload(identity, name, existing)
 
         sha256 = valid.file.sha256
         used = await app.index.used_filename(filename)
@@ -135,34 +133,81 @@ class Upload(Resource):
             self._answer_reupload(request, record, filename, used, sha256)
             return
 
-        meta_writer = app.storage.open_write(None)
-        meta_writer.write(valid.metadata_bytes)
-        meta_blob = await meta_writer.commit()
-        blob = await app.storage.ingest(valid.file.path, sha256)
-        file_record = FileRecord(
-            filename=filename,
-            url="",
-            hashes={"sha256": sha256},
-            requires_python=valid.requires_python or None,
-            core_metadata={"sha256": meta_blob.sha256},
-            size=blob.size,
-            upload_time=upload_time(app.reactor.seconds()),
-            stored=True,
-            metadata_stored=True,
-            origin="local",
-        )
+        # The first uploader of a new name becomes its maintainer before
+        # anything is published, and the grant is undone unless the file
+        # is: a file never goes public without an owner.
+        granted = await self._grant_first(identity, name, maintainers)
+        published = False
         try:
-            await app.index.add_file(name, file_record)
-        except FileExists as e:  # a concurrent upload of the same filename won
-            self._answer_reupload(request, await app.mirror.note_changed(name), filename, e.sha256, sha256)
-            return
-        if not maintainers:
-            await self.accounts.grant(name, identity.user)
+            meta_writer = app.storage.open_write(None)
+            meta_writer.write(valid.metadata_bytes)
+            meta_blob = await meta_writer.commit()
+            blob = await app.storage.ingest(valid.file.path, sha256)
+            file_record = FileRecord(
+                filename=filename,
+                url="",
+                hashes={"sha256": sha256},
+                requires_python=valid.requires_python or None,
+                core_metadata={"sha256": meta_blob.sha256},
+                size=blob.size,
+                upload_time=upload_time(app.reactor.seconds()),
+                stored=True,
+                metadata_stored=True,
+                origin="local",
+            )
+            try:
+                await app.index.add_file(name, file_record)
+            except FileExists as e:  # a concurrent upload of the same filename won
+                self._answer_reupload(request, await app.mirror.note_changed(name), filename, e.sha256, sha256)
+                return
+            published = True
+        finally:
+            if granted and not published:
+                await self._undo_grant(identity, name)
         await app.mirror.note_changed(name)
         log.info("{user} uploaded {project}/{filename} ({size} bytes)", user=identity.user, project=name,
                  filename=filename, size=blob.size)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         finish_bytes(request, b"OK\n")
+
+    async def _check_may_upload(self, identity: Any, name: str, existing: bool) -> set[str]:
+        """403 unless ``identity`` may upload to ``name``; returns its
+        maintainers (granted ones and the owners its claim names).
+
+        A claimed name with no owner at all is created by no ordinary
+        user: the first to race there would own a public name.
+        """
+        maintainers = set(await self.accounts.maintainers(name)) | set(self.config.claim.get(name, ()))
+        if not identity.in_scope(name):
+            raise HTTPError(403, f"this token of {identity.user} is limited to other projects than {name}")
+        if name in self.config.claim and not maintainers and not existing and not identity.admin:
+            raise HTTPError(403, f"{name} is claimed ([uploads] claim) but has no owner yet: an administrator "
+                                 f"names its owners in [uploads.claim] or runs "
+                                 f"`pypicache project grant {name} USER`")
+        if not identity.may_upload(name, maintainers, existing=existing):
+            raise HTTPError(403, f"{identity.user} may not upload to {name}")
+        return maintainers
+
+    async def _grant_first(self, identity: Any, name: str, maintainers: set[str]) -> bool:
+        """Make the first uploader of a name without maintainers its
+        maintainer; True when this call granted."""
+        if maintainers:
+            return False
+        from pypicache.accounts import AccountError
+
+        try:
+            await self.accounts.grant(name, identity.user)
+        except AccountError as e:  # e.g. the user was removed since the login was checked
+            raise HTTPError(403, f"{identity.user} cannot become maintainer of {name}: {e}") from None
+        return True
+
+    async def _undo_grant(self, identity: Any, name: str) -> None:
+        """Take back a first-upload grant whose file was not published."""
+        try:
+            await self.accounts.revoke(name, identity.user)
+        except Exception:
+            log.failure("could not take back {user}'s grant of {project} after a failed upload "
+                        "(run `pypicache project revoke {project} {user}`)", user=identity.user, project=name)
 
     async def _restore_lost(self, name: str, current: FileRecord, valid: Any) -> Any:
         """Store again the bytes of an identical re-upload whose blob (or
@@ -205,19 +250,31 @@ class Upload(Resource):
 
     async def _check_new_private_name(self, name: str, record: Any) -> None:
         """Refuse to create a private name that the upstream has (dependency
-        confusion), unless the config claims it."""
+        confusion), unless the config claims it.
+
+        Only the upstream's "not found" lets an unclaimed name through: when
+        it cannot be asked (offline, breaker open, timeout, 5xx) the answer
+        is 503, never an acceptance, or any public name the server never
+        cached could be taken and would shadow the upstream for good.
+        """
         if name in self.config.claim:
             return
         if record is not None and record.origin == "upstream" and record.files:
             raise HTTPError(403, f"{name} exists on the upstream index: an administrator must claim it "
                                  "([uploads] claim in the config) before it can be uploaded here")
         if self.app.mirror.offline:
-            return
+            raise HTTPError(503, f"this server is offline, so it cannot check whether {name} exists on the "
+                                 "upstream index: while offline, only names listed in [uploads] claim "
+                                 "in the config can be created")
         try:
             await self.app.upstream.fetch_project(name, Validators())
         except UpstreamNotFound:
             return
         except UpstreamError as e:
+            raise HTTPError(503, f"cannot check whether {name} exists on the upstream index: {e}",
+                            {b"retry-after": str(retry_after_seconds(e)).encode()}) from None
+        except Exception as e:  # a provider bug is no "not found" either
+            log.failure("upstream provider failed checking {project}", project=name)
             raise HTTPError(503, f"cannot check whether {name} exists on the upstream index: {e}",
                             {b"retry-after": b"30"}) from None
         raise HTTPError(403, f"{name} exists on the upstream index: an administrator must claim it "
