@@ -418,6 +418,8 @@ def test_url_rules():
     assert not allowed(pypi, "https://files.pythonhosted.org:8443/x.whl")
     assert not allowed(pypi, "http://pypi.org/simple/x/")
     assert not allowed(pypi, "https://evil.example/x.whl")
+    assert allowed(FetchPolicy.for_upstream("https://test.pypi.org/simple/"),
+                   "https://test-files.pythonhosted.org/packages/x.whl")
 
     own = FetchPolicy.for_upstream("http://127.0.0.1:3141/root/pypi/+simple/")
     assert allowed(own, "http://127.0.0.1:3141/root/pypi/+f/x.whl")

@@ -55,8 +55,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Origin = tuple[str, str, int]
 
-#: The public index's pages link files on this host.
-PUBLIC_FILE_HOSTS = {"pypi.org": ("files.pythonhosted.org",)}
+#: The public indexes' pages link files on these hosts.
+PUBLIC_FILE_HOSTS = {"pypi.org": ("files.pythonhosted.org",), "test.pypi.org": ("test-files.pythonhosted.org",)}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
