@@ -38,6 +38,7 @@ apply to that many requests only:
 ``huge_page``      a ``size``-byte body (default 8 MiB), streamed chunked
                    (``content_length=True`` announces it)
 ``redirect_loop``  302 to the same URL
+``redirect``       ``code`` (default 302) to ``location`` (required)
 ``slow``           body paced at ``rate`` bytes/s (default 16 KiB/s)
 ``delay``          wait ``seconds`` (default 1.0), then answer normally
 ``garbage``        no HTTP at all: raw ``body`` bytes, then a FIN
@@ -107,6 +108,7 @@ FAULTS: dict[str, dict[str, Any]] = {
     "malformed": {"body": None},
     "huge_page": {"size": 8 * 1024 * 1024, "content_length": False},
     "redirect_loop": {},
+    "redirect": {"code": 302, "location": None},
     "slow": {"rate": 16 * 1024},
     "delay": {"seconds": 1.0},
     "garbage": {"body": b"SSH-2.0-OpenSSH_9.6\r\n\x00\xff\xfe not http\r\n\r\n"},
@@ -465,6 +467,9 @@ class FakeUpstream:
     :ivar html_only: ignore ``Accept`` and always answer HTML (an old index).
     :ivar absolute_urls: put ``http://127.0.0.1:PORT/files/...`` in pages
         instead of relative links.
+    :ivar file_base: when set, pages link every file as ``file_base +
+        filename`` (an upstream whose links point elsewhere, maybe somewhere
+        hostile).
     """
 
     def __init__(self, *, absolute_urls: bool = False, html_only: bool = False) -> None:
@@ -472,6 +477,9 @@ class FakeUpstream:
         self.html_only = html_only
         #: Send files chunked, without Content-Length (as some CDNs do).
         self.chunked_files = False
+        self.file_base: str | None = None
+        #: The address :meth:`listen` binds (``"::1"`` for an IPv6 upstream).
+        self.interface = "127.0.0.1"
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.files: dict[str, Path] = {}
         self.port: int | None = None
@@ -581,6 +589,8 @@ class FakeUpstream:
         if unknown:
             raise TypeError(f"fault {fault!r} takes no option(s) {sorted(unknown)}")
         options = {**FAULTS[fault], **kw}
+        if fault == "redirect" and not options["location"]:
+            raise TypeError("fault 'redirect' needs a location")
         prefix = path_prefix or ""
         self._faults[prefix] = _Fault(fault, prefix, options, times)
 
@@ -606,10 +616,11 @@ class FakeUpstream:
 
     @property
     def root_url(self) -> str:
-        """``http://127.0.0.1:PORT/``."""
+        """``http://127.0.0.1:PORT/`` (``http://[::1]:PORT/`` on IPv6)."""
         if self.port is None:
             raise RuntimeError("FakeUpstream has not listened yet")
-        return f"http://127.0.0.1:{self.port}/"
+        host = f"[{self.interface}]" if ":" in self.interface else self.interface
+        return f"http://{host}:{self.port}/"
 
     @property
     def url(self) -> str:
@@ -620,8 +631,8 @@ class FakeUpstream:
     def listening(self) -> bool:
         return self._listening is not None
 
-    def listen(self, reactor: Any, port: int = 0) -> defer.Deferred[FakeUpstream]:
-        """Listen on ``127.0.0.1:port`` (0: any free port).
+    def listen(self, reactor: Any, port: int = 0, interface: str | None = None) -> defer.Deferred[FakeUpstream]:
+        """Listen on ``127.0.0.1:port`` (0: any free port), or on ``interface``.
 
         Listening is synchronous; the already-fired Deferred exists so callers
         may ``await`` it or ignore it alike.
@@ -629,8 +640,10 @@ class FakeUpstream:
         if self._listening is not None:
             raise RuntimeError("already listening")
         self._reactor = reactor
+        if interface is not None:
+            self.interface = interface
         self._tracker = _ConnectionTracker(Site(_Root(self), reactor=reactor))
-        self._listening = reactor.listenTCP(port, self._tracker, interface="127.0.0.1")
+        self._listening = reactor.listenTCP(port, self._tracker, interface=self.interface)
         self.port = self._listening.getHost().port
         return defer.succeed(self)
 
@@ -811,6 +824,8 @@ class FakeUpstream:
     # ---------------------------------------------------------- rendering
 
     def _file_url(self, filename: str) -> str:
+        if self.file_base is not None:
+            return f"{self.file_base}{quote(filename)}"
         if self.absolute_urls:
             return f"{self.root_url}files/{quote(filename)}"
         return f"../../files/{quote(filename)}"
@@ -964,6 +979,10 @@ class FakeUpstream:
             return resp
         if name == "redirect_loop":
             return _redirect(302, self.root_url.rstrip("/") + request.uri.decode("latin-1"))
+        if name == "redirect":
+            if not opts.get("location"):
+                raise ValueError("the redirect fault needs a location")
+            return _redirect(int(opts["code"]), str(opts["location"]))
         ctype = response.headers.get("Content-Type", "application/octet-stream")
         if name == "malformed":
             if opts.get("body") is not None:

@@ -434,7 +434,9 @@ async def test_extra_headers_only_to_upstream_origin(make_upstream, server):
             [{"filename": "a-1.tar.gz", "url": other.base + "files/a-1.tar.gz", "hashes": {}}]))
         server.handlers["/files/own.tar.gz"] = _serve(b"own", "application/octet-stream")
         other.handlers["/files/a-1.tar.gz"] = _serve(b"abc", "application/octet-stream")
-        upstream = make_upstream(headers={"Authorization": "Bearer secret"})
+        other_host = other.base.split("/")[2]  # another port on loopback: allowed explicitly
+        upstream = make_upstream(headers={"Authorization": "Bearer secret"}, file_hosts=[other_host],
+                                 allow_networks=["127.0.0.1/32"])
         page = await _within(upstream.fetch_project("demo", Validators()))
         _, chunks = await _download(upstream, page.files[0].url)
         assert b"".join(chunks) == b"abc"

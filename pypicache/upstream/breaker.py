@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from pypicache.interfaces import IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound
+from pypicache.upstream.policy import UpstreamRefused
 
 __all__ = ["BreakerUpstream", "CircuitOpen", "CLOSED", "OPEN", "HALF_OPEN", "with_breaker"]
 
@@ -61,8 +62,8 @@ def _is_success(result: Any) -> bool | None:
         return True
     if result.check(NotModified, UpstreamNotFound):
         return True
-    if result.check(CircuitOpen, CancelledError):
-        return None
+    if result.check(CircuitOpen, CancelledError, UpstreamRefused):
+        return None  # not asked, or refused by our own policy: says nothing about its health
     return False
 
 

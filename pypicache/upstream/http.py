@@ -44,6 +44,8 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from pypicache.upstream.connect import connect_checked
+
 __all__ = ["BadResponse", "ConnectionPool", "Headers", "Response"]
 
 #: Limits on what the upstream may send before the body.
@@ -483,13 +485,21 @@ class ConnectionPool:
     ``idle_per_host`` connections are kept after a burst, each for at most
     ``idle_timeout`` seconds; ``tls`` makes the client TLS options for a host
     (by default Twisted's ``optionsForClientTLS``: the platform's trust roots
-    and the host name checked).
+    and the host name checked).  ``guard`` (``guard((scheme, host, port),
+    address)`` raising to refuse) is asked about every address a host
+    resolves to and about the peer before a request is written (connect.py);
+    ``resolver`` replaces the reactor's ``nameResolver`` for guarded
+    connections.
     """
 
     def __init__(self, reactor: Any, *, connect_timeout: float, idle_per_host: int = 32,
                  idle_timeout: float = 60.0, tls: Callable[[str], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 guard: Callable[[tuple[str, str, int], str], None] | None = None,
+                 resolver: Any = None) -> None:
         self._reactor = reactor
+        self._guard = guard
+        self._resolver = resolver
         self._connect_timeout = connect_timeout
         self._idle_per_host = idle_per_host
         self._idle_timeout = idle_timeout
@@ -497,6 +507,7 @@ class ConnectionPool:
         self._clock = clock
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._endpoints: dict[tuple[str, str, int], tuple[Any, Factory]] = {}
+        self._factories: dict[tuple[str, str, int], Factory] = {}
         self._targets: dict[str, tuple[tuple[str, str, int], bytes, bytes]] = {}
 
     # -- requests
@@ -535,6 +546,8 @@ class ConnectionPool:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {text!r}")
         default = 443 if parts.scheme == "https" else 80
+        if parts.port == 0:  # not "the default port": no port at all
+            raise ValueError(f"port 0 in URL: {text!r}")
         port = parts.port or default
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if any(c <= " " or c == "\x7f" for c in target):
@@ -551,6 +564,12 @@ class ConnectionPool:
 
     def _connect(self, exchange: _Exchange) -> None:
         key = exchange.key
+        if self._guard is not None:
+            connecting = connect_checked(self._reactor, key, self._factory(key), guard=self._guard,
+                                         timeout=self._connect_timeout, tls=self._tls_options,
+                                         resolver=self._resolver)
+            self._connecting(exchange, connecting)
+            return
         made = self._endpoints.get(key)
         if made is None:
             scheme, host, port = key
@@ -559,7 +578,15 @@ class ConnectionPool:
                 endpoint = wrapClientTLS(self._tls_options(host), endpoint)
             made = self._endpoints[key] = (endpoint, _ConnectionFactory(self, key))
         endpoint, factory = made
-        connecting = endpoint.connect(factory)
+        self._connecting(exchange, endpoint.connect(factory))
+
+    def _factory(self, key: tuple[str, str, int]) -> Factory:
+        factory = self._factories.get(key)
+        if factory is None:
+            factory = self._factories[key] = _ConnectionFactory(self, key)
+        return factory
+
+    def _connecting(self, exchange: _Exchange, connecting: Deferred[Any]) -> None:
         exchange.connecting = connecting
 
         def connected(connection: _Connection) -> None:

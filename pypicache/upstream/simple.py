@@ -16,6 +16,9 @@ Redirects are followed here (at most :data:`MAX_REDIRECTS` hops): the body of
 each intermediate response is read (so its connection is reused) and a
 relative ``Location`` is resolved against the current URL.
 Configured extra headers (credentials) only go to the upstream's own origin.
+Every URL fetched (file links, each redirect) and every address connected to
+must pass the fetch policy (:mod:`pypicache.upstream.policy`), so a hostile
+page cannot point the server at internal services.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from pypicache.model import (
 from pypicache.providers import HTTPSettings, ProviderContext, check_options
 from pypicache.upstream.http import ConnectionPool
 from pypicache.upstream.parse import page_format, parse_index, parse_project
+from pypicache.upstream.policy import FetchPolicy, UpstreamRefused, parse_file_hosts, parse_networks
 
 __all__ = [
     "ACCEPT",
@@ -119,16 +123,18 @@ def _http_url(url: str) -> str | None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return None
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        if parts.port == 0:  # raises ValueError on a port that is no number or out of range
+            return None  # not "the default port": nothing listens on port 0
     except ValueError:
         return None
     return url
 
 
 #: URLs that hyperlink's IRI-to-URI conversion returns unchanged: lower-case
-#: host, no user info, no default port, only URI characters (no brackets).
-_PLAIN_URL = re.compile(r"(?:http://[a-z0-9.-]+(?::(?!80/)[1-9][0-9]{0,4})?"
-                        r"|https://[a-z0-9.-]+(?::(?!443/)[1-9][0-9]{0,4})?)"
+#: host (or an IPv6 literal), no user info, no default port, only URI
+#: characters (no brackets past the host).
+_PLAIN_URL = re.compile(r"(?:http://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?!80/)[1-9][0-9]{0,4})?"
+                        r"|https://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?!443/)[1-9][0-9]{0,4})?)"
                         r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*(?<!\?)")
 
 
@@ -140,7 +146,11 @@ def _wire_url(url: str) -> bytes:
     """
     if _PLAIN_URL.fullmatch(url):
         return url.encode("ascii")
-    return EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+    parsed = EncodedURL.from_text(url)
+    host = parsed.host
+    if ":" in host:  # an IPv6 literal, which hyperlink would try to IDNA-encode
+        return parsed.replace(host="ipv6.invalid").to_uri().replace(host=host).to_text().encode("ascii")
+    return parsed.to_uri().to_text().encode("ascii")
 
 
 def _header(response: Any, name: bytes) -> str | None:
@@ -367,6 +377,11 @@ class SimpleUpstream:
     may be injected by tests), so the connections a burst of page requests
     opened serve the METADATA and file requests that follow.  Call
     :meth:`close` on shutdown.
+
+    Every URL (file links, redirects) and every address connected to must
+    pass ``policy`` (by default: the upstream's origin, the public index's
+    file host, no internal addresses; see policy.py); ``resolver`` (an
+    ``IHostnameResolver``) replaces the reactor's for those connections.
     """
 
     def __init__(
@@ -377,8 +392,11 @@ class SimpleUpstream:
         http: HTTPSettings | None = None,
         headers: Mapping[str, str] | None = None,
         pool: Any = None,
+        policy: FetchPolicy | None = None,
+        resolver: Any = None,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
+        self.policy = policy if policy is not None else FetchPolicy.for_upstream(self.url)
         self._reactor = context.reactor
         self._threadpool = context.threadpool
         self._http = http or context.http
@@ -388,7 +406,7 @@ class SimpleUpstream:
         self._draining: set[Deferred[None]] = set()
         self._pool = pool if pool is not None else ConnectionPool(
             self._reactor, connect_timeout=self._http.connect_timeout, idle_per_host=IDLE_PER_HOST,
-            idle_timeout=IDLE_TIMEOUT)
+            idle_timeout=IDLE_TIMEOUT, guard=self.policy.check_address, resolver=resolver)
 
     async def _close(self) -> None:
         # Let a response being parsed right now (close() called from one of
@@ -423,10 +441,18 @@ class SimpleUpstream:
 
     async def _get(self, url: str, extra: Mapping[bytes, bytes],
                    send: Callable[[str, list[tuple[bytes, bytes]]], Awaitable[Any]]) -> tuple[Any, str]:
-        """GET ``url`` following redirects; the response and its final URL."""
+        """GET ``url`` following redirects; the response and its final URL.
+
+        Each hop must pass the fetch policy (UpstreamRefused, logged)."""
         start = url
         for hop in range(MAX_REDIRECTS + 1):
-            response = await send(url, self._headers(url, extra))
+            try:
+                self.policy.check_url(url)
+                response = await send(url, self._headers(url, extra))
+            except UpstreamRefused as e:
+                where = f" (redirected from {start})" if url != start else ""
+                log.warn("upstream fetch refused by policy{where}: {why}", where=where, why=str(e))
+                raise
             if response.code not in _REDIRECT_CODES:
                 return response, url
             location = _header(response, b"location")
@@ -611,6 +637,8 @@ class _SimpleFactory:
             "page_timeout": (int, float),
             "max_page_bytes": int,
             "headers": dict,
+            "file_hosts": list,
+            "allow_networks": list,
         })
         for key in ("connect_timeout", "read_timeout", "page_timeout"):
             _positive(options, key, float)
@@ -621,7 +649,9 @@ class _SimpleFactory:
                      for k in ("connect_timeout", "read_timeout", "page_timeout", "max_page_bytes")
                      if k in options}
         http = attrs.evolve(context.http, **overrides)
-        return SimpleUpstream(context, url, http=http, headers=headers)
+        file_hosts = parse_file_hosts(options["file_hosts"]) if "file_hosts" in options else None
+        policy = FetchPolicy.for_upstream(url, file_hosts, parse_networks(options.get("allow_networks", [])))
+        return SimpleUpstream(context, url, http=http, headers=headers, policy=policy)
 
 
 factory = _SimpleFactory()
