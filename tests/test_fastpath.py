@@ -284,3 +284,33 @@ async def test_connection_lists_keep_twisted_webs_meaning(tmp_path, fake_upstrea
         assert v.statuses == (200,) and v.closed
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_request_line_is_refused_before_the_head_is_complete(tmp_path, fake_upstream):
+    """twisted.web refuses a bad request line as soon as it has the line; the
+    fast path must not sit on it waiting for the end of a head it will never
+    answer (the client would see a hang instead of a 400)."""
+    from tests.rawhttp import Verdict, verdict
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        for line in (b"GET /simple/tinyproj/ HTTP/9.9\r\n", b"GET /simple/tiny proj/ HTTP/1.1\r\nHost: x\r\n"):
+            assert await deferToThread(verdict, port, line, first_byte=3.0) == Verdict((400,), True), line
+
+        def in_pieces() -> bytes:  # a good head in three reads still gets the fast path
+            import time
+
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for piece in (b"GET /simple/tinyproj/ HTTP/1.1\r", b"\nHost: x\r\nAcc", b"ept: */*\r\n\r\n"):
+                    s.sendall(piece)
+                    time.sleep(0.05)
+                s.shutdown(socket.SHUT_WR)
+                return s.recv(65536)
+
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        answer = await deferToThread(in_pieces)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\nServer: pypicache\r\n")
+    finally:
+        await server.stop()

@@ -111,7 +111,9 @@ class FastHTTP(protocol.Protocol):
         while buf:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > MAX_HEAD:
+                # A request line the fast path will not answer goes over now:
+                # twisted.web may refuse it without waiting for the headers.
+                if len(buf) > MAX_HEAD or (b"\r\n" in buf and _HEAD.match(buf) is None):
                     return self._hand_over(buf)
                 self._buffer = buf
                 return
