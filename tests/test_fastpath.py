@@ -232,3 +232,85 @@ async def test_client_connections_send_without_nagle_delay(tmp_path, fake_upstre
             assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         await server.stop()
+
+
+SMUGGLED = get("/simple/tinyproj/", close=True)
+SMUGGLING = {
+    "bare LF, then Content-Length": b"X: y\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+    "bare CR, then Content-Length": b"X: y\rContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+    "bare LF, then Transfer-Encoding": b"X: y\nTransfer-Encoding: chunked\r\n\r\n"
+                                       + b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n",
+    "NUL in a name": b"X\x00Content-Length: 1\r\n\r\n",
+    "space in a name": b"X Y: z\r\n\r\n",
+    "control byte in a name": b"X\x7f: z\r\n\r\n",
+    "501 header lines": b"X-N: v\r\n" * 500 + b"\r\n",
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_twisted_web_refuses_are_not_answered_on_the_fast_path(tmp_path, fake_upstream):
+    """A request line the fast path would answer, followed by headers twisted.web
+    refuses: the answer is twisted.web's 400 and a closed connection, never a 200
+    followed by an answer to the body run as a second request."""
+    from tests.rawhttp import Verdict, verdict
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        start = b"GET /simple/tinyproj/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        got = {why: await deferToThread(verdict, port, start + rest) for why, rest in SMUGGLING.items()}
+        # The Host line itself ending in a bare LF: the next request line (with a
+        # colon in its absolute-form target) would be read as a header.
+        got["bare LF ends Host"] = await deferToThread(
+            verdict, port, b"GET /simple/tinyproj/ HTTP/1.1\r\nHost: x\n\r\n"
+                           b"GET http://x/simple/tinyproj/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got == {why: Verdict((400,), True) for why in got}
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_lists_keep_twisted_webs_meaning(tmp_path, fake_upstream):
+    """``Connection: keep-alive, close`` closes the connection (as twisted.web
+    does): the fast path hands over a Connection value it does not read plainly."""
+    from tests.rawhttp import verdict
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        v = await deferToThread(verdict, port, get("/simple/tinyproj/", b"Connection: keep-alive, close"))
+        assert v.statuses == (200,) and v.closed
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_request_line_is_refused_before_the_head_is_complete(tmp_path, fake_upstream):
+    """twisted.web refuses a bad request line as soon as it has the line; the
+    fast path must not sit on it waiting for the end of a head it will never
+    answer (the client would see a hang instead of a 400)."""
+    from tests.rawhttp import Verdict, verdict
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        port = server.port.getHost().port
+        for line in (b"GET /simple/tinyproj/ HTTP/9.9\r\n", b"GET /simple/tiny proj/ HTTP/1.1\r\nHost: x\r\n"):
+            assert await deferToThread(verdict, port, line, first_byte=3.0) == Verdict((400,), True), line
+
+        def in_pieces() -> bytes:  # a good head in three reads still gets the fast path
+            import time
+
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for piece in (b"GET /simple/tinyproj/ HTTP/1.1\r", b"\nHost: x\r\nAcc", b"ept: */*\r\n\r\n"):
+                    s.sendall(piece)
+                    time.sleep(0.05)
+                s.shutdown(socket.SHUT_WR)
+                return s.recv(65536)
+
+        await deferToThread(exchange, port, get("/simple/tinyproj/", close=True))
+        answer = await deferToThread(in_pieces)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\nServer: pypicache\r\n")
+    finally:
+        await server.stop()

@@ -6,7 +6,9 @@ most of its time per request on generic work (parsing each header line into
 objects, building a Request, copying large bodies into its write buffer).
 This protocol sits in front of it on every connection:
 
-* it parses requests itself (simple byte splitting, strict limits);
+* it parses requests itself, and answers only a request whose every line one
+  precompiled regex validates (see ``_HEAD``): anything twisted.web would
+  read differently or refuse is handed over untouched;
 * a ``GET``/``HEAD`` of ``/simple/<name>/`` or ``/local/simple/<name>/`` that
   memory can answer right now (fresh record, rendered page, see
   ``SimpleIndex.fast_page``) is answered directly, headers and body in one
@@ -17,7 +19,10 @@ This protocol sits in front of it on every connection:
 
 So the fast path can only ever answer what the ordinary route would answer
 from the same state (tests/test_fastpath.py compares them), and everything it
-does not understand gets the full, strict twisted.web treatment.
+does not understand gets the full, strict twisted.web treatment.  Reading a
+request differently from twisted.web would be request smuggling (a body run as
+a second request), so tests/test_fastpath_differential.py sends a corpus of odd
+requests to both routes and checks they see the same requests.
 """
 
 from __future__ import annotations
@@ -32,10 +37,27 @@ from twisted.logger import Logger
 
 log = Logger()
 
+#: twisted.web's limits (HTTPChannel.totalHeadersSize, maxHeaders): a request
+#: beyond either is twisted.web's to refuse, never the fast path's to answer.
 MAX_HEAD = 16 * 1024
-_TARGET = re.compile(rb"^/(local/)?simple/([a-z0-9]+(?:-[a-z0-9]+)*)/$")
+MAX_HEADERS = 500
+_TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"  # RFC 9110 5.6.2
+_FIELD_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"  # no NUL, CR, LF or other control bytes
+#: The whole head of a request the fast path may answer, request line to last
+#: header line: a ``GET``/``HEAD`` of a normalised page URL over HTTP/1.1, then
+#: at most MAX_HEADERS lines each ``token ":" value`` ending in CRLF.  Matched
+#: against the head as a whole, so a bare CR or LF, a NUL, a space or control
+#: byte in a name, an empty name, obs-fold or one line too many is a mismatch:
+#: the request goes to twisted.web with every byte as received.  No two
+#: alternatives overlap (a value never holds CR, a name never holds ":"), so
+#: matching is linear in the head's length.
+_HEAD = re.compile(rb"(GET|HEAD) /(local/)?simple/([a-z0-9]+(?:-[a-z0-9]+)*)/ HTTP/1\.1"
+                   rb"(?:\r\n" + _TCHAR + rb"+:" + _FIELD_VALUE + rb"){0,%d}" % MAX_HEADERS)
+#: Headers the fast path reads, or which (repeated) make it hand over.
 _WANTED = {b"accept", b"accept-encoding", b"if-none-match", b"connection", b"content-length",
-           b"transfer-encoding", b"expect", b"upgrade", b"authorization"}
+           b"transfer-encoding", b"expect", b"upgrade", b"authorization", b"host"}
+#: Connection values whose meaning is plain (twisted.web reads a list oddly).
+_CONNECTION = {b"": False, b"keep-alive": False, b"close": True}
 _REASONS = {200: b"OK", 304: b"Not Modified"}
 
 
@@ -89,11 +111,13 @@ class FastHTTP(protocol.Protocol):
         while buf:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > MAX_HEAD:
+                # A request line the fast path will not answer goes over now:
+                # twisted.web may refuse it without waiting for the headers.
+                if len(buf) > MAX_HEAD or (b"\r\n" in buf and _HEAD.match(buf) is None):
                     return self._hand_over(buf)
                 self._buffer = buf
                 return
-            answer = self._answer(buf[:end])
+            answer = self._answer(buf[:end]) if end <= MAX_HEAD else None
             if answer is None:
                 return self._hand_over(buf)
             keep_alive, parts = answer
@@ -106,21 +130,15 @@ class FastHTTP(protocol.Protocol):
         self._buffer = b""
 
     def _answer(self, head: bytes) -> tuple[bool, list[bytes]] | None:
-        lines = head.split(b"\r\n")
-        request_line = lines[0].split(b" ")
-        if len(request_line) != 3:
-            return None
-        method, target, version = request_line
-        if method not in (b"GET", b"HEAD") or version != b"HTTP/1.1":
-            return None
-        m = _TARGET.match(target)
+        """The answer to the request whose head (without its final CRLFCRLF)
+        is ``head``, or None to hand it to twisted.web."""
+        m = _HEAD.fullmatch(head)
         if m is None:
             return None
+        method = m.group(1)
         headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or name[:1] in b" \t":
-                return None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
             name = name.lower()
             if name in _WANTED:
                 if name in headers:
@@ -131,13 +149,15 @@ class FastHTTP(protocol.Protocol):
             return None
         if b"authorization" in headers or self.factory.read_gate_on():
             return None
-        view = self.factory.views[1 if m.group(1) else 0]
-        found = view.fast_page(m.group(2).decode("ascii"), headers.get(b"accept"), headers.get(b"accept-encoding"),
+        close = _CONNECTION.get(headers.get(b"connection", b"").lower())
+        if close is None:
+            return None
+        view = self.factory.views[1 if m.group(2) else 0]
+        found = view.fast_page(m.group(3).decode("ascii"), headers.get(b"accept"), headers.get(b"accept-encoding"),
                                headers.get(b"if-none-match"))
         if found is None:
             return None
         status, response_headers, body = found
-        close = headers.get(b"connection", b"").lower() == b"close"
         out = [b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS[status], b"\r\nServer: pypicache\r\nDate: ",
                _dates.get(), b"\r\n"]
         for name, value in response_headers:
