@@ -493,6 +493,8 @@ _HEADER_ATTACKS = [
     b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa3\r\n\r\n",
+    # a head over the limit is refused even when its end arrives with it
+    b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
 ]
 
 
@@ -584,3 +586,38 @@ async def test_gzip_wire_bytes_count_against_the_limit(server, pool):
     assert reader.body == b"page"
     _, reader, reason = await _get(pool, server.url + b"/p/", decode_gzip=True, max_wire_bytes=len(packed))
     assert reason.check(ResponseDone) and reader.body == b"page"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pyOpenSSL objects in Twisted's own helpers
+@pytest_twisted.ensureDeferred
+async def test_close_does_not_wait_for_a_tls_peer_that_never_answers_the_close():
+    """Closing an idle TLS connection sends close_notify and waits for the
+    peer's: an upstream that stops reading would hold a shutdown forever, so
+    the pool's close gives up after ``close_timeout`` and aborts."""
+    import time
+
+    from twisted.internet import ssl
+
+    cert_pem, key_pem = _self_signed("localhost")
+    server = _Server()
+
+    def answer_then_stop_reading(transport):
+        transport.write(_ok(b"x"))
+        transport.pauseProducing()
+
+    server.answer = lambda head: answer_then_stop_reading
+    certificate = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem)
+    port = _reactor().listenSSL(0, server, certificate.options(), interface="127.0.0.1")
+    pool = ConnectionPool(_reactor(), connect_timeout=2.0, close_timeout=0.5, tls=lambda host: ssl.optionsForClientTLS(
+        host, trustRoot=ssl.Certificate.loadPEM(cert_pem)))
+    try:
+        _, reader, _ = await _get(pool, b"https://localhost:%d/f" % port.getHost().port)
+        assert reader.body == b"x"
+        started = time.monotonic()
+        await _within(pool.close(), 3)
+        assert time.monotonic() - started < 2
+    finally:
+        for connection in server.connections:
+            if not connection.gone:
+                connection.transport.abortConnection()
+        await port.stopListening()

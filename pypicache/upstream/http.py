@@ -550,14 +550,16 @@ class ConnectionPool:
     ``idle_per_host`` connections are kept after a burst, each for at most
     ``idle_timeout`` seconds; ``tls`` makes the client TLS options for a host
     (by default Twisted's ``optionsForClientTLS``: the platform's trust roots
-    and the host name checked).
+    and the host name checked).  :meth:`close` waits at most ``close_timeout``
+    seconds for the idle connections to close cleanly, then aborts them.
     """
 
     def __init__(self, reactor: Any, *, connect_timeout: float, idle_per_host: int = 32,
                  idle_timeout: float = 60.0, tls: Callable[[str], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, close_timeout: float = 2.0) -> None:
         self._reactor = reactor
         self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
         self._idle_per_host = idle_per_host
         self._idle_timeout = idle_timeout
         self._tls = tls
@@ -664,15 +666,33 @@ class ConnectionPool:
             idle.remove(connection)
 
     def close(self) -> Deferred[Any]:
-        """Close the idle connections; fires once they are closed."""
+        """Close the idle connections; fires once they are closed.
+
+        A clean TLS close waits for the peer's close_notify, which an upstream
+        that stopped reading never sends: after ``close_timeout`` the
+        connections still open are aborted, so a shutdown never hangs here.
+        """
         from twisted.internet.defer import gatherResults
 
         waiting = []
+        closing = []
         for idle in self._idle.values():
             for connection in list(idle):
                 connection.lost = Deferred()
                 waiting.append(connection.lost)
+                closing.append(connection)
                 connection.state = _DEAD
                 connection.transport.loseConnection()
         self._idle.clear()
-        return gatherResults(waiting) if waiting else succeed(None)
+        if not waiting:
+            return succeed(None)
+
+        def abort() -> None:
+            for connection in closing:
+                if connection.lost is not None and connection.transport is not None:
+                    connection.transport.abortConnection()
+
+        timer = self._reactor.callLater(self._close_timeout, abort)
+        done = gatherResults(waiting)
+        done.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return done
