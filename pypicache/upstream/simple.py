@@ -7,8 +7,8 @@ size of a wheel.  Requests go through :mod:`pypicache.upstream.http`, a lean
 keep-alive client: Twisted's Agent and treq cost more per request than the
 rest of a cold install's work on the reactor thread.
 
-Every wait is bounded (connect, whole page, idle download, drained bodies) and every failure
--- refused, reset, timed out, truncated, malformed -- arrives as
+Every wait is bounded (connect, whole page, idle download, drained bodies)
+and every failure -- refused, reset, timed out, truncated, malformed -- arrives as
 :class:`~pypicache.model.UpstreamError`, because the server's answer to any of
 them is the same: serve what is cached.
 
