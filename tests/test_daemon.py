@@ -348,3 +348,81 @@ async def test_missing_config_file_exits_with_one_line(tmp_path, spawn):
     assert status != 0
     assert "Traceback" not in daemon.output
     assert len([line for line in daemon.output.splitlines() if str(missing) in line]) == 1, daemon.output
+
+
+class _TricklingRedirect:
+    """A web site whose every GET is a 302 to ``target`` (same path) with a
+    60,000-byte body sent one byte per 0.2 s: the proxy drains such a body
+    (it is under the drain's size cap) and each byte resets its idle timer."""
+
+    def __init__(self, target: str) -> None:
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET, Site
+
+        self.dripping: list[Any] = []
+        outer = self
+
+        class Root(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> Any:
+                from twisted.internet import reactor
+
+                request.setResponseCode(302)
+                request.setHeader(b"location", target.rstrip("/").encode() + request.path)
+                request.setHeader(b"content-length", b"60000")
+
+                def drip() -> None:
+                    if not request._disconnected and not request.finished:
+                        request.write(b"x")
+                        outer.dripping.append(reactor.callLater(0.2, drip))
+
+                request.notifyFinish().addBoth(lambda _: outer.requests.remove(request))
+                outer.requests.append(request)
+                drip()
+                return NOT_DONE_YET
+
+        self.requests: list[Any] = []
+        self.site = Site(Root())
+
+    def stop(self) -> None:
+        for call in self.dripping:
+            if call.active():
+                call.cancel()
+        for request in list(self.requests):
+            request.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_during_a_trickling_redirect_drain_exits_promptly(tmp_path, fake_upstream, spawn):
+    """A drain is housekeeping: shutdown abandons it instead of waiting for
+    an upstream that trickles a redirect's body (read_timeout is 10 s here,
+    longer than the 5 s the stop may take)."""
+    from twisted.internet import reactor
+
+    trickle = _TricklingRedirect(fake_upstream.root_url)
+    listening = reactor.listenTCP(0, trickle.site, interface="127.0.0.1")
+    try:
+        conf = write_config(tmp_path / "pypicache.toml", f"""
+[server]
+data_dir = "data"
+[http]
+connect_timeout = 2
+read_timeout = 10
+page_timeout = 5
+[upstream]
+url = "http://127.0.0.1:{listening.getHost().port}/simple/"
+""")
+        port = free_port()
+        daemon = spawn(twistd_argv(["pypicache", "--config", str(conf), "--listen",
+                                    f"tcp:{port}:interface=127.0.0.1"]), port=port)
+        await daemon.wait_until_answers("/")
+        code, body, _ = await daemon.get("/simple/tinyproj/", accept=JSON)
+        assert code == 200, body
+        assert json.loads(body)["name"] == "tinyproj"
+        await sleep(0.5)
+        assert trickle.requests, "the redirect body should still be draining"
+        await daemon.stop()
+    finally:
+        trickle.stop()
+        await listening.stopListening()

@@ -146,7 +146,8 @@ async def test_connection_close_and_http10_are_not_reused(server, pool):
     server.answer = lambda head: next(answers)
     bodies = [(await _get(pool, server.url + b"/f"))[1].body for _ in range(4)]
     assert bodies == [b"a", b"b", b"c", b"d"]
-    assert len(server.connections) == 3  # the 1.0 keep-alive one served the last request
+    # HTTP/1.0 is never kept, whatever its Connection header says (as h11 has it).
+    assert len(server.connections) == 4
 
 
 @pytest_twisted.ensureDeferred
@@ -458,6 +459,164 @@ async def test_https_checks_the_certificate_and_keeps_the_connection():
     finally:
         await trusted.close()
         await untrusted.close()
+        for connection in server.connections:
+            if not connection.gone:
+                connection.transport.abortConnection()
+        await port.stopListening()
+
+
+# ----------------------------------------------- as strict as h11, byte for byte
+
+_HEADER_ATTACKS = [
+    # A value carrying a bare LF (or CR, or NUL) would be stored as the ETag
+    # and sent back verbatim in the next If-None-Match: a header injection.
+    b'HTTP/1.1 200 OK\r\nETag: "x"\nX-Injected: yes\r\nContent-Length: 0\r\n\r\n',
+    b'HTTP/1.1 200 OK\r\nETag: "x"\rX-Injected: yes\r\nContent-Length: 0\r\n\r\n',
+    b'HTTP/1.1 200 OK\r\nETag: "x\x00"\r\nContent-Length: 0\r\n\r\n',
+    b'HTTP/1.1 302 Found\r\nLocation: /a\nSet-Cookie: x\r\nContent-Length: 0\r\n\r\n',
+    b"HTTP/1.1 200 OK\r\nX-Ctl: a\x7fb\r\nContent-Length: 0\r\n\r\n",
+    # header names are tokens
+    b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX(y): z\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX\x00: z\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nETag\n: z\r\nContent-Length: 0\r\n\r\n",
+    # status codes: 100-599 only, and no unasked-for protocol switch
+    b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 600 High\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 999 High\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n" + _ok(b"smuggled"),
+    b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\nX: y\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n",
+    # a Content-Length no int() should be asked to read
+    b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa3\r\n\r\n",
+    # a head over the limit is refused even when its end arrives with it
+    b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("answer", _HEADER_ATTACKS)
+@pytest_twisted.ensureDeferred
+async def test_heads_h11_refuses_are_bad_responses(server, pool, answer):
+    server.answer = lambda head: answer
+    with pytest.raises(BadResponse):
+        await _within(pool.request(server.url + b"/f", []))
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nETag:  \"v 1\"\t \r\nX-Empty:\r\nX-Obs: caf\xe9\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200\r\nETag: \"v 1\"\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 599 Whatever\r\nETag: \"v 1\"\r\nContent-Length: 2\r\n\r\nhi",
+])
+@pytest_twisted.ensureDeferred
+async def test_lawful_heads_still_pass(server, pool, answer):
+    server.answer = lambda head: answer
+    response, reader, reason = await _get(pool, server.url + b"/f")
+    assert reader.body == b"hi" and reason.check(ResponseDone)
+    assert response.headers.getRawHeaders(b"etag") == [b'"v 1"']
+
+
+@pytest.mark.parametrize("chunks", [
+    b" 5\r\nhello\r\n0\r\n\r\n",             # whitespace before the size
+    b"\x0b5\r\nhello\r\n0\r\n\r\n",
+    b"5\x0b\r\nhello\r\n0\r\n\r\n",
+    b"5;a\x00b\r\nhello\r\n0\r\n\r\n",       # NUL in an extension
+    b"5;a\nb\r\nhello\r\n0\r\n\r\n",         # bare LF in an extension
+    b"5\r\nhello\r\n0\r\nBad Trailer: x\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX-T: a\nInjected: b\r\n\r\n",
+    b"5\r\nhello\r\n0\r\n" + b"X-T: a\r\n" * 1000 + b"\r\n",  # endless trailers
+])
+@pytest_twisted.ensureDeferred
+async def test_malformed_chunk_lines_and_trailers_fail_the_body(server, pool, chunks):
+    server.answer = lambda head: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    _, _, reason = await _get(pool, server.url + b"/f")
+    assert reason.check(BadResponse)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lawful_chunk_lines_still_pass(server, pool):
+    server.answer = lambda head: (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"5 ;name=\"v\"\r\nhello\r\n000A\t\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n")
+    _, reader, reason = await _get(pool, server.url + b"/f")
+    assert reader.body == b"hello0123456789" and reason.check(ResponseDone)
+
+
+@pytest_twisted.ensureDeferred
+async def test_content_length_with_transfer_encoding_is_chunked_and_not_reused(server, pool):
+    """RFC 9112 6.3: Transfer-Encoding wins, and the connection is closed
+    afterwards (the pair is what request smuggling is made of)."""
+    answers = iter([b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nhello\r\n0\r\n\r\n", _ok(b"next")])
+    server.answer = lambda head: next(answers)
+    response, reader, reason = await _get(pool, server.url + b"/f")
+    assert reader.body == b"hello" and reason.check(ResponseDone)
+    assert not isinstance(response.length, int)
+    assert (await _get(pool, server.url + b"/f"))[1].body == b"next"
+    assert len(server.connections) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_gzip_member_is_decoded(server, pool):
+    packed = gzip.compress(b"first " * 100) + gzip.compress(b"second " * 100)
+    server.answer = lambda head: _ok(packed, b"Content-Encoding: gzip")
+    _, reader, reason = await _get(pool, server.url + b"/p/", decode_gzip=True)
+    assert reader.body == b"first " * 100 + b"second " * 100 and reason.check(ResponseDone)
+
+
+@pytest.mark.parametrize("tail", [b"junk after the member", b"\0" * 64, gzip.compress(b"cut")[:-3]])
+@pytest_twisted.ensureDeferred
+async def test_bytes_after_a_gzip_member_that_are_no_member_fail_the_body(server, pool, tail):
+    server.answer = lambda head: _ok(gzip.compress(b"page") + tail, b"Content-Encoding: gzip")
+    _, _, reason = await _get(pool, server.url + b"/p/", decode_gzip=True)
+    assert reason.check(BadResponse)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gzip_wire_bytes_count_against_the_limit(server, pool):
+    """Empty gzip members decode to nothing: the reader's own count never
+    moves, so the encoded bytes are what must be bounded."""
+    empty = gzip.compress(b"")
+    packed = gzip.compress(b"page") + empty * (200_000 // len(empty))
+    server.answer = lambda head: _ok(packed, b"Content-Encoding: gzip")
+    _, reader, reason = await _get(pool, server.url + b"/p/", decode_gzip=True, max_wire_bytes=100_000)
+    assert reason.check(BadResponse) and "100000" in str(reason.value)
+    assert reader.body == b"page"
+    _, reader, reason = await _get(pool, server.url + b"/p/", decode_gzip=True, max_wire_bytes=len(packed))
+    assert reason.check(ResponseDone) and reader.body == b"page"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pyOpenSSL objects in Twisted's own helpers
+@pytest_twisted.ensureDeferred
+async def test_close_does_not_wait_for_a_tls_peer_that_never_answers_the_close():
+    """Closing an idle TLS connection sends close_notify and waits for the
+    peer's: an upstream that stops reading would hold a shutdown forever, so
+    the pool's close gives up after ``close_timeout`` and aborts."""
+    import time
+
+    from twisted.internet import ssl
+
+    cert_pem, key_pem = _self_signed("localhost")
+    server = _Server()
+
+    def answer_then_stop_reading(transport):
+        transport.write(_ok(b"x"))
+        transport.pauseProducing()
+
+    server.answer = lambda head: answer_then_stop_reading
+    certificate = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem)
+    port = _reactor().listenSSL(0, server, certificate.options(), interface="127.0.0.1")
+    pool = ConnectionPool(_reactor(), connect_timeout=2.0, close_timeout=0.5, tls=lambda host: ssl.optionsForClientTLS(
+        host, trustRoot=ssl.Certificate.loadPEM(cert_pem)))
+    try:
+        _, reader, _ = await _get(pool, b"https://localhost:%d/f" % port.getHost().port)
+        assert reader.body == b"x"
+        started = time.monotonic()
+        await _within(pool.close(), 3)
+        assert time.monotonic() - started < 2
+    finally:
         for connection in server.connections:
             if not connection.gone:
                 connection.transport.abortConnection()

@@ -734,3 +734,94 @@ async def test_pooled_connections_the_upstream_closed_are_not_an_error(make_upst
         chunks: list[bytes] = []
         await _within(download.deliver(chunks.append))
         assert b"".join(chunks) == b"x" * 10
+
+
+# ------------------------------------------------ hostile answers, bounded waits
+
+
+@pytest_twisted.ensureDeferred
+async def test_gzip_page_wire_bytes_count_against_max_page_bytes(make_upstream, server):
+    """Empty gzip members after the page decode to nothing: the encoded bytes
+    are counted against ``max_page_bytes`` too, and every member is read."""
+    body = _json_page([{"filename": "a-1.tar.gz", "url": "a-1.tar.gz", "hashes": {}}])
+    empty = gzip.compress(b"")
+    server.handlers["/simple/padded/"] = _serve(gzip.compress(body) + empty * (300_000 // len(empty)),
+                                                content_encoding="gzip")
+    half = len(body) // 2
+    server.handlers["/simple/two/"] = _serve(gzip.compress(body[:half]) + gzip.compress(body[half:]),
+                                             content_encoding="gzip")
+    upstream = make_upstream(max_page_bytes=100_000)
+    error = await _failure(upstream.fetch_project("padded", Validators()))
+    assert isinstance(error, UpstreamError) and "100000" in str(error)
+    page = await _within(upstream.fetch_project("two", Validators()))
+    assert [f.filename for f in page.files] == ["a-1.tar.gz"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_validators_with_control_characters_are_never_sent(make_upstream, server):
+    """A validator stored before the parser refused CR/LF (or edited into the
+    index) must not split the request head."""
+    server.handlers["/simple/demo/"] = _serve(_json_page([]))
+    upstream = make_upstream()
+    await _within(upstream.fetch_project("demo", Validators(
+        etag='"x"\r\nX-Injected: yes', last_modified="Wed, 01 Jan 2025\n00:00:00 GMT")))
+    (request,) = server.seen
+    assert request.requestHeaders.getRawHeaders(b"x-injected") is None
+    assert server.headers("if-none-match") == [None] and server.headers("if-modified-since") == [None]
+
+
+def _trickling_redirect(to: bytes, length: int = 60_000, every: float = 0.05):
+    """A redirect whose body (within the drain's size cap) comes one byte at a time."""
+    calls: list[Any] = []
+
+    def handler(request):
+        request.setResponseCode(302)
+        request.setHeader("location", to)
+        request.setHeader("content-length", str(length))
+
+        def drip():
+            if request.finished or request._disconnected:
+                return
+            request.write(b"x")
+            calls.append(_reactor().callLater(every, drip))
+
+        drip()
+        request.notifyFinish().addBoth(lambda _: [c.cancel() for c in calls if c.active()])
+        return NOT_DONE_YET
+
+    return handler
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trickling_redirect_body_is_drained_for_at_most_the_read_timeout(make_upstream, server):
+    """Each byte comes well within the idle timeout: only an overall deadline ends it."""
+    server.handlers["/simple/demo/"] = _trickling_redirect(b"/real/demo/")
+    server.handlers["/real/demo/"] = _serve(_json_page([]))
+    upstream = make_upstream(read_timeout=0.5)
+    await _within(upstream.fetch_project("demo", Validators()))
+    (redirect, _) = server.seen
+    started = time.monotonic()
+    while upstream._draining and time.monotonic() - started < 3:
+        await _within(task_sleep(0.05))
+    assert not upstream._draining, "the drain of the redirect body still runs"
+    assert redirect.finished or redirect._disconnected
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_abandons_a_drain_in_progress(make_upstream, server):
+    """Shutdown must not wait for a slow upstream to finish a body nobody reads."""
+    server.handlers["/simple/demo/"] = _trickling_redirect(b"/real/demo/")
+    server.handlers["/real/demo/"] = _serve(_json_page([]))
+    upstream = make_upstream(read_timeout=30)
+    await _within(upstream.fetch_project("demo", Validators()))
+    assert upstream._draining
+    started = time.monotonic()
+    await _within(upstream.close(), 3)
+    assert time.monotonic() - started < 1
+    assert not upstream._draining
+
+
+def task_sleep(seconds: float):
+    from twisted.internet.task import deferLater
+
+    return deferLater(_reactor(), seconds, lambda: None)

@@ -24,12 +24,24 @@ What this keeps from Twisted's client, because the callers rely on it:
   new connection, not an error (only when no byte of the answer came back:
   every request here is a GET, so sending it again is safe);
 * cancelling the Deferred of a request aborts its connection attempt or its
-  connection; gzip-encoded pages are decoded when asked for, with the
-  reader's size cap applying to the decoded bytes.
+  connection; gzip-encoded pages are decoded when asked for (every member),
+  with the reader's size cap applying to the decoded bytes and
+  ``max_wire_bytes`` to the encoded ones.
+
+What it refuses, at least as strictly as h11 (a :class:`BadResponse`, the
+connection dropped): a status line other than ``HTTP/1.[01] NNN reason``, a
+status outside 100-599 or an unasked-for 101, a header name that is no token,
+a header or trailer value with a control character (CR, LF, NUL: what would
+otherwise travel back to the upstream in ``If-None-Match``), a Content-Length
+that is no number of at most 18 digits, a malformed chunk line.  A response
+that is HTTP/1.0, or carries both Content-Length and Transfer-Encoding (RFC
+9112 6.3: the chunking wins), is read and its connection closed, never
+pooled.  Checks are precompiled regexes over whole lines: no per-byte Python.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from typing import Any, Callable
@@ -52,6 +64,19 @@ __all__ = ["BadResponse", "ConnectionPool", "Headers", "Response"]
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 256
 MAX_CHUNK_LINE = 4096
+#: Content-Length digits: 10**18 bytes is more than any body; int() of a
+#: 5,000-digit number raises (and would cost quadratic time before that).
+MAX_LENGTH_DIGITS = 18
+#: ``HTTP/1.x NNN reason``; the reason may be empty, with or without its space.
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+#: ``name: value``: a token (RFC 9110 5.1), then visible characters, spaces,
+#: tabs and obs-text; never CR, LF, NUL or another control character.
+_FIELD = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*"
+_FIELD_LINE = re.compile(_FIELD)
+#: Every field line of a head, each after its CRLF: one match for the block.
+_FIELD_LINES = re.compile(rb"(?:\r\n" + _FIELD + rb")*")
+#: A chunk-size line: hex digits, optional whitespace, optional extensions.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 #: Slices of decoded gzip handed to the reader at a time (memory per step).
 _GZIP_SLICE = 256 * 1024
 _NO_BODY = frozenset({204, 304})
@@ -104,10 +129,10 @@ class Response:
     """Status and headers of one answer; the body follows via :meth:`deliverBody`."""
 
     __slots__ = ("code", "phrase", "headers", "length", "complete", "_connection", "_protocol", "_pending",
-                 "_ended", "_decode")
+                 "_ended", "_decode", "_max_wire")
 
     def __init__(self, connection: "_Connection", code: int, phrase: bytes, headers: Headers,
-                 length: int | Any, decode: bool) -> None:
+                 length: int | Any, decode: bool, max_wire: int | None = None) -> None:
         self.code = code
         self.phrase = phrase
         self.headers = headers
@@ -119,12 +144,13 @@ class Response:
         self._pending: list[bytes] = []
         self._ended: Failure | None = None
         self._decode = decode
+        self._max_wire = max_wire
 
     def deliverBody(self, protocol: Any) -> None:
         if self._protocol is not None:
             raise RuntimeError("body already delivered")
         if self._decode:
-            protocol = _GzipDecoder(protocol)
+            protocol = _GzipDecoder(protocol, self._max_wire)
         self._protocol = protocol
         protocol.makeConnection(_BodyTransport(self._connection, self))
         pending, self._pending = self._pending, []
@@ -157,13 +183,23 @@ class Response:
 
 
 class _GzipDecoder:
-    """Decodes a gzip body for the protocol it wraps (Content-Encoding: gzip)."""
+    """Decodes a gzip body for the protocol it wraps (Content-Encoding: gzip).
 
-    def __init__(self, inner: Any) -> None:
+    Every member is decoded (RFC 1952 2.2: a gzip file is a series of them);
+    anything after a member that is not another member fails the body, rather
+    than piling up in zlib's ``unused_data`` (copied on every call) or being
+    dropped while the page is taken as whole.  The encoded bytes are counted
+    against ``max_wire``: members that decode to nothing never reach the
+    reader's own count.
+    """
+
+    def __init__(self, inner: Any, max_wire: int | None = None) -> None:
         self._inner = inner
         self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._transport: Any = None
         self._stopped = False
+        self._max_wire = max_wire
+        self._wire = 0
 
     def makeConnection(self, transport: Any) -> None:
         self._transport = transport
@@ -183,17 +219,32 @@ class _GzipDecoder:
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return
+        self._wire += len(data)
+        if self._max_wire is not None and self._wire > self._max_wire:
+            self._fail(f"gzip body larger than {self._max_wire} bytes on the wire")
+            return
         try:
-            out = self._zlib.decompress(data, _GZIP_SLICE)
+            z = self._zlib
+            out = z.decompress(data, _GZIP_SLICE)
             while True:
                 if out:
                     self._inner.dataReceived(out)
-                if self._stopped or not self._zlib.unconsumed_tail:
+                if self._stopped:
                     return
-                out = self._zlib.decompress(self._zlib.unconsumed_tail, _GZIP_SLICE)
+                if z.unconsumed_tail:
+                    out = z.decompress(z.unconsumed_tail, _GZIP_SLICE)
+                elif z.eof and z.unused_data:  # the next member
+                    rest = z.unused_data
+                    z = self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    out = z.decompress(rest, _GZIP_SLICE)
+                else:
+                    return
         except zlib.error as e:
-            self.stopProducing()
-            self._inner.connectionLost(Failure(BadResponse(f"bad gzip body: {e}")))
+            self._fail(f"bad gzip body: {e}")
+
+    def _fail(self, why: str) -> None:
+        self.stopProducing()
+        self._inner.connectionLost(Failure(BadResponse(why)))
 
     def connectionLost(self, reason: Failure) -> None:
         if self._stopped:
@@ -215,12 +266,14 @@ class _GzipDecoder:
 class _Exchange:
     """One request, across at most two connection attempts."""
 
-    __slots__ = ("key", "head", "decode", "d", "connection", "connecting", "retried")
+    __slots__ = ("key", "head", "decode", "max_wire", "d", "connection", "connecting", "retried")
 
-    def __init__(self, key: tuple[str, str, int], head: bytes, decode: bool) -> None:
+    def __init__(self, key: tuple[str, str, int], head: bytes, decode: bool,
+                 max_wire: int | None = None) -> None:
         self.key = key
         self.head = head
         self.decode = decode
+        self.max_wire = max_wire
         self.d: Deferred[Response] = Deferred(self._cancel)
         self.connection: _Connection | None = None
         self.connecting: Deferred[Any] | None = None
@@ -253,6 +306,7 @@ class _Connection(Protocol):
         self.idle_since = 0.0
         self._buffer = b""
         self._remaining = 0
+        self._trailers = 0
         self._persistent = False
         self._got_bytes = False
         self._reused = False
@@ -318,7 +372,7 @@ class _Connection(Protocol):
             buf = self._buffer
             if state == _HEAD:
                 end = buf.find(b"\r\n\r\n")
-                if end < 0:
+                if end < 0 or end > MAX_HEAD:
                     if len(buf) > MAX_HEAD:
                         raise BadResponse("response head too large")
                     return
@@ -341,12 +395,20 @@ class _Connection(Protocol):
                 if state == _TRAILER:
                     if not line:
                         self._body_done()
+                        continue
+                    self._trailers += 1
+                    if self._trailers > MAX_HEADERS or _FIELD_LINE.fullmatch(line) is None:
+                        raise BadResponse(f"bad trailer line {line[:80]!r}")
                     continue
-                size = line.split(b";", 1)[0].strip()
-                if not size or size.strip(b"0123456789abcdefABCDEF") or len(size) > 16:
-                    raise BadResponse(f"bad chunk size {size[:40]!r}")
-                self._remaining = int(size, 16)
-                self.state = _CHUNK_DATA if self._remaining else _TRAILER
+                chunk = _CHUNK_LINE.fullmatch(line)
+                if chunk is None:
+                    raise BadResponse(f"bad chunk size line {line[:40]!r}")
+                self._remaining = int(chunk[1], 16)
+                if self._remaining:
+                    self.state = _CHUNK_DATA
+                else:
+                    self.state = _TRAILER
+                    self._trailers = 0
             elif state == _CHUNK_DATA:
                 n = min(len(buf), self._remaining)
                 self._remaining -= n
@@ -366,27 +428,29 @@ class _Connection(Protocol):
                 self.response._data(buf)  # type: ignore[union-attr]
 
     def _head(self, head: bytes) -> None:
+        first = head.find(b"\r\n")
+        if first < 0:
+            first = len(head)
+        status = _STATUS_LINE.fullmatch(head, 0, first)
+        if status is None:
+            raise BadResponse(f"bad status line {head[:min(first, 80)]!r}")
+        code = int(status[2])
+        if code < 100 or code > 599 or code == 101:  # we never ask to switch protocols
+            raise BadResponse(f"unexpected status {code}")
         lines = head.split(b"\r\n")
-        status = lines[0].split(b" ", 2)
-        if len(status) < 2 or status[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not status[1].isdigit() \
-                or len(status[1]) != 3:
-            raise BadResponse(f"bad status line {lines[0][:80]!r}")
-        code = int(status[1])
         if len(lines) > MAX_HEADERS + 1:
             raise BadResponse("too many headers")
+        if _FIELD_LINES.fullmatch(head, first) is None:
+            bad = next(line for line in lines[1:] if _FIELD_LINE.fullmatch(line) is None)
+            raise BadResponse(f"bad header line {bad[:80]!r}")
         values: dict[bytes, list[bytes]] = {}
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-                raise BadResponse(f"bad header line {line[:80]!r}")
-            values.setdefault(name.lower(), []).append(value.strip())
-        if 100 <= code < 200:  # 100 Continue and friends: the real answer follows
+            name, _, value = line.partition(b":")
+            values.setdefault(name.lower(), []).append(value.strip(b" \t"))
+        if code < 200:  # 100 Continue and friends: the real answer follows
             return
-        connection = b",".join(values.get(b"connection", ())).lower()
-        if status[0] == b"HTTP/1.1":
-            self._persistent = b"close" not in connection
-        else:
-            self._persistent = b"keep-alive" in connection
+        # HTTP/1.0 keep-alive is a pre-standard extension h11 does not keep either.
+        self._persistent = status[1] == b"1" and b"close" not in b",".join(values.get(b"connection", ())).lower()
         exchange = self.exchange
         decode = exchange is not None and exchange.decode and \
             b",".join(values.get(b"content-encoding", ())).strip().lower() == b"gzip"
@@ -401,16 +465,19 @@ class _Connection(Protocol):
             if encoding.strip() != b"chunked":
                 raise BadResponse(f"unsupported transfer-encoding {encoding[:40]!r}")
             self.state = _CHUNK_SIZE
+            if lengths is not None:  # RFC 9112 6.3: chunking wins, then close
+                self._persistent = False
         elif lengths is not None:
-            if len(set(lengths)) != 1 or not lengths[0].isdigit():
-                raise BadResponse(f"bad content-length {lengths!r}")
+            if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > MAX_LENGTH_DIGITS:
+                raise BadResponse(f"bad content-length {lengths[0][:40]!r}")
             length = self._remaining = int(lengths[0])
             self.state = _LENGTH
         else:
             self.state = _UNTIL_CLOSE
             self._persistent = False
-        self.response = Response(self, code, status[2] if len(status) > 2 else b"", Headers(values),
-                                 UNKNOWN_LENGTH if decode else length, decode)
+        self.response = Response(self, code, status[3] or b"", Headers(values),
+                                 UNKNOWN_LENGTH if decode else length, decode,
+                                 exchange.max_wire if exchange is not None else None)
         if exchange is not None:
             self.exchange = None
             if not exchange.d.called:
@@ -489,18 +556,20 @@ class ConnectionPool:
     address)`` raising to refuse) is asked about every address a host
     resolves to and about the peer before a request is written (connect.py);
     ``resolver`` replaces the reactor's ``nameResolver`` for guarded
-    connections.
+    connections.  :meth:`close` waits at most ``close_timeout`` seconds for
+    the idle connections to close cleanly, then aborts them.
     """
 
     def __init__(self, reactor: Any, *, connect_timeout: float, idle_per_host: int = 32,
                  idle_timeout: float = 60.0, tls: Callable[[str], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  guard: Callable[[tuple[str, str, int], str], None] | None = None,
-                 resolver: Any = None) -> None:
+                 resolver: Any = None, close_timeout: float = 2.0) -> None:
         self._reactor = reactor
         self._guard = guard
         self._resolver = resolver
         self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
         self._idle_per_host = idle_per_host
         self._idle_timeout = idle_timeout
         self._tls = tls
@@ -512,9 +581,13 @@ class ConnectionPool:
 
     # -- requests
     def request(self, url: bytes, headers: list[tuple[bytes, bytes]], *, decode_gzip: bool = False,
-                method: bytes = b"GET") -> Deferred[Response]:
+                max_wire_bytes: int | None = None, method: bytes = b"GET") -> Deferred[Response]:
         """Send ``method url`` (an absolute http(s) URL, already percent-encoded);
-        fires with the :class:`Response` once its head has arrived."""
+        fires with the :class:`Response` once its head has arrived.
+
+        ``max_wire_bytes`` bounds the encoded bytes of a gzip body decoded
+        for the reader (the reader counts the decoded ones; an undecoded
+        body's reader counts its wire bytes itself)."""
         try:
             key, host, target = self._split(url)
         except ValueError as e:
@@ -525,7 +598,7 @@ class ConnectionPool:
         if decode_gzip:
             lines.append(b"Accept-Encoding: gzip\r\n")
         lines.append(b"\r\n")
-        exchange = _Exchange(key, b"".join(lines), decode_gzip)
+        exchange = _Exchange(key, b"".join(lines), decode_gzip, max_wire_bytes)
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
@@ -620,15 +693,33 @@ class ConnectionPool:
             idle.remove(connection)
 
     def close(self) -> Deferred[Any]:
-        """Close the idle connections; fires once they are closed."""
+        """Close the idle connections; fires once they are closed.
+
+        A clean TLS close waits for the peer's close_notify, which an upstream
+        that stopped reading never sends: after ``close_timeout`` the
+        connections still open are aborted, so a shutdown never hangs here.
+        """
         from twisted.internet.defer import gatherResults
 
         waiting = []
+        closing = []
         for idle in self._idle.values():
             for connection in list(idle):
                 connection.lost = Deferred()
                 waiting.append(connection.lost)
+                closing.append(connection)
                 connection.state = _DEAD
                 connection.transport.loseConnection()
         self._idle.clear()
-        return gatherResults(waiting) if waiting else succeed(None)
+        if not waiting:
+            return succeed(None)
+
+        def abort() -> None:
+            for connection in closing:
+                if connection.lost is not None and connection.transport is not None:
+                    connection.transport.abortConnection()
+
+        timer = self._reactor.callLater(self._close_timeout, abort)
+        done = gatherResults(waiting)
+        done.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return done

@@ -7,8 +7,8 @@ size of a wheel.  Requests go through :mod:`pypicache.upstream.http`, a lean
 keep-alive client: Twisted's Agent and treq cost more per request than the
 rest of a cold install's work on the reactor thread.
 
-Every wait is bounded (connect, whole page, idle download) and every failure
--- refused, reset, timed out, truncated, malformed -- arrives as
+Every wait is bounded (connect, whole page, idle download, drained bodies)
+and every failure -- refused, reset, timed out, truncated, malformed -- arrives as
 :class:`~pypicache.model.UpstreamError`, because the server's answer to any of
 them is the same: serve what is cached.
 
@@ -207,7 +207,8 @@ class _BodyReader(Protocol):
     Fails ``done`` with UpstreamError when the body exceeds ``max_bytes``, is
     longer or shorter than ``expected`` (the Content-Length), ends without any
     length (Twisted's PotentialDataLoss: a close that may be a reset), breaks
-    off, or sends nothing for ``idle_timeout`` seconds.  Every failure aborts
+    off, sends nothing for ``idle_timeout`` seconds, or is not over after
+    ``deadline`` seconds (a byte now and then resets the idle timer forever).  Every failure aborts
     the connection so nothing lingers.  Cancelling ``done`` aborts too.
     """
 
@@ -220,6 +221,7 @@ class _BodyReader(Protocol):
         expected: int | None = None,
         max_bytes: int | None = None,
         idle_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.done: Deferred[None] = Deferred(self._on_cancel)
         self.received = 0
@@ -229,12 +231,16 @@ class _BodyReader(Protocol):
         self._expected = expected
         self._max_bytes = max_bytes
         self._idle_timeout = idle_timeout
+        self._deadline = deadline
         self._timer: Any = None
+        self._deadline_timer: Any = None
 
     # Twisted calls makeConnection from deliverBody, before any data.
     def connectionMade(self) -> None:
         if self._idle_timeout is not None and not self.done.called:
             self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+        if self._deadline is not None and not self.done.called:
+            self._deadline_timer = self._clock.callLater(self._deadline, self._overdue)
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -285,6 +291,11 @@ class _BodyReader(Protocol):
         self.abort(UpstreamError(
             f"{self._url}: stalled: no data for {self._idle_timeout}s after {self.received} bytes"))
 
+    def _overdue(self) -> None:
+        self._deadline_timer = None
+        self.abort(UpstreamError(
+            f"{self._url}: body not over after {self._deadline}s ({self.received} bytes)"))
+
     def _on_cancel(self, _: Deferred) -> None:
         self._stop_timer()
         self._drop()
@@ -296,19 +307,22 @@ class _BodyReader(Protocol):
             self.transport.stopProducing()
 
     def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._deadline_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._deadline_timer = None
 
 
-def _drain_body(response: Any, url: str, clock: Any, idle_timeout: float) -> Deferred[None]:
+def _drain_body(response: Any, url: str, clock: Any, timeout: float) -> _BodyReader:
     """Read and forget a small body (error, redirect) so the connection can go
-    back to the pool; a big or slow one is cut off instead.  The Deferred
-    fires (never fails) once the body is gone."""
+    back to the pool; a big or slow one is cut off instead: at most
+    ``timeout`` seconds in all, however the bytes trickle.  The reader's
+    ``done`` fires (never fails) once the body is gone."""
     reader = _BodyReader(lambda _: None, url, clock=clock, max_bytes=_DRAIN_BYTES,
-                         idle_timeout=idle_timeout)
+                         idle_timeout=timeout, deadline=timeout)
+    reader.done.addErrback(lambda _: None)
     response.deliverBody(reader)
-    return reader.done.addErrback(lambda _: None)
+    return reader
 
 
 def _abandon(response: Any, url: str, clock: Any) -> _BodyReader:
@@ -403,18 +417,19 @@ class SimpleUpstream:
         self._extra = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in (headers or {}).items()}
         self._origin = _origin(self.url)
         self._user_agent = self._http.user_agent.encode("latin-1")
-        self._draining: set[Deferred[None]] = set()
+        self._draining: set[_BodyReader] = set()
         self._pool = pool if pool is not None else ConnectionPool(
             self._reactor, connect_timeout=self._http.connect_timeout, idle_per_host=IDLE_PER_HOST,
             idle_timeout=IDLE_TIMEOUT, guard=self.policy.check_address, resolver=resolver)
 
     async def _close(self) -> None:
         # Let a response being parsed right now (close() called from one of
-        # its callbacks) finish and return its connection to the pool first;
-        # likewise a drained connection returns only once its body is read.
+        # its callbacks) finish and return its connection to the pool first.
+        # Drains still running are abandoned: a shutdown never waits for an
+        # upstream to finish a body nobody reads.
         await deferLater(self._reactor, 0, lambda: None)
-        while self._draining:
-            await defer.DeferredList(list(self._draining))
+        for reader in list(self._draining):
+            reader.abort(UpstreamError(f"{reader._url}: abandoned at shutdown"))
         await self._pool.close()
 
     def close(self) -> Deferred[None]:
@@ -422,10 +437,10 @@ class SimpleUpstream:
         return ensureDeferred(self._close())
 
     def _drain(self, response: Any, url: str) -> None:
-        d = _drain_body(response, url, self._reactor, self._http.read_timeout)
-        if not d.called:
-            self._draining.add(d)
-            d.addBoth(lambda _: self._draining.discard(d))
+        reader = _drain_body(response, url, self._reactor, self._http.read_timeout)
+        if not reader.done.called:
+            self._draining.add(reader)
+            reader.done.addBoth(lambda _: self._draining.discard(reader))
 
     # -- requests ---------------------------------------------------------
 
@@ -466,7 +481,8 @@ class SimpleUpstream:
         raise AssertionError("unreachable")
 
     def _send_page(self, url: str, headers: list[tuple[bytes, bytes]]) -> Deferred[Any]:
-        return self._pool.request(_wire_url(url), headers, decode_gzip=True)
+        return self._pool.request(_wire_url(url), headers, decode_gzip=True,
+                                  max_wire_bytes=self._http.max_page_bytes)
 
     def _send_file(self, url: str, headers: list[tuple[bytes, bytes]]) -> Deferred[Any]:
         return self._pool.request(_wire_url(url), headers)
@@ -505,9 +521,11 @@ class SimpleUpstream:
     async def _page(self, url: str, validators: Validators) -> tuple[bytes, str | None, str, Validators]:
         """Body, Content-Type, final URL and validators of a 200 page."""
         extra = {b"accept": _ACCEPT}
-        if validators.etag:
+        # Validators come from an index that may predate the parser's CR/LF
+        # check: one that could split the request head is not sent.
+        if validators.etag and _HEADER_VALUE.fullmatch(validators.etag):
             extra[b"if-none-match"] = validators.etag.encode("latin-1")
-        if validators.last_modified:
+        if validators.last_modified and _HEADER_VALUE.fullmatch(validators.last_modified):
             extra[b"if-modified-since"] = validators.last_modified.encode("latin-1")
         response, final = await self._get(url, extra, self._send_page)
         code = response.code
