@@ -412,6 +412,9 @@ read_timeout = 10
 page_timeout = 5
 [upstream]
 url = "http://127.0.0.1:{listening.getHost().port}/simple/"
+# The redirect leads to the fake upstream, another service on loopback.
+file_hosts = ["127.0.0.1:{fake_upstream.port}"]
+allow_networks = ["127.0.0.1/32"]
 """)
         port = free_port()
         daemon = spawn(twistd_argv(["pypicache", "--config", str(conf), "--listen",
