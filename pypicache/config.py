@@ -72,6 +72,9 @@ class Config:
     threads: int = 4
     access_log: bool = True
     fast_path: bool = True
+    #: Seconds an upstream 404 is remembered (0: off); memory for parsed pages.
+    not_found_ttl: float = 60.0
+    page_cache_bytes: int = 64 * 1024 * 1024
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -90,6 +93,8 @@ _SERVER_KEYS: dict[str, Any] = {
     "threads": int,
     "access_log": bool,
     "fast_path": bool,
+    "not_found_ttl": (int, float),
+    "page_cache_bytes": int,
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
               "breaker_threshold", "breaker_cooldown"}
@@ -155,6 +160,16 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
             if server[key] < 0:
                 raise ConfigError(f"server.{key}: must be 0 or more seconds, got {server[key]!r}")
             kwargs[key] = float(server[key])
+    if "not_found_ttl" in server:
+        if not 0 <= server["not_found_ttl"] <= 3600:
+            raise ConfigError(f"server.not_found_ttl: must be between 0 (off) and 3600 seconds, "
+                              f"got {server['not_found_ttl']!r}")
+        kwargs["not_found_ttl"] = float(server["not_found_ttl"])
+    if "page_cache_bytes" in server:
+        if server["page_cache_bytes"] < 1024 * 1024:
+            raise ConfigError(f"server.page_cache_bytes: must be at least 1048576 (1 MiB), "
+                              f"got {server['page_cache_bytes']!r}")
+        kwargs["page_cache_bytes"] = server["page_cache_bytes"]
     if "threads" in server:
         if not 1 <= server["threads"] <= 64:
             raise ConfigError(f"server.threads: must be between 1 and 64, got {server['threads']!r}")
