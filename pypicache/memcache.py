@@ -33,10 +33,10 @@ class RecordCache(OrderedDict):  # type: ignore[type-arg]
 
     A plain OrderedDict to its users (``get``, ``pop``, ``in``,
     ``move_to_end``) that keeps ``used``, the estimated bytes of what it
-    holds.  Call :meth:`trim` after adding: it drops the oldest records
-    until ``used <= budget`` (a record bigger than the whole budget is not
-    kept at all: it is read from the index when needed) and returns their
-    names.
+    holds.  Call :meth:`trim` after adding (and moving to the end): it drops
+    the oldest records until ``used <= budget`` and returns their names.  A
+    record bigger than the whole budget is not kept at all (it is read from
+    the index when needed), and pushes nothing else out.
     """
 
     def __init__(self, budget: int, max_entries: int | None = None) -> None:
@@ -68,6 +68,11 @@ class RecordCache(OrderedDict):  # type: ignore[type-arg]
 
     def trim(self) -> list[str]:
         gone = []
+        if self:
+            newest = next(reversed(self))
+            if self._costs[newest] > self.budget:  # would push out everything else: not kept
+                self.pop(newest)
+                gone.append(newest)
         while self and (self.used > self.budget or (self.max_entries is not None and len(self) > self.max_entries)):
             gone.append(self.popitem(last=False)[0])
         return gone

@@ -551,13 +551,14 @@ class FakeUpstream:
         """
         proj = self._projects.setdefault(canonicalize_name(project), _Project(display_name=project))
         stem = project.replace("-", "_")
+        nowhere = Path("/nonexistent")
         for i in range(count):
-            filename = f"{stem}-{i // 10}.{i % 10}-py3-none-any.whl"
+            filename = f"{stem}-{i}-py3-none-any.whl"
             record = _File(
                 filename=filename,
-                path=Path("/nonexistent") / filename,
+                path=nowhere,
                 project=canonicalize_name(project),
-                version=Version(f"{i // 10}.{i % 10}"),
+                version=Version(str(i)),
                 sha256=hashlib.sha256(filename.encode()).hexdigest(),
                 size=1000 + i,
                 requires_python=">=3.8",

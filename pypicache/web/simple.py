@@ -66,7 +66,7 @@ class PageCache:
     """Rendered pages, least recently used dropped past a byte budget.
 
     ``used`` never exceeds ``budget``: a page bigger than the whole budget is
-    served but not kept.
+    served but not kept (and pushes nothing else out).
     """
 
     def __init__(self, budget: int = 32 * 1024 * 1024) -> None:
@@ -91,6 +91,8 @@ class PageCache:
         old = self._pages.pop(key, None)
         if old is not None:
             self.used -= old.cost
+        if page.cost > self.budget:  # it would push out everything else: served, not kept
+            return page
         self._pages[key] = page
         self.used += page.cost
         self._trim()
@@ -100,6 +102,9 @@ class PageCache:
         page = self._pages.get(key)
         if page is not None:
             self.used += page.cost - before
+            if page.cost > self.budget:
+                del self._pages[key]
+                self.used -= page.cost
             self._trim()
 
     def _trim(self) -> None:
