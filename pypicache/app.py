@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from pypicache import providers
@@ -89,7 +90,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         threadpool.stop()
         raise
     mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=config.page_ttl,
-                    root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge)
+                    root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge,
+                    not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes)
     downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
                             spool_dir=data_dir / "spool")
     accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor)
@@ -115,7 +117,12 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         return JsonAPI(mirror, storage, downloader, public_url=config.public_url)
 
-    root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi)
+    def in_thread(f: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, threadpool, f, *args)
+
+    # Parsed records get page_cache_bytes, rendered pages half as much again.
+    root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
+                      page_bytes=config.page_cache_bytes // 2, in_thread=in_thread)
 
     async def read_gate(request: Any) -> bool:
         return await accounts.authenticate(request.getHeader(b"authorization")) is not None

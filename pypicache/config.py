@@ -87,6 +87,10 @@ class Config:
     #: Absolute base URL of this server as clients reach it ("https://host/prefix/"),
     #: for the JSON API's URLs; None: they are relative to the request URL.
     public_url: str | None = None
+
+    #: Seconds an upstream 404 is remembered (0: off); memory for parsed pages.
+    not_found_ttl: float = 60.0
+    page_cache_bytes: int = 64 * 1024 * 1024
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -106,6 +110,9 @@ _SERVER_KEYS: dict[str, Any] = {
     "access_log": bool,
     "fast_path": bool,
     "public_url": str,
+
+    "not_found_ttl": (int, float),
+    "page_cache_bytes": int,
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
               "breaker_threshold", "breaker_cooldown"}
@@ -173,6 +180,17 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
             kwargs[key] = float(server[key])
     if "public_url" in server:
         kwargs["public_url"] = _public_url(server["public_url"])
+
+    if "not_found_ttl" in server:
+        if not 0 <= server["not_found_ttl"] <= 3600:
+            raise ConfigError(f"server.not_found_ttl: must be between 0 (off) and 3600 seconds, "
+                              f"got {server['not_found_ttl']!r}")
+        kwargs["not_found_ttl"] = float(server["not_found_ttl"])
+    if "page_cache_bytes" in server:
+        if server["page_cache_bytes"] < 1024 * 1024:
+            raise ConfigError(f"server.page_cache_bytes: must be at least 1048576 (1 MiB), "
+                              f"got {server['page_cache_bytes']!r}")
+        kwargs["page_cache_bytes"] = server["page_cache_bytes"]
     if "threads" in server:
         if not 1 <= server["threads"] <= 64:
             raise ConfigError(f"server.threads: must be between 1 and 64, got {server['threads']!r}")

@@ -10,7 +10,6 @@ degrades, it does not fail.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 import attrs
@@ -18,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pypicache.memcache import NotFoundCache, RecordCache
 from pypicache.model import (
     NotModified,
     ProjectList,
@@ -118,6 +118,8 @@ class Mirror:
         merge: frozenset[str] = frozenset(),
         local_recheck: float = 2.0,
         memory_projects: int = 4096,
+        memory_bytes: int = 64 * 1024 * 1024,
+        not_found_ttl: float = 60.0,
     ) -> None:
         self.index = index
         self.upstream = upstream
@@ -128,8 +130,10 @@ class Mirror:
         self.merge = merge
         self.local_recheck = local_recheck
         self._loaded_at: dict[str, float] = {}
-        self._records: OrderedDict[str, ProjectRecord] = OrderedDict()
-        self._memory_projects = memory_projects
+        #: Bounded by estimated bytes (a project may list 100,000 files) and count.
+        self._records = RecordCache(memory_bytes, memory_projects)
+        #: Unknown names, answered 404 without the upstream for a while.
+        self.not_found = NotFoundCache(lambda: self.clock.seconds(), not_found_ttl)
         self._refreshes: Coalescer[ProjectRecord | None] = Coalescer()
         self._loads: Coalescer[ProjectRecord | None] = Coalescer()
         self._root: tuple[ProjectList, float] | None = None
@@ -137,12 +141,16 @@ class Mirror:
 
     # ------------------------------------------------------------- records
     def remember(self, record: ProjectRecord) -> ProjectRecord:
-        """Make ``record`` the current in-memory copy (bounded LRU)."""
+        """Make ``record`` the current in-memory copy (bounded LRU).
+
+        The name exists now (uploaded, or changed by an admin): a cached 404
+        for it is forgotten.
+        """
         self._records[record.name] = record
         self._records.move_to_end(record.name)
         self._loaded_at[record.name] = self.clock.seconds()
-        while len(self._records) > self._memory_projects:
-            gone, _ = self._records.popitem(last=False)
+        self.not_found.discard(record.name)
+        for gone in self._records.trim():
             self._loaded_at.pop(gone, None)
         return record
 
@@ -189,6 +197,8 @@ class Mirror:
         Returns None when nobody knows the project.  Raises
         UpstreamUnavailable when the upstream failed and nothing is cached.
         """
+        if allow_upstream and not self.offline and name in self.not_found:
+            return None  # the upstream said 404 a moment ago (not_found_ttl)
         record = await self.load(name)
         if not allow_upstream or self.offline:
             return PageResult(record) if record is not None else None
@@ -237,6 +247,7 @@ class Mirror:
                 return self.remember(attrs.evolve(current, refreshed_at=now))
             log.info("upstream does not know {project}", project=name)
             self._records.pop(name, None)
+            self.not_found.add(name)
             return None
         except UpstreamError:
             raise
@@ -269,6 +280,7 @@ class Mirror:
             self.remember(record)
         else:
             self._records.pop(name, None)
+            self.not_found.discard(name)
         return record
 
     # ---------------------------------------------------------------- root

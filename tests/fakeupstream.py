@@ -492,6 +492,10 @@ class FakeUpstream:
         self._calls: set[Any] = set()
         self._added = 0
         self._hole: list[socket.socket] = []
+        #: Rendered project pages, kept until the project changes: a page of
+        #: 100,000 synthetic files costs a second to render, on the reactor
+        #: thread the server under test shares.
+        self._rendered: dict[tuple[str, str, bool], tuple[bytes, str]] = {}
 
     # ------------------------------------------------------------ content
 
@@ -545,6 +549,51 @@ class FakeUpstream:
         proj.files[filename] = record
         self._by_filename[filename] = record
         self.files[filename] = path
+        self._rendered.clear()
+
+    def add_synthetic(self, project: str, count: int) -> None:
+        """Publish ``count`` made-up wheels of ``project`` (no bytes behind them).
+
+        For pages of a size no real project on disk would give (100,000
+        files, 20 MB): only pages are served; a download of one is a 404.
+        """
+        proj = self._projects.setdefault(canonicalize_name(project), _Project(display_name=project))
+        stem = project.replace("-", "_")
+        nowhere = Path("/nonexistent")
+        for i in range(count):
+            filename = f"{stem}-{i}-py3-none-any.whl"
+            record = _File(
+                filename=filename,
+                path=nowhere,
+                project=canonicalize_name(project),
+                version=Version(str(i)),
+                sha256=hashlib.sha256(filename.encode()).hexdigest(),
+                size=1000 + i,
+                requires_python=">=3.8",
+                yanked=False,
+                metadata=None,
+                upload_time="2024-01-01T00:00:00.000000Z",
+            )
+            proj.files[filename] = record
+        self._rendered.clear()
+
+    def prerender(self, project: str, json_page: bool = True) -> int:
+        """Render (and keep) a project's page now; its size in bytes."""
+        ctype = JSON_TYPE if json_page else TEXT_HTML_TYPE
+        return len(self._rendered_page(canonicalize_name(project), ctype)[0])
+
+    def _rendered_page(self, project: str | None, ctype: str) -> tuple[bytes, str]:
+        key = (project or "", ctype, self.absolute_urls)
+        found = self._rendered.get(key)
+        if found is None:
+            is_json = ctype == JSON_TYPE
+            if project is None:
+                body = self._root_json() if is_json else self._root_html()
+            else:
+                proj = self._projects[project]
+                body = self._project_json(project, proj) if is_json else self._project_html(project, proj)
+            found = self._rendered[key] = (body, _etag(ctype, body))
+        return found
 
     def remove(self, filename: str) -> None:
         """Unpublish a file (absent is fine); a project left empty disappears."""
@@ -556,6 +605,7 @@ class FakeUpstream:
         proj.files.pop(filename, None)
         if not proj.files:
             del self._projects[record.project]
+        self._rendered.clear()
 
     def sha256(self, filename: str) -> str:
         """The hash the pages advertise for ``filename``."""
@@ -782,12 +832,7 @@ class FakeUpstream:
             accept = fmt[-1]
         ctype = TEXT_HTML_TYPE if self.html_only else negotiate(accept)
         is_json = ctype == JSON_TYPE
-        if project is None:
-            body = self._root_json() if is_json else self._root_html()
-        else:
-            proj = self._projects[project]
-            body = self._project_json(project, proj) if is_json else self._project_html(project, proj)
-        etag = _etag(ctype, body)
+        body, etag = self._rendered_page(project, ctype)
         base = {"Content-Type": ctype, "Vary": "Accept", "ETag": etag}
         if _etag_matches(headers.get("if-none-match"), etag):
             return _Response(304, base)

@@ -423,3 +423,75 @@ def test_json_page_files_in_many_directories_resolve_each_own_url():
     page = parse_project_json(_json(files), PAGE)
     assert [f.url for f in page.files] == [
         f"https://index.example/d{i % 3}/demo-1.{i}.tar.gz" for i in range(9)]
+
+
+# ------------------------------------------ big JSON pages, decoded incrementally
+
+
+_ENTRY = {"filename": "demo-1.0.tar.gz", "url": "../../files/demo-1.0.tar.gz", "hashes": {"sha256": SHA},
+          "requires-python": ">=3.8", "yanked": False, "size": 10, "upload-time": "2024-01-01T00:00:00Z"}
+_SAME_EITHER_WAY = [
+    _json([_ENTRY], versions=["1.0"]),
+    b' \n{ "files" : [ ] , "meta" : {"api-version" : "1.1"} , "name" : "demo" } \r\n',
+    b'{"meta": {"api-version": "1.0"}, "files": [{"filename": "x-1.whl", "url": "x-1.whl"}],'
+    b' "files": [{"filename": "y-1.whl", "url": "y-1.whl"}, 7, null, []]}',  # duplicate key: the last wins
+    b'{"files": [{"filename": "d\\u00e9mo-1.0.zip", "url": "https://h.example/a b/d\\u00e9mo-1.0.zip",'
+    b' "yanked": "bad \\"build\\""}], "meta": {"api-version": "1.1", "tracks": ["https://x/"]}}',
+    '\ufeff'.encode() + _json([_ENTRY]),  # a UTF-8 BOM, as json.loads accepts
+]
+_BAD_EITHER_WAY = [
+    _json([_ENTRY]) + b" extra",
+    _json([_ENTRY])[:-10],
+    b'{"meta": {"api-version": "1.0"}, "files": [{"filename": "x"} {"filename": "y"}]}',
+    b'{"meta": {"api-version": "1.0"} "files": []}',
+    b'{"meta": {"api-version": "1.0"}, 7: 1, "files": []}',
+    b'{"meta": {"api-version": "1.0"}, "files": [',
+    b'{"meta": {"api-version": "2.0"}, "files": []}',
+    b'{"meta": {"api-version": "1.0"}, "files": {"a": 1}}',
+    b'[{"meta": {"api-version": "1.0"}}]',
+    b'{"meta": {"api-version": "1.0"}, "files": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+    b"\xff\xfe{}",
+]
+
+
+@pytest.mark.parametrize("body", _SAME_EITHER_WAY)
+def test_incremental_json_decoding_gives_what_json_loads_gives(body, monkeypatch):
+    """Pages above INCREMENTAL_JSON_BYTES are decoded entry by entry, so that
+    no single call holds the GIL (and stalls the reactor) for long: the result
+    must be exactly that of the one-shot decoding."""
+    from pypicache.upstream import parse
+
+    whole = parse_project_json(body, PAGE)
+    monkeypatch.setattr(parse, "INCREMENTAL_JSON_BYTES", 0)
+    assert parse_project_json(body, PAGE) == whole
+
+
+@pytest.mark.parametrize("body", _BAD_EITHER_WAY)
+def test_incremental_json_decoding_refuses_what_json_loads_refuses(body, monkeypatch):
+    from pypicache.upstream import parse
+
+    with pytest.raises(ValueError):
+        parse_project_json(body, PAGE)
+    monkeypatch.setattr(parse, "INCREMENTAL_JSON_BYTES", 0)
+    with pytest.raises(ValueError):
+        parse_project_json(body, PAGE)
+
+
+def test_a_big_json_page_is_decoded_one_entry_at_a_time(monkeypatch):
+    """The decoder never sees the whole files list at once (json.loads of a
+    20 MB page holds the GIL for most of a second)."""
+    from pypicache.upstream import parse
+
+    entries = [dict(_ENTRY, filename=f"demo-{i}.tar.gz", url=f"demo-{i}.tar.gz") for i in range(5000)]
+    body = _json(entries)
+    assert len(body) > parse.INCREMENTAL_JSON_BYTES
+    calls: list[int] = []
+    decode = parse._DECODE
+    monkeypatch.setattr(parse, "_DECODE", lambda text, pos: calls.append(pos) or decode(text, pos))
+    monkeypatch.setattr(parse.json, "loads", None)  # would raise TypeError if called
+    page = parse_project_json(body, PAGE)
+    assert len(page.files) == 5000 and page.files[-1].filename == "demo-4999.tar.gz"
+    assert len(calls) > 5000
+    names = parse_index_json(json.dumps({"meta": {"api-version": "1.0"},
+                                         "projects": [{"name": f"P_{i}"} for i in range(80_000)]}).encode())
+    assert len(names) == 80_000 and names[0] == "p-0"

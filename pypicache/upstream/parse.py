@@ -3,6 +3,12 @@
 Pure functions on bytes, no I/O: the upstream provider may run them in a
 thread for big pages, and tests drive them with plain strings.
 
+A JSON page of more than :data:`INCREMENTAL_JSON_BYTES` is decoded entry by
+entry (``raw_decode`` per file) and each entry turned into its record at
+once: ``json.loads`` of a 20 MB page holds the GIL for most of a second,
+which stalls the reactor thread however the parse is threaded, and it builds
+every entry's dict before the first record (twice the memory).
+
 Everything the upstream sends is untrusted.  A page that cannot be understood
 raises ValueError (and only ValueError, so callers need one ``except``); a
 single file entry that is unusable (no filename, a filename that could escape
@@ -45,6 +51,10 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 #: Hex digits of each hash algorithm's digest, looked up once per algorithm.
 _HEX_LENGTHS: dict[str, int] = {}
 _MAX_FILENAME = 255
+#: JSON pages above this size are decoded incrementally (see the module docstring).
+INCREMENTAL_JSON_BYTES = 1024 * 1024
+_DECODE = json.JSONDecoder().raw_decode
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 JSON_TYPES = frozenset({"application/vnd.pypi.simple.v1+json", "application/json"})
 HTML_TYPES = frozenset({"application/vnd.pypi.simple.v1+html", "text/html", "application/xhtml+xml"})
@@ -210,11 +220,18 @@ def _dedupe(files: Iterable[FileRecord]) -> tuple[FileRecord, ...]:
     return tuple(out)
 
 
-def _load_json(body: bytes) -> dict:
+def _load_json(body: bytes, key: str = "", convert: Callable[[Any], Any] | None = None) -> dict:
+    """The page's object, its API version checked; with ``convert``, the
+    list under ``key`` (if it is one) holds ``convert(entry)`` per entry."""
     if not isinstance(body, (bytes, bytearray)):
         raise ValueError("page body must be bytes")
     try:
-        data = json.loads(body)
+        if convert is not None and len(body) > INCREMENTAL_JSON_BYTES:
+            data = _load_json_incrementally(bytes(body).decode(json.detect_encoding(body)), key, convert)
+        else:
+            data = json.loads(body)
+            if convert is not None and isinstance(data, dict) and isinstance(data.get(key), list):
+                data[key] = [convert(entry) for entry in data[key]]
     except ValueError as e:
         raise ValueError(f"not JSON: {e}") from None
     if not isinstance(data, dict):
@@ -224,6 +241,69 @@ def _load_json(body: bytes) -> dict:
         raise ValueError("JSON page has no meta object")
     _check_api_version(meta.get("api-version"), "meta.api-version")
     return data
+
+
+def _skip(text: str, pos: int) -> int:
+    return _SPACE.match(text, pos).end()  # type: ignore[union-attr]  # always matches
+
+
+def _load_json_incrementally(text: str, key: str, convert: Callable[[Any], Any]) -> Any:
+    """``json.loads(text)``, except that an array under the top-level
+    ``key`` is decoded one entry at a time, each passed through ``convert``
+    at once.  Same grammar as ``json.loads`` (a duplicate key: the last wins);
+    errors are ValueError."""
+    pos = _skip(text, 0)
+    if not text.startswith("{", pos):
+        value, pos = _DECODE(text, pos)  # not an object: the caller says so
+        if _skip(text, pos) != len(text):
+            raise ValueError(f"extra data at {pos}")
+        return value
+    data: dict[str, Any] = {}
+    pos = _skip(text, pos + 1)
+    if text.startswith("}", pos):
+        pos += 1
+    else:
+        while True:
+            name, pos = _DECODE(text, pos)
+            if not isinstance(name, str):
+                raise ValueError(f"object key expected at {pos}")
+            pos = _skip(text, pos)
+            if not text.startswith(":", pos):
+                raise ValueError(f"':' expected at {pos}")
+            pos = _skip(text, pos + 1)
+            if name == key and text.startswith("[", pos):
+                data[name], pos = _decode_array(text, pos + 1, convert)
+            else:
+                data[name], pos = _DECODE(text, pos)
+            pos = _skip(text, pos)
+            if text.startswith(",", pos):
+                pos = _skip(text, pos + 1)
+            elif text.startswith("}", pos):
+                pos += 1
+                break
+            else:
+                raise ValueError(f"',' or '}}' expected at {pos}")
+    if _skip(text, pos) != len(text):
+        raise ValueError(f"extra data at {pos}")
+    return data
+
+
+def _decode_array(text: str, pos: int, convert: Callable[[Any], Any]) -> tuple[list[Any], int]:
+    """The array whose ``[`` ends before ``pos``, converted entry by entry."""
+    out: list[Any] = []
+    pos = _skip(text, pos)
+    if text.startswith("]", pos):
+        return out, pos + 1
+    while True:
+        entry, pos = _DECODE(text, pos)
+        out.append(convert(entry))
+        pos = _skip(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip(text, pos + 1)
+        elif text.startswith("]", pos):
+            return out, pos + 1
+        else:
+            raise ValueError(f"',' or ']' expected at {pos}")
 
 
 # --------------------------------------------------------------------- JSON
@@ -277,12 +357,12 @@ def parse_project_json(body: bytes, page_url: str, *, name: str | None = None) -
         URLs are resolved against it.
     :param name: the normalised name asked for; defaults to the page's own.
     """
-    data = _load_json(body)
+    resolve = _Resolver(page_url)
+    data = _load_json(body, "files", lambda entry: _json_file(entry, resolve))
     files = data.get("files")
     if not isinstance(files, list):
         raise ValueError("JSON page has no files list")
-    resolve = _Resolver(page_url)
-    records = _dedupe(r for r in (_json_file(e, resolve) for e in files) if r is not None)
+    records = _dedupe(r for r in files if r is not None)
     versions = data.get("versions")
     if isinstance(versions, list):
         versions = tuple(v for v in versions if isinstance(v, str))
@@ -300,11 +380,11 @@ def parse_project_json(body: bytes, page_url: str, *, name: str | None = None) -
 @_only_value_errors
 def parse_index_json(body: bytes) -> tuple[str, ...]:
     """Normalised names from a PEP 691 root page; invalid names are skipped."""
-    data = _load_json(body)
+    data = _load_json(body, "projects", lambda p: p.get("name") if isinstance(p, dict) else None)
     projects = data.get("projects")
     if not isinstance(projects, list):
         raise ValueError("JSON index has no projects list")
-    return _unique_names(p.get("name") for p in projects if isinstance(p, dict))
+    return _unique_names(projects)
 
 
 def _unique_names(candidates: Iterable[object]) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ _WANTED = {b"accept", b"accept-encoding", b"if-none-match", b"connection", b"con
            b"transfer-encoding", b"expect", b"upgrade", b"authorization", b"host"}
 #: Connection values whose meaning is plain (twisted.web reads a list oddly).
 _CONNECTION = {b"": False, b"keep-alive": False, b"close": True}
-_REASONS = {200: b"OK", 304: b"Not Modified"}
+_REASONS = {200: b"OK", 304: b"Not Modified", 404: b"Not Found"}
 
 
 class _DateCache:
@@ -162,13 +162,13 @@ class FastHTTP(protocol.Protocol):
                _dates.get(), b"\r\n"]
         for name, value in response_headers:
             out += (name, b": ", value, b"\r\n")
-        if status == 200:
+        if status != 304:
             out += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
         if close:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
         parts = [b"".join(out)]
-        if status == 200 and method == b"GET" and body:
+        if status != 304 and method == b"GET" and body:
             parts.append(body)
         return not close, parts
 

@@ -87,16 +87,18 @@ class StatsPage(Resource):
 
 def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
-               jsonapi: Callable[[], Resource] | None = None) -> Home:
+               jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
+               in_thread: Callable[..., Any] | None = None) -> Home:
     """The resource tree; ``upload``, ``manage`` and ``jsonapi`` are factories
-    called on the first request to their route."""
-    pages = PageCache()
+    called on the first request to their route.  ``page_bytes`` bounds the
+    rendered pages; ``in_thread`` renders big ones in the thread pool."""
+    pages = PageCache(page_bytes)
     root = Home()
     for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi)):
         if make is not None:
             root.putLazyChild(name, make)
-    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats)
-    local_view = SimpleIndex(mirror, pages, local=True, stats=stats)
+    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
+    local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread)
     root.views = (proxy_view, local_view)  # for the fast path
     root.putChild(b"simple", proxy_view)
     root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
