@@ -495,7 +495,7 @@ class FakeUpstream:
         #: Rendered project pages, kept until the project changes: a page of
         #: 100,000 synthetic files costs a second to render, on the reactor
         #: thread the server under test shares.
-        self._rendered: dict[tuple[str, str, bool], tuple[bytes, str]] = {}
+        self._rendered: dict[tuple[str, str, bool, str | None], tuple[bytes, str]] = {}
 
     # ------------------------------------------------------------ content
 
@@ -583,7 +583,9 @@ class FakeUpstream:
         return len(self._rendered_page(canonicalize_name(project), ctype)[0])
 
     def _rendered_page(self, project: str | None, ctype: str) -> tuple[bytes, str]:
-        key = (project or "", ctype, self.absolute_urls)
+        # Every attribute the rendering reads that a test may change between
+        # requests is part of the key.
+        key = (project or "", ctype, self.absolute_urls, self.file_base)
         found = self._rendered.get(key)
         if found is None:
             is_json = ctype == JSON_TYPE
