@@ -59,6 +59,14 @@ class Manage(Resource):
 
     render_DELETE = render_POST
 
+    def render_GET(self, request: Any) -> bytes:
+        """GET and HEAD (twisted routes HEAD here) change nothing: 405 naming
+        the methods that do, instead of a 500 for a missing renderer."""
+        request.setResponseCode(405)
+        request.setHeader(b"allow", b"POST, DELETE")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"use POST .../yank, POST .../unyank or DELETE\n"
+
     async def _handle(self, request: Any) -> None:
         post = [p.decode("utf-8", "replace") for p in request.postpath]
         if post[-1:] == [""]:

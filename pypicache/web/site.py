@@ -70,6 +70,17 @@ class Home(Resource):
         return super().getChild(path, request)
 
 
+class Folder(Resource):
+    """A path that only parents other routes (``/local``): GET and HEAD get a
+    404 rather than a 500 (twisted's plain Resource has no ``render_GET``,
+    and its ``render_HEAD`` calls it)."""
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"not found\n"
+
+
 class StatsPage(Resource):
     """``/stats``: the cache's counters as JSON."""
 
@@ -101,7 +112,7 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
     root.putChild(b"simple", proxy_view)
     root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
     root.putChild(b"stats", StatsPage(stats))
-    local = Resource()
+    local = Folder()
     local.putChild(b"simple", local_view)
     local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
     root.putChild(b"local", local)

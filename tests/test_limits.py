@@ -1,0 +1,102 @@
+"""Request limits: what an anonymous or slow client can hold of the server.
+
+* HEAD is answered on every route family (never a 500 with a traceback);
+* upload credentials are checked when the headers arrive, before any of the
+  body is read or spooled, and concurrent uploads are capped;
+* failed logins are rate-limited per client and per user, and token checks
+  never wait behind password hashing;
+* a request's headers have a deadline, a body a minimum rate, and connections
+  are capped per client address and in total.
+
+Raw sockets (in threads, so the in-process server keeps running) where the
+behaviour under test is below what an HTTP client library shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+from argon2 import PasswordHasher
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+
+from pypicache.accounts import AccountStore
+from tests.builders import build_wheel
+from tests.server import make_config, start_server
+from tests.test_faults import logs, parse_raw, raw_request  # noqa: F401  (fixture)
+
+PASSWORD = "correct horse battery"
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=8)
+WHEEL = "tinyproj-1.0-py3-none-any.whl"
+TIMEOUT = 30
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+AUTH = {"Authorization": basic("alice", PASSWORD)}
+
+
+def cheap_accounts(server: Any, hasher: Any = CHEAP_HASHER) -> AccountStore:
+    accounts = server.app.accounts
+    old = accounts.store
+    old.close()
+    accounts.store = AccountStore(old.path, hasher=hasher)
+    accounts.store.add_user("alice", PASSWORD)
+    return accounts.store
+
+
+async def serve(tmp_path: Path, upstream_url: str, *, uploads: dict | None = None, auth: dict | None = None,
+                **server: Any) -> Any:
+    config = make_config(tmp_path, upstream_url, **server)
+    if uploads:
+        config = attrs.evolve(config, uploads=attrs.evolve(config.uploads, **uploads))
+    if auth:
+        config = attrs.evolve(config, auth=attrs.evolve(config.auth, **auth))
+    return await start_server(config)
+
+
+@pytest_twisted.async_yield_fixture
+async def lsrv(tmp_path, fake_upstream):
+    server = await serve(tmp_path, fake_upstream.url)
+    cheap_accounts(server)
+    yield server
+    await server.stop()
+
+
+# ------------------------------------------------------------------ HEAD
+
+HEAD_ROUTES = [
+    "/", "/simple/", "/simple/tinyproj/", "/simple/tinyproj", f"/files/tinyproj/{WHEEL}",
+    f"/files/tinyproj/{WHEEL}.metadata", "/local", "/local/", "/local/simple/", "/local/simple/privproj/",
+    "/local/files/privproj/privproj-1.0-py3-none-any.whl", "/stats", "/legacy", "/legacy/", "/api",
+    "/api/", "/api/projects", "/api/projects/privproj/1.0/yank", "/api/projects/privproj/1.0",
+    "/pypi/tinyproj/json", "/pypi/tinyproj/1.0/json", "/pypi/nosuchproj/json", "/nosuch",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_route_answers_head(lsrv, tmp_path, logs):
+    wheel = build_wheel(tmp_path / "priv", "privproj", "1.0")
+    response = await treq.post(lsrv.root + "/legacy/", auth=("alice", PASSWORD), persistent=False, timeout=TIMEOUT,
+                               data={":action": "file_upload", "protocol_version": "1", "name": "privproj",
+                                     "version": "1.0", "filetype": "bdist_wheel", "pyversion": "py3",
+                                     "metadata_version": "2.1"},
+                               files={"content": (wheel.name, "application/octet-stream", wheel.open("rb"))})
+    assert response.code == 200, await treq.text_content(response)
+    logs.clear()
+    for path in HEAD_ROUTES:
+        response = await raw_request(lsrv, "HEAD", path)
+        assert response.status is not None and response.status < 500, (path, response.raw[:300])
+        assert response.body == b"", path
+    failures = [e for e in logs.events if e.get("log_failure") is not None]
+    assert not failures, failures[0]["log_failure"].getTraceback()
