@@ -87,7 +87,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                     root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge)
     downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
                             spool_dir=data_dir / "spool")
-    accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor)
+    accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
+                        max_failures=config.auth.max_failed_logins, failure_window=config.auth.failed_login_window)
     stats = Stats()
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=None, stats=stats,  # type: ignore[arg-type]
@@ -113,7 +114,9 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi)
 
     async def read_gate(request: Any) -> bool:
-        return await accounts.authenticate(request.getHeader(b"authorization")) is not None
+        from pypicache.web.auth import authenticate
+
+        return await authenticate(accounts, request) is not None
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
                          read_gate=read_gate if config.auth.read == "authenticated" else None)

@@ -58,6 +58,10 @@ class AuthConfig:
     """Whether reading needs credentials ("anonymous" or "authenticated")."""
 
     read: str = "anonymous"
+    #: Login attempts per client address and per user name in each window
+    #: (docs/security.md, "Login throttling"); then 429 until it slides on.
+    max_failed_logins: int = 10
+    failed_login_window: float = 60.0
 
 
 @attrs.frozen
@@ -231,12 +235,22 @@ def _uploads(table: Any) -> UploadConfig:
 def _auth(table: Any) -> AuthConfig:
     if not isinstance(table, dict):
         raise ConfigError("auth: must be a table")
+    known = ("failed_login_window", "max_failed_logins", "read")
+    kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        if key != "read":
-            raise ConfigError(f"auth.{key}: unknown key (known: read)")
-        if value not in ("anonymous", "authenticated"):
+        if key not in known:
+            raise ConfigError(f"auth.{key}: unknown key (known: {', '.join(known)})")
+        if key == "read" and value not in ("anonymous", "authenticated"):
             raise ConfigError(f"auth.read: expected \"anonymous\" or \"authenticated\", got {value!r}")
-    return AuthConfig(**table)
+        if key == "max_failed_logins":
+            _check_type("auth.max_failed_logins", value, int)
+            if not 1 <= value <= 10_000:
+                raise ConfigError(f"auth.max_failed_logins: must be between 1 and 10000, got {value!r}")
+        if key == "failed_login_window":
+            _check_type("auth.failed_login_window", value, (int, float))
+            value = _positive("auth.failed_login_window", value, upper=86400)
+        kwargs[key] = value
+    return AuthConfig(**kwargs)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

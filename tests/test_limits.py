@@ -100,3 +100,70 @@ async def test_every_route_answers_head(lsrv, tmp_path, logs):
         assert response.body == b"", path
     failures = [e for e in logs.events if e.get("log_failure") is not None]
     assert not failures, failures[0]["log_failure"].getTraceback()
+
+
+# ------------------------------------------------------- failed logins
+
+
+def raw_from(port: int, source: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` from the loopback address ``source`` (another client, as
+    the server sees it) and read until the server closes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(data)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return b"".join(chunks)
+
+
+def get_from(server: Any, source: str, path: str, authorization: str) -> Any:
+    port = server.port.getHost().port
+    raw = (f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n").encode()
+    return deferToThread(raw_from, port, source, raw).addCallback(parse_raw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_passwords_are_throttled_and_never_delay_a_token(tmp_path, fake_upstream):
+    """30 wrong password logins in parallel (each a real argon2 check) while a
+    valid token reads: the token answers at once, the logins beyond the
+    limit get 429 with Retry-After, and the user is throttled from another
+    address too, except for a token."""
+    server = await serve(tmp_path, fake_upstream.url, auth={"read": "authenticated"})
+    try:
+        store = server.app.accounts.store  # the real argon2 hasher, as in production
+        store.add_user("alice", PASSWORD)
+        _, token = store.create_token("alice")
+        limit = server.app.config.auth.max_failed_logins
+        wrong = [treq.get(server.root + "/stats", headers={"Authorization": basic("alice", f"wrong-{i}")},
+                          persistent=False, timeout=TIMEOUT) for i in range(30)]
+        await deferToThread(time.sleep, 0.2)  # the wrong ones are queued first
+        started = time.monotonic()
+        response = await get_from(server, "127.0.0.3", "/stats", basic("__token__", token))
+        elapsed = time.monotonic() - started
+        assert response.status == 200, response.raw[:300]
+        assert elapsed < 2.0, f"a token read waited {elapsed:.1f} s behind password checks"
+        answers = await defer.gatherResults(wrong)
+        codes = sorted(a.code for a in answers)
+        assert codes == [401] * limit + [429] * (30 - limit), codes
+        for a in answers:
+            await treq.content(a)
+            if a.code == 429:
+                assert int(a.headers.getRawHeaders("retry-after")[0]) > 0
+        # The user is throttled from another address as well; tokens are not.
+        response = await get_from(server, "127.0.0.2", "/stats", basic("alice", "wrong-again"))
+        assert response.status == 429 and int(response.header("retry-after")) > 0
+        response = await get_from(server, "127.0.0.2", "/stats", basic("__token__", token))
+        assert response.status == 200
+    finally:
+        await server.stop()

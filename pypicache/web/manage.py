@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
-from pypicache.web.upload import AUTH_CHALLENGE
+from pypicache.web.auth import AUTH_CHALLENGE, authenticate
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 log = Logger()
@@ -85,7 +85,7 @@ class Manage(Resource):
             raise HTTPError(404, "not a valid project name") from None
         target = post[2]
 
-        identity = await self.accounts.authenticate(request.getHeader(b"authorization"))
+        identity = await authenticate(self.accounts, request)
         if identity is None:
             raise HTTPError(401, "credentials needed", AUTH_CHALLENGE)
         maintainers = set(await self.accounts.maintainers(name))

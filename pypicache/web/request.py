@@ -20,6 +20,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from pypicache.web.util import HTTPError, send_error
+
 log = Logger()
 
 #: Body limit for every route that takes no upload (forms with a yank reason, ...).
@@ -134,6 +136,9 @@ class PyPICacheRequest(Request):
         self.finish()
 
     def _gate_failed(self, failure: Any) -> None:
+        if failure.check(HTTPError):  # throttled: 429 or 503 with Retry-After
+            send_error(self, failure.value.code, failure.value.message, failure.value.headers)
+            return
         log.failure("authenticating a read failed", failure)
         self.setResponseCode(500)
         self.finish()
