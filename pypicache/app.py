@@ -21,6 +21,7 @@ from pypicache.stats import Stats
 from pypicache.upstream.breaker import with_breaker
 from pypicache.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
+from pypicache.web.request import UploadGate
 from pypicache.web.site import QuietSite, build_root
 
 
@@ -119,7 +120,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         return await authenticate(accounts, request) is not None
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
-                         read_gate=read_gate if config.auth.read == "authenticated" else None)
+                         read_gate=read_gate if config.auth.read == "authenticated" else None,
+                         upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled))
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     if config.fast_path and not config.access_log:

@@ -47,6 +47,8 @@ class UploadConfig:
 
     enabled: bool = True
     max_size: int = 100 * 1024 * 1024
+    #: Uploads in progress at once (from their headers to the answer); more get 503.
+    max_concurrent: int = 4
     #: Names that may be created privately although the upstream has them.
     claim: frozenset[str] = frozenset()
     #: Private names whose upstream files are listed too (opt-in mixing).
@@ -216,7 +218,7 @@ def _names(where: str, value: Any) -> frozenset[str]:
 def _uploads(table: Any) -> UploadConfig:
     if not isinstance(table, dict):
         raise ConfigError("uploads: must be a table")
-    allowed = {"enabled", "max_size", "claim", "merge"}
+    allowed = {"enabled", "max_size", "max_concurrent", "claim", "merge"}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in allowed:
@@ -227,6 +229,11 @@ def _uploads(table: Any) -> UploadConfig:
         elif key == "max_size":
             _check_type("uploads.max_size", value, int)
             kwargs[key] = int(_positive("uploads.max_size", value))
+        elif key == "max_concurrent":
+            _check_type("uploads.max_concurrent", value, int)
+            if not 1 <= value <= 1000:
+                raise ConfigError(f"uploads.max_concurrent: must be between 1 and 1000, got {value!r}")
+            kwargs[key] = value
         else:
             kwargs[key] = _names(f"uploads.{key}", value)
     return UploadConfig(**kwargs)

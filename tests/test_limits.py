@@ -167,3 +167,108 @@ async def test_wrong_passwords_are_throttled_and_never_delay_a_token(tmp_path, f
         assert response.status == 200
     finally:
         await server.stop()
+
+
+# ------------------------------------------------------------- uploads
+
+BIG = 9 * 1024 * 1024
+
+
+def upload_head(length: int, authorization: str | None = None, extra: str = "") -> bytes:
+    auth = f"Authorization: {authorization}\r\n" if authorization else ""
+    return (f"POST /legacy/ HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {length}\r\n{auth}{extra}\r\n").encode()
+
+
+class Held:
+    """A connection opened in a thread and left as the test says."""
+
+    def __init__(self, port: int, data: bytes, source: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((source, 0))
+        self.sock.connect(("127.0.0.1", port))
+        if data:
+            self.sock.sendall(data)
+
+    def read(self, timeout: float) -> tuple[bytes, bool]:
+        """What the server sent within ``timeout``, and whether it closed."""
+        self.sock.settimeout(timeout)
+        chunks = []
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return b"".join(chunks), True
+                chunks.append(chunk)
+        except socket.timeout:
+            return b"".join(chunks), False
+        except OSError:
+            return b"".join(chunks), True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def held(server: Any, data: bytes, source: str = "127.0.0.1") -> Held:
+    return await deferToThread(Held, server.port.getHost().port, data, source)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_credentials_are_checked_before_the_body(lsrv):
+    """No credentials, malformed ones or wrong ones: 401 and a closed
+    connection as soon as the headers are in, with 9 MB announced and only
+    the first 64 KiB sent (nothing more is read, nothing spooled)."""
+    for authorization in (None, "Bearer x", basic("alice", "wrong password"), basic("__token__", "pypicache-x")):
+        conn = await held(lsrv, upload_head(BIG, authorization) + b"x" * 65536)
+        try:
+            data, closed = await deferToThread(conn.read, 5)
+        finally:
+            conn.close()
+        response = parse_raw(data)
+        assert response.status == 401, (authorization, data[:200])
+        assert response.header("www-authenticate", ).startswith("Basic")
+        assert closed, authorization
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_is_not_sent_to_a_refused_upload(lsrv):
+    conn = await held(lsrv, upload_head(BIG, None, "Expect: 100-continue\r\n"))
+    try:
+        data, closed = await deferToThread(conn.read, 5)
+    finally:
+        conn.close()
+    assert data.startswith(b"HTTP/1.1 401 ") and closed
+    assert b"100 Continue" not in data
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_uploads_are_capped(tmp_path, fake_upstream):
+    server = await serve(tmp_path, fake_upstream.url, uploads={"max_concurrent": 2})
+    conns: list[Held] = []
+    try:
+        cheap_accounts(server)
+        for _ in range(2):  # two uploads in progress, their bodies stalled
+            conns.append(await held(server, upload_head(BIG, AUTH["Authorization"]) + b"--b\r\n"))
+        await deferToThread(time.sleep, 0.3)
+        third = await held(server, upload_head(BIG, AUTH["Authorization"]))
+        conns.append(third)
+        data, closed = await deferToThread(third.read, 5)
+        response = parse_raw(data)
+        assert response.status == 503, data[:200]
+        assert int(response.header("retry-after")) > 0 and closed
+        for conn in conns:
+            conn.close()
+        conns = []
+        await deferToThread(time.sleep, 0.3)
+        wheel = build_wheel(tmp_path / "priv", "privproj", "1.0")
+        response = await treq.post(server.root + "/legacy/", auth=("alice", PASSWORD), persistent=False,
+                                   timeout=TIMEOUT,
+                                   data={":action": "file_upload", "protocol_version": "1", "name": "privproj",
+                                         "version": "1.0", "filetype": "bdist_wheel", "pyversion": "py3",
+                                         "metadata_version": "2.1"},
+                                   files={"content": (wheel.name, "application/octet-stream", wheel.open("rb"))})
+        assert response.code == 200, await treq.text_content(response)  # the slots were given back
+    finally:
+        for conn in conns:
+            conn.close()
+        await server.stop()

@@ -127,11 +127,12 @@ class QuietSite(Site):
     requestFactory = PyPICacheRequest
 
     def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
-                 read_gate: Any = None, **kw: Any) -> None:
+                 read_gate: Any = None, upload_gate: Any = None, **kw: Any) -> None:
         super().__init__(resource, **kw)
         self.access_log = access_log
         self.upload_limit = upload_limit
         self.read_gate = read_gate
+        self.upload_gate = upload_gate
 
     def log(self, request: Any) -> None:
         if self.access_log:
