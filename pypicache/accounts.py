@@ -674,8 +674,8 @@ class Accounts:
         self._closed = False
         self._pool = ThreadPool(1, 1, name="pypicache-accounts")
         self._pool.start()
-        self._password_pool = ThreadPool(1, 1, name="pypicache-passwords")
-        self._password_pool.start()
+        #: Started on the first password check: most servers never have one.
+        self._password_pool: ThreadPool | None = None
         # The thread is not a daemon: stop it at shutdown even without close().
         self._trigger: Any = reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
 
@@ -728,6 +728,9 @@ class Accounts:
         if kind == "token":
             d = self._call(self.store.verify_token, password)
         else:
+            if self._password_pool is None and not self._closed:
+                self._password_pool = ThreadPool(1, 1, name="pypicache-passwords")
+                self._password_pool.start()
             d = self._call(self._password_identity, user, password, pool=self._password_pool)
         d.addBoth(self._settled, key, kind, limited, stamp)
         return mine
@@ -775,7 +778,8 @@ class Accounts:
 
         def stopped(result: Any) -> Any:
             self._pool.stop()
-            self._password_pool.stop()
+            if self._password_pool is not None:
+                self._password_pool.stop()
             if self._trigger is not None:
                 self._reactor.removeSystemEventTrigger(self._trigger)
                 self._trigger = None

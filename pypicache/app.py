@@ -21,6 +21,7 @@ from pypicache.stats import Stats
 from pypicache.upstream.breaker import with_breaker
 from pypicache.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
+from pypicache.web.limits import ConnectionLimits
 from pypicache.web.request import UploadGate
 from pypicache.web.site import QuietSite, build_root
 
@@ -121,11 +122,15 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
                          read_gate=read_gate if config.auth.read == "authenticated" else None,
-                         upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled))
+                         upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled),
+                         header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     if config.fast_path and not config.access_log:
         app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None)
     else:
         app.factory = app.site
+    app.factory = ConnectionLimits(app.factory, reactor, max_connections=config.max_connections,
+                                   max_per_client=config.max_connections_per_client,
+                                   header_timeout=config.header_timeout)
     return app

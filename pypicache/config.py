@@ -78,6 +78,11 @@ class Config:
     threads: int = 4
     access_log: bool = True
     fast_path: bool = True
+    #: Client limits (pypicache.web.limits, docs/security.md "Request limits").
+    header_timeout: float = 20.0
+    min_body_rate: int = 1000
+    max_connections: int = 768
+    max_connections_per_client: int = 128
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -96,6 +101,10 @@ _SERVER_KEYS: dict[str, Any] = {
     "threads": int,
     "access_log": bool,
     "fast_path": bool,
+    "header_timeout": (int, float),
+    "min_body_rate": int,
+    "max_connections": int,
+    "max_connections_per_client": int,
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
               "breaker_threshold", "breaker_cooldown"}
@@ -165,6 +174,17 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         if not 1 <= server["threads"] <= 64:
             raise ConfigError(f"server.threads: must be between 1 and 64, got {server['threads']!r}")
         kwargs["threads"] = server["threads"]
+    if "header_timeout" in server:
+        kwargs["header_timeout"] = _positive("server.header_timeout", server["header_timeout"], upper=3600)
+    for key, low, high in (("min_body_rate", 1, 10**9), ("max_connections", 1, 100_000),
+                           ("max_connections_per_client", 1, 100_000)):
+        if key in server:
+            if not low <= server[key] <= high:
+                raise ConfigError(f"server.{key}: must be between {low} and {high}, got {server[key]!r}")
+            kwargs[key] = server[key]
+    total = kwargs.get("max_connections", attrs.fields(Config).max_connections.default)
+    if kwargs.get("max_connections_per_client", 0) > total:
+        raise ConfigError(f"server.max_connections_per_client: must not exceed server.max_connections ({total})")
 
     http = data.get("http", {})
     if not isinstance(http, dict):

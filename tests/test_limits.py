@@ -272,3 +272,112 @@ async def test_concurrent_uploads_are_capped(tmp_path, fake_upstream):
         for conn in conns:
             conn.close()
         await server.stop()
+
+
+# ------------------------------------------------ slow clients, connection caps
+
+
+def trickle(port: int, data: bytes, every: float, budget: float, first: bytes = b"",
+            answered: bool = True) -> tuple[bytes, float | None]:
+    """Send ``first`` whole (and read its answer if ``answered``), then ``data`` one byte
+    every ``every`` seconds for at most ``budget`` seconds.  Returns what the
+    server sent after ``first``'s answer and when (seconds since the trickle
+    began) it closed the connection, or None if it never did."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.connect(("127.0.0.1", port))
+    got = b""
+    try:
+        if first:
+            sock.sendall(first)
+        if first and answered:
+            sock.settimeout(5)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"\n"):
+                answer += sock.recv(65536)
+        sock.settimeout(every)
+        started = time.monotonic()
+        for i in range(len(data)):
+            if time.monotonic() - started > budget:
+                break
+            try:
+                sock.send(data[i:i + 1])
+            except OSError:
+                return got, time.monotonic() - started
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return got, time.monotonic() - started
+                got += chunk
+            except socket.timeout:
+                pass
+            except OSError:
+                return got, time.monotonic() - started
+        return got, None
+    finally:
+        sock.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def strict(tmp_path, fake_upstream):
+    server = await serve(tmp_path, fake_upstream.url, header_timeout=1, min_body_rate=100,
+                         max_connections=4, max_connections_per_client=2)
+    cheap_accounts(server)
+    yield server
+    await server.stop()
+
+
+SLOW_GET = b"GET /simple/tinyproj/ HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"s" * 200 + b"\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_sent_one_byte_at_a_time_hit_a_deadline(strict):
+    """On a fresh connection (the fast path reads it) and on a kept-alive one
+    already handed to twisted.web: 408 and closed once header_timeout (1 s)
+    has passed, however steadily the bytes come."""
+    port = strict.port.getHost().port
+    got, closed_after = await deferToThread(trickle, port, SLOW_GET, 0.1, 6)
+    assert closed_after is not None and closed_after < 3, (closed_after, got[:200])
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    first = b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"
+    got, closed_after = await deferToThread(trickle, port, SLOW_GET, 0.1, 6, first)
+    assert closed_after is not None and closed_after < 3, (closed_after, got[:200])
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_below_the_minimum_rate_is_cut(strict):
+    port = strict.port.getHost().port
+    head = (b"POST /api/projects/privproj/1.0/yank HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nAuthorization: " + AUTH["Authorization"].encode()
+            + b"\r\n\r\n")
+    got, closed_after = await deferToThread(trickle, port, b"reason=" + b"x" * 493, 0.1, 8, head, False)
+    assert closed_after is not None and closed_after < 4, (closed_after, got[:200])
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_are_capped_per_client_and_in_total(strict):
+    conns = [await held(strict, b"") for _ in range(2)]  # 127.0.0.1's two
+    try:
+        refused = await held(strict, b"")
+        conns.append(refused)
+        data, closed = await deferToThread(refused.read, 5)
+        assert data.startswith(b"HTTP/1.1 503 ") and closed, data[:200]
+        assert int(parse_raw(data).header("retry-after")) > 0
+        # Another address is served...
+        response = await get_from(strict, "127.0.0.2", "/stats", basic("alice", PASSWORD))
+        assert response.status == 200, response.raw[:200]
+        conns += [await held(strict, b"", "127.0.0.2"), await held(strict, b"", "127.0.0.3")]
+        # ...until the server holds max_connections (4) in total.
+        data = await deferToThread(raw_from, strict.port.getHost().port, "127.0.0.4",
+                                   b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 503 "), data[:200]
+        for conn in conns:
+            conn.close()
+        conns = []
+        await deferToThread(time.sleep, 0.3)
+        response = await get_from(strict, "127.0.0.1", "/stats", basic("alice", PASSWORD))
+        assert response.status == 200  # closed connections were counted out
+    finally:
+        for conn in conns:
+            conn.close()

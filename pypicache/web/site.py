@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from pypicache import __version__
 from pypicache.stats import Stats
 from pypicache.web.files import Files
+from pypicache.web.limits import LimitedChannel
 from pypicache.web.request import PyPICacheRequest
 from pypicache.web.simple import PageCache, SimpleIndex
 
@@ -125,10 +126,18 @@ class QuietSite(Site):
     optional read gate (see pypicache.web.request)."""
 
     requestFactory = PyPICacheRequest
+    protocol = LimitedChannel  # a plain HTTP/1.1 channel: no HTTP/2 negotiation
+    #: Deadline for a request's headers (seconds) and minimum body rate
+    #: (bytes/s); None turns the check off.  See pypicache.web.limits.
+    header_timeout: float | None = None
+    min_body_rate: float | None = None
 
     def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
-                 read_gate: Any = None, upload_gate: Any = None, **kw: Any) -> None:
+                 read_gate: Any = None, upload_gate: Any = None, header_timeout: float | None = None,
+                 min_body_rate: float | None = None, **kw: Any) -> None:
         super().__init__(resource, **kw)
+        self.header_timeout = header_timeout
+        self.min_body_rate = min_body_rate
         self.access_log = access_log
         self.upload_limit = upload_limit
         self.read_gate = read_gate
