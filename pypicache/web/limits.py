@@ -82,6 +82,9 @@ class _Guard(protocol.Protocol):
             self._fast = False
             self._cancel()
             return
+        if not self._tail and data.endswith(HEAD_END):  # the usual case: whole requests
+            self._cancel()
+            return
         joined = self._tail + data if self._tail else data
         end = joined.rfind(HEAD_END)
         pending = end < 0 or end + 4 < len(joined)
@@ -182,7 +185,6 @@ class LimitedChannel(HTTPChannel):
 
     _deadline: Any = None
     _body_watch: Any = None
-    _in_head = False
     _body_bytes = 0
 
     def _limits(self) -> tuple[float | None, float | None]:
@@ -193,19 +195,15 @@ class LimitedChannel(HTTPChannel):
         super().dataReceived(data)
         # Still reading a head (a line begun, or lines of it received) when
         # not busy answering one: the deadline runs from this first byte.
+        # (_receivedHeaderSize counts the head's lines, until the request is read.)
         if self._deadline is None and self.line_mode and not self._handlingRequest \
-                and (self._in_head or self._buffer) and self.transport is not None \
+                and (self._receivedHeaderSize or self._buffer) and self.transport is not None \
                 and not self.transport.disconnecting:
             timeout = self._limits()[0]
             if timeout:
                 self._deadline = self.callLater(timeout, self._head_too_slow)
 
-    def lineReceived(self, line: bytes) -> None:
-        self._in_head = True
-        super().lineReceived(line)
-
     def allHeadersReceived(self) -> None:
-        self._in_head = False
         self._cancel_deadline()
         super().allHeadersReceived()
         timeout, rate = self._limits()
