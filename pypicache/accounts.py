@@ -6,9 +6,10 @@ Two layers:
   ``<data_dir>/accounts.sqlite3``, separate from the index so a cache wipe
   never loses accounts).  The admin command uses it directly; the server
   never calls it from the reactor thread.
-* :class:`Accounts` wraps a store for the server: every call runs on one
-  dedicated thread, and it parses HTTP Basic credentials and caches recent
-  successful verifications.
+* :class:`Accounts` wraps a store for the server: database calls run on one
+  dedicated thread and password hashing on another; it parses HTTP Basic
+  credentials, caches recent successful verifications and throttles failed
+  ones.
 
 Secrets are never stored in plain text.  Passwords are hashed with argon2id
 (argon2-cffi's ``PasswordHasher``; its default parameters are RFC 9106's
@@ -634,8 +635,9 @@ def parse_basic(header: bytes | str | None) -> tuple[str, str] | None:
 class Accounts:
     """The account store as the server uses it: off the reactor thread.
 
-    Every store call runs on one dedicated thread (SQLite and argon2 both
-    block), so calls never contend with each other for the database.
+    Store calls run on one dedicated thread (SQLite blocks), so they never
+    contend with each other for the database; password checks (argon2) on a
+    second one.
     Successful password checks are cached for ``password_ttl`` seconds
     (bounded to ``cache_size`` entries, keyed by a sha256 of user and
     password, so no plain password is kept in memory): without it every

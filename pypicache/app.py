@@ -132,5 +132,5 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         app.factory = app.site
     app.factory = ConnectionLimits(app.factory, reactor, max_connections=config.max_connections,
                                    max_per_client=config.max_connections_per_client,
-                                   header_timeout=config.header_timeout)
+                                   header_timeout=config.header_timeout, fast_path=app.factory is not app.site)
     return app

@@ -381,3 +381,37 @@ async def test_connections_are_capped_per_client_and_in_total(strict):
     finally:
         for conn in conns:
             conn.close()
+
+
+def steady_post(port: int, head: bytes, body: bytes, step: int, every: float) -> bytes:
+    """Send ``head``, then ``body`` ``step`` bytes every ``every`` seconds; the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        for i in range(0, len(body), step):
+            time.sleep(every)
+            sock.sendall(body[i:i + step])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "site-only"])
+@pytest_twisted.ensureDeferred
+async def test_a_slow_but_steady_body_is_read_whole(tmp_path, fake_upstream, fast_path):
+    """500 bytes/s for 2 s (minimum 100 bytes/s, header_timeout 1 s): the
+    request is answered, with or without the fast path in front."""
+    server = await serve(tmp_path, fake_upstream.url, header_timeout=1, min_body_rate=100, fast_path=fast_path)
+    try:
+        cheap_accounts(server)
+        body = b"reason=" + b"x" * 993
+        head = (b"POST /api/projects/privproj/1.0/yank HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Length: 1000\r\nContent-Type: application/x-www-form-urlencoded\r\nAuthorization: "
+                + AUTH["Authorization"].encode() + b"\r\n\r\n")
+        answer = await deferToThread(steady_post, server.port.getHost().port, head, body, 50, 0.1)
+        assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]  # no such project: it was read and routed
+    finally:
+        await server.stop()

@@ -61,7 +61,9 @@ class _Guard(protocol.Protocol):
         self.factory = factory
         self.inner = inner
         self.host = host
-        self._fast = True  # the inner protocol is the one we built, not twisted.web's channel
+        # Timing heads here only while the fast path reads the connection:
+        # it never takes a body, so a head is whatever follows the last blank line.
+        self._fast = factory.fast_path
         self._tail = b""  # the end of an unfinished head (a terminator may straddle two reads)
         self._deadline: Any = None
 
@@ -123,8 +125,9 @@ class ConnectionLimits(protocol.Factory):
     noisy = False
 
     def __init__(self, inner: Any, clock: Any, *, max_connections: int, max_per_client: int,
-                 header_timeout: float) -> None:
+                 header_timeout: float, fast_path: bool) -> None:
         self.inner = inner
+        self.fast_path = fast_path  # inner is the fast path (else the Site, which times its own heads)
         self.clock = clock
         self.max_connections = max_connections
         self.max_per_client = max_per_client

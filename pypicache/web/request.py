@@ -145,15 +145,17 @@ class PyPICacheRequest(Request):
             return
         self.identity = identity
         held = self.content
+        transport = self.channel.transport
         if getattr(self, "_body_done", False):
             held.seek(0)  # the whole (small) body came with the headers
+            transport.resumeProducing()
             self.process()
             return
-        Request.gotLength(self, length)
+        super().gotLength(length)  # the body's real home: memory or a spooled file
         self.content.write(held.getvalue())
         if self._expects_continue and getattr(self.channel, "_version", None) == b"HTTP/1.1":
-            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.channel.transport.resumeProducing()
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        transport.resumeProducing()
 
     def _upload_check_failed(self, failure: Any) -> None:
         self._checking = False
