@@ -76,10 +76,11 @@ class _Guard(protocol.Protocol):
         transport = self.transport
         if not self._fast:
             return
-        if transport.protocol is not self:
+        handed = getattr(transport, "protocol", self)  # (a TLS transport has none until the hand-over)
+        if handed is not self:
             # The fast path gave the connection to twisted.web, whose channel
             # times its own headers: keep counting, stop timing.
-            self.inner = transport.protocol
+            self.inner = handed
             transport.protocol = self
             self._fast = False
             self._cancel()
