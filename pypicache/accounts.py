@@ -6,9 +6,10 @@ Two layers:
   ``<data_dir>/accounts.sqlite3``, separate from the index so a cache wipe
   never loses accounts).  The admin command uses it directly; the server
   never calls it from the reactor thread.
-* :class:`Accounts` wraps a store for the server: every call runs on one
-  dedicated thread, and it parses HTTP Basic credentials and caches recent
-  successful verifications.
+* :class:`Accounts` wraps a store for the server: database calls run on one
+  dedicated thread and password hashing on another; it parses HTTP Basic
+  credentials, caches recent successful verifications and throttles failed
+  ones.
 
 Secrets are never stored in plain text.  Passwords are hashed with argon2id
 (argon2-cffi's ``PasswordHasher``; its default parameters are RFC 9106's
@@ -45,12 +46,13 @@ from twisted.python.threadpool import ThreadPool
 
 from pypicache.durable import create_sqlite
 from pypicache.model import InvalidName, normalize
+from pypicache.throttle import FailureWindow
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
 __all__ = [
-    "AccountError", "AccountStore", "Accounts", "Identity", "TokenInfo", "UnknownToken",
+    "AccountError", "AccountStore", "Accounts", "Identity", "LoginRefused", "TokenInfo", "UnknownToken",
     "UnknownUser", "User", "UserExists", "TOKEN_USER", "parse_basic",
 ]
 
@@ -137,6 +139,17 @@ class UnknownToken(AccountError):
     def __init__(self, token_id: str) -> None:
         super().__init__(f"no token with id {token_id!r}")
         self.token_id = token_id
+
+
+class LoginRefused(Exception):
+    """Credentials not checked: too many failed logins (429) or too many
+    password checks waiting (503).  ``retry_after`` is in whole seconds."""
+
+    def __init__(self, status: int, retry_after: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.retry_after = retry_after
+        self.reason = reason
 
 
 class SchemaTooNew(RuntimeError):
@@ -622,8 +635,9 @@ def parse_basic(header: bytes | str | None) -> tuple[str, str] | None:
 class Accounts:
     """The account store as the server uses it: off the reactor thread.
 
-    Every store call runs on one dedicated thread (SQLite and argon2 both
-    block), so calls never contend with each other for the database.
+    Store calls run on one dedicated thread (SQLite blocks), so they never
+    contend with each other for the database; password checks (argon2) on a
+    second one.
     Successful password checks are cached for ``password_ttl`` seconds
     (bounded to ``cache_size`` entries, keyed by a sha256 of user and
     password, so no plain password is kept in memory): without it every
@@ -634,10 +648,21 @@ class Accounts:
     the cached entry expires.
 
     Concurrent checks of the same credentials share one verification.
+
+    Under attack (docs/security.md, "Login throttling"): password checks
+    (argon2) run on a thread of their own, so token checks and the
+    maintainer lookups of uploads never queue behind them; at most
+    ``max_pending_passwords`` wait for that thread (then
+    :class:`LoginRefused` 503); and each client address and each user name
+    gets ``max_failures`` attempts per ``failure_window`` seconds (then
+    :class:`LoginRefused` 429).  Cached successes skip the limits, so a user
+    whose name is under attack keeps working with a token or a password
+    checked recently.
     """
 
     def __init__(self, store: AccountStore, reactor: Any, *, clock: Any = None,
-                 password_ttl: float = 60.0, token_ttl: float = 5.0, cache_size: int = 1024) -> None:
+                 password_ttl: float = 60.0, token_ttl: float = 5.0, cache_size: int = 1024,
+                 max_failures: int = 10, failure_window: float = 60.0, max_pending_passwords: int = 16) -> None:
         self.store = store
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
@@ -645,22 +670,30 @@ class Accounts:
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
         self._pending: dict[str, list[defer.Deferred]] = {}
+        self._failures = FailureWindow(self._clock, max_failures=max_failures, window=failure_window)
+        self._max_pending_passwords = max_pending_passwords
+        self._passwords_queued = 0
         self._closed = False
         self._pool = ThreadPool(1, 1, name="pypicache-accounts")
         self._pool.start()
+        #: Started on the first password check: most servers never have one.
+        self._password_pool: ThreadPool | None = None
         # The thread is not a daemon: stop it at shutdown even without close().
         self._trigger: Any = reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
 
-    def _call(self, f: Callable[..., T], *args: Any) -> defer.Deferred:
+    def _call(self, f: Callable[..., T], *args: Any, pool: ThreadPool | None = None) -> defer.Deferred:
         if self._closed:
             return defer.fail(RuntimeError("accounts are closed"))
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
+        return deferToThreadPool(self._reactor, pool or self._pool, f, *args)
 
-    def authenticate(self, authorization: bytes | None) -> defer.Deferred:
+    def authenticate(self, authorization: bytes | None, client: str | None = None) -> defer.Deferred:
         """Deferred firing with the :class:`Identity` of an ``Authorization``
         header value, or None for missing, malformed or wrong credentials.
 
-        Fails only when the account database itself fails.
+        ``client`` (the peer's address) is what failed attempts are counted
+        against, besides the user name.  Fails with :class:`LoginRefused`
+        when the credentials were not checked because of the limits, and
+        otherwise only when the account database itself fails.
         """
         credentials = parse_basic(authorization)
         if credentials is None:
@@ -680,25 +713,46 @@ class Accounts:
         if waiters is not None:
             waiters.append(mine)
             return mine
+        # A token has 256 random bits: guessing one is hopeless, so a wrong
+        # token counts against the client only, never locks out its user.
+        limited: list[tuple[str, str]] = [] if client is None else [("client", client)]
+        if kind == "password":
+            limited.append(("user", user.lower()))
+        wait = self._failures.retry_after(limited)
+        if wait:
+            return defer.fail(LoginRefused(429, wait, f"too many failed logins: retry in {wait} s"))
+        if kind == "password":
+            if self._passwords_queued >= self._max_pending_passwords:
+                return defer.fail(LoginRefused(503, 1, "too many password checks waiting: retry shortly"))
+            self._passwords_queued += 1
+        stamp = self._failures.attempt(limited)
         self._pending[key] = [mine]
         if kind == "token":
             d = self._call(self.store.verify_token, password)
         else:
-            d = self._call(self._password_identity, user, password)
-        d.addBoth(self._settled, key, kind)
+            if self._password_pool is None and not self._closed:
+                self._password_pool = ThreadPool(1, 1, name="pypicache-passwords")
+                self._password_pool.start()
+            d = self._call(self._password_identity, user, password, pool=self._password_pool)
+        d.addBoth(self._settled, key, kind, limited, stamp)
         return mine
 
     def _password_identity(self, user: str, password: str) -> Identity | None:
         found = self.store.verify_password(user, password)
         return None if found is None else Identity(found.name, found.admin)
 
-    def _settled(self, result: Any, key: str, kind: str) -> None:
+    def _settled(self, result: Any, key: str, kind: str, limited: list[tuple[str, str]], stamp: float) -> None:
+        if kind == "password":
+            self._passwords_queued -= 1
         waiters = self._pending.pop(key, [])
         if isinstance(result, Identity):
+            self._failures.succeeded(limited, stamp)
             self._cache[key] = (self._clock.seconds() + self._ttl[kind], result)
             self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        elif isinstance(result, Failure):  # the database failed: not the client's fault
+            self._failures.succeeded(limited, stamp)
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)
@@ -731,6 +785,8 @@ class Accounts:
 
         def stopped(result: Any) -> Any:
             self._pool.stop()
+            if self._password_pool is not None:
+                self._password_pool.stop()
             if self._trigger is not None:
                 self._reactor.removeSystemEventTrigger(self._trigger)
                 self._trigger = None

@@ -24,6 +24,8 @@ from pypicache.stats import Stats
 from pypicache.upstream.breaker import with_breaker
 from pypicache.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
+from pypicache.web.limits import ConnectionLimits
+from pypicache.web.request import UploadGate
 from pypicache.web.site import QuietSite, build_root
 
 
@@ -94,7 +96,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                     not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes)
     downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
                             spool_dir=data_dir / "spool")
-    accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor)
+    accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
+                        max_failures=config.auth.max_failed_logins, failure_window=config.auth.failed_login_window)
     stats = Stats()
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=None, stats=stats,  # type: ignore[arg-type]
@@ -125,7 +128,9 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                       page_bytes=config.page_cache_bytes // 2, in_thread=in_thread)
 
     async def read_gate(request: Any) -> bool:
-        return await accounts.authenticate(request.getHeader(b"authorization")) is not None
+        from pypicache.web.auth import authenticate
+
+        return await authenticate(accounts, request) is not None
 
     rate = getattr(storage, "scrub_rate", 0) if IBlobInventory.providedBy(storage) else 0
     if rate > 0:
@@ -133,11 +138,16 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         app.scrubber.start()
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
-                         read_gate=read_gate if config.auth.read == "authenticated" else None)
+                         read_gate=read_gate if config.auth.read == "authenticated" else None,
+                         upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled),
+                         header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     if config.fast_path and not config.access_log:
         app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None)
     else:
         app.factory = app.site
+    app.factory = ConnectionLimits(app.factory, reactor, max_connections=config.max_connections,
+                                   max_per_client=config.max_connections_per_client,
+                                   header_timeout=config.header_timeout, fast_path=app.factory is not app.site)
     return app

@@ -61,6 +61,8 @@ class UploadConfig:
     #: list form) is created only by a user granted with ``pypicache
     #: project grant`` (or an admin): no ordinary user wins it by racing.
     claim: Mapping[str, frozenset[str]] = attrs.field(factory=dict, converter=_claim_table)
+    #: Uploads in progress at once (from their headers to the answer); more get 503.
+    max_concurrent: int = 4
     #: Private names whose upstream files are listed too (opt-in mixing).
     merge: frozenset[str] = frozenset()
 
@@ -70,6 +72,10 @@ class AuthConfig:
     """Whether reading needs credentials ("anonymous" or "authenticated")."""
 
     read: str = "anonymous"
+    #: Login attempts per client address and per user name in each window
+    #: (docs/security.md, "Login throttling"); then 429 until it slides on.
+    max_failed_logins: int = 10
+    failed_login_window: float = 60.0
 
 
 @attrs.frozen
@@ -87,10 +93,14 @@ class Config:
     #: Absolute base URL of this server as clients reach it ("https://host/prefix/"),
     #: for the JSON API's URLs; None: they are relative to the request URL.
     public_url: str | None = None
-
     #: Seconds an upstream 404 is remembered (0: off); memory for parsed pages.
     not_found_ttl: float = 60.0
     page_cache_bytes: int = 64 * 1024 * 1024
+    #: Client limits (pypicache.web.limits, docs/security.md "Request limits").
+    header_timeout: float = 20.0
+    min_body_rate: int = 1000
+    max_connections: int = 768
+    max_connections_per_client: int = 128
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -110,9 +120,12 @@ _SERVER_KEYS: dict[str, Any] = {
     "access_log": bool,
     "fast_path": bool,
     "public_url": str,
-
     "not_found_ttl": (int, float),
     "page_cache_bytes": int,
+    "header_timeout": (int, float),
+    "min_body_rate": int,
+    "max_connections": int,
+    "max_connections_per_client": int,
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
               "breaker_threshold", "breaker_cooldown"}
@@ -195,6 +208,17 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         if not 1 <= server["threads"] <= 64:
             raise ConfigError(f"server.threads: must be between 1 and 64, got {server['threads']!r}")
         kwargs["threads"] = server["threads"]
+    if "header_timeout" in server:
+        kwargs["header_timeout"] = _positive("server.header_timeout", server["header_timeout"], upper=3600)
+    for key, low, high in (("min_body_rate", 1, 10**9), ("max_connections", 1, 100_000),
+                           ("max_connections_per_client", 1, 100_000)):
+        if key in server:
+            if not low <= server[key] <= high:
+                raise ConfigError(f"server.{key}: must be between {low} and {high}, got {server[key]!r}")
+            kwargs[key] = server[key]
+    total = kwargs.get("max_connections", attrs.fields(Config).max_connections.default)
+    if kwargs.get("max_connections_per_client", 0) > total:
+        raise ConfigError(f"server.max_connections_per_client: must not exceed server.max_connections ({total})")
 
     http = data.get("http", {})
     if not isinstance(http, dict):
@@ -268,7 +292,7 @@ def _names(where: str, value: Any) -> frozenset[str]:
 def _uploads(table: Any) -> UploadConfig:
     if not isinstance(table, dict):
         raise ConfigError("uploads: must be a table")
-    allowed = {"enabled", "max_size", "claim", "merge"}
+    allowed = {"enabled", "max_size", "max_concurrent", "claim", "merge"}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in allowed:
@@ -281,6 +305,11 @@ def _uploads(table: Any) -> UploadConfig:
             kwargs[key] = int(_positive("uploads.max_size", value))
         elif key == "claim" and isinstance(value, dict):
             kwargs[key] = _owned_claims(value)
+        elif key == "max_concurrent":
+            _check_type("uploads.max_concurrent", value, int)
+            if not 1 <= value <= 1000:
+                raise ConfigError(f"uploads.max_concurrent: must be between 1 and 1000, got {value!r}")
+            kwargs[key] = value
         else:
             kwargs[key] = _names(f"uploads.{key}", value)
     return UploadConfig(**kwargs)
@@ -312,12 +341,22 @@ def _owned_claims(table: dict[str, Any]) -> dict[str, frozenset[str]]:
 def _auth(table: Any) -> AuthConfig:
     if not isinstance(table, dict):
         raise ConfigError("auth: must be a table")
+    known = ("failed_login_window", "max_failed_logins", "read")
+    kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        if key != "read":
-            raise ConfigError(f"auth.{key}: unknown key (known: read)")
-        if value not in ("anonymous", "authenticated"):
+        if key not in known:
+            raise ConfigError(f"auth.{key}: unknown key (known: {', '.join(known)})")
+        if key == "read" and value not in ("anonymous", "authenticated"):
             raise ConfigError(f"auth.read: expected \"anonymous\" or \"authenticated\", got {value!r}")
-    return AuthConfig(**table)
+        if key == "max_failed_logins":
+            _check_type("auth.max_failed_logins", value, int)
+            if not 1 <= value <= 10_000:
+                raise ConfigError(f"auth.max_failed_logins: must be between 1 and 10000, got {value!r}")
+        if key == "failed_login_window":
+            _check_type("auth.failed_login_window", value, (int, float))
+            value = _positive("auth.failed_login_window", value, upper=86400)
+        kwargs[key] = value
+    return AuthConfig(**kwargs)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

@@ -21,6 +21,7 @@ from pypicache.accounts import (
     Accounts,
     AccountStore,
     Identity,
+    LoginRefused,
     SchemaTooNew,
     UnknownToken,
     UnknownUser,
@@ -564,3 +565,67 @@ async def test_close(store: AccountStore) -> None:
         await wait(made.authenticate(basic("bob", PASSWORD)))
     with pytest.raises(RuntimeError):
         store.list_users()  # the store was closed on the accounts thread
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_are_limited_per_client_and_per_user(store: AccountStore) -> None:
+    from twisted.internet import reactor
+
+    fake = task.Clock()
+    made = Accounts(store, reactor, clock=fake, max_failures=2, failure_window=10)
+    try:
+        store.add_user("bob", PASSWORD)
+        store.add_user("carol", PASSWORD)
+        _, token = store.create_token("bob")
+        good = await wait(made.authenticate(basic("bob", PASSWORD), "10.0.0.1"))
+        for _ in range(2):
+            assert await wait(made.authenticate(basic("bob", "wrong password"), "10.0.0.1")) is None
+        with pytest.raises(LoginRefused) as refused:  # bob, from another address
+            await wait(made.authenticate(basic("bob", "wrong again"), "10.0.0.2"))
+        assert refused.value.status == 429 and 1 <= refused.value.retry_after <= 10
+        with pytest.raises(LoginRefused):  # the same address, another user
+            await wait(made.authenticate(basic("carol", PASSWORD), "10.0.0.1"))
+        # A success still cached passes; a token is never limited by its user's failures.
+        assert await wait(made.authenticate(basic("bob", PASSWORD), "10.0.0.1")) == good
+        assert await wait(made.authenticate(basic("__token__", token), "10.0.0.3")) is not None
+        fake.advance(10)
+        assert await wait(made.authenticate(basic("carol", PASSWORD), "10.0.0.1")) == Identity("carol")
+    finally:
+        await wait(made.close())
+
+
+class BlockingHasher(PasswordHasher):
+    """Verifications wait until ``release`` is set: a password thread kept busy."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        import threading
+
+        self.release = threading.Event()
+
+    def verify(self, hash: Any, password: Any) -> bool:  # noqa: A002
+        self.release.wait(10)
+        return super().verify(hash, password)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_queue_is_bounded_and_tokens_skip_it(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    hasher = BlockingHasher()
+    store = AccountStore(tmp_path / "a.sqlite3", hasher=hasher)
+    made = Accounts(store, reactor, max_pending_passwords=2)
+    try:
+        store.add_user("bob", PASSWORD)
+        _, token = store.create_token("bob")
+        queued = [made.authenticate(basic("bob", f"guess {i}"), f"10.0.0.{i}") for i in range(2)]
+        with pytest.raises(LoginRefused) as busy:
+            await wait(made.authenticate(basic("bob", "one more"), "10.0.0.9"))
+        assert busy.value.status == 503 and busy.value.retry_after >= 1
+        # The password thread is stuck; a token is checked on another one.
+        assert await wait(made.authenticate(basic("__token__", token)), 5) is not None
+        hasher.release.set()
+        assert await wait(defer.gatherResults(queued)) == [None, None]
+    finally:
+        hasher.release.set()
+        await wait(made.close())

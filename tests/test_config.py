@@ -367,3 +367,28 @@ def test_claim_table_names_owners_and_the_list_form_still_works():
 def test_bad_claim_names_the_key(claim, where, what):
     message = _error({"uploads": {"claim": claim}})
     assert message.startswith(f"{where}: ") and what in message
+
+
+def test_request_limit_keys():
+    cfg = parse({"server": {"header_timeout": 2.5, "min_body_rate": 10, "max_connections": 50,
+                            "max_connections_per_client": 5},
+                 "uploads": {"max_concurrent": 2}, "auth": {"max_failed_logins": 3, "failed_login_window": 30}})
+    assert (cfg.header_timeout, cfg.min_body_rate, cfg.max_connections, cfg.max_connections_per_client) == \
+        (2.5, 10, 50, 5)
+    assert cfg.uploads.max_concurrent == 2
+    assert (cfg.auth.max_failed_logins, cfg.auth.failed_login_window) == (3, 30.0)
+
+
+@pytest.mark.parametrize("document, key", [
+    ({"server": {"header_timeout": 0}}, "server.header_timeout"),
+    ({"server": {"min_body_rate": 0}}, "server.min_body_rate"),
+    ({"server": {"max_connections": 0}}, "server.max_connections"),
+    ({"server": {"max_connections_per_client": 1.5}}, "server.max_connections_per_client"),
+    ({"server": {"max_connections": 10, "max_connections_per_client": 11}}, "server.max_connections_per_client"),
+    ({"uploads": {"max_concurrent": 0}}, "uploads.max_concurrent"),
+    ({"auth": {"max_failed_logins": 0}}, "auth.max_failed_logins"),
+    ({"auth": {"failed_login_window": -1}}, "auth.failed_login_window"),
+    ({"auth": {"max_failed_logins": True}}, "auth.max_failed_logins"),
+])
+def test_request_limit_errors_name_the_key(document, key):
+    assert _error(document).startswith(f"{key}: ")

@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 
 from pypicache.index.rules import NoUploadedFile, uploaded_files
 from pypicache.model import InvalidName, normalize
-from pypicache.web.upload import AUTH_CHALLENGE
+from pypicache.web.auth import AUTH_CHALLENGE, authenticate
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 log = Logger()
@@ -38,6 +38,14 @@ class Manage(Resource):
         return handle(request, lambda: self._handle(request))
 
     render_DELETE = render_POST
+
+    def render_GET(self, request: Any) -> bytes:
+        """GET and HEAD (twisted routes HEAD here) change nothing: 405 naming
+        the methods that do, instead of a 500 for a missing renderer."""
+        request.setResponseCode(405)
+        request.setHeader(b"allow", b"POST, DELETE")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"use POST .../yank, POST .../unyank or DELETE\n"
 
     async def _handle(self, request: Any) -> None:
         post = [p.decode("utf-8", "replace") for p in request.postpath]
@@ -57,7 +65,7 @@ class Manage(Resource):
             raise HTTPError(404, "not a valid project name") from None
         target = post[2]
 
-        identity = await self.accounts.authenticate(request.getHeader(b"authorization"))
+        identity = await authenticate(self.accounts, request)
         if identity is None:
             raise HTTPError(401, "credentials needed", AUTH_CHALLENGE)
         # The owners a claim names ([uploads.claim]) maintain it too.

@@ -7,8 +7,12 @@
   itself, streaming.  A body known (Content-Length) or found (chunked) to be
   too large is never written anywhere: it is counted, discarded, and answered
   with 413.
+* An upload's credentials are checked as soon as its headers are in, before
+  any of its body is read or spooled (:class:`UploadGate`): no or malformed
+  credentials get 401 at once, present ones are checked with the connection
+  paused.  The same gate caps how many uploads run at once (503).
 * With ``[auth] read = "authenticated"`` every request is authenticated before
-  it is routed; the upload and management routes check credentials themselves.
+  it is routed; the management routes check credentials themselves.
   Every answer then says ``Cache-Control: private`` and ``Vary: Authorization``
   (set here, as the headers go out, so no route can forget it): a shared
   cache in front must never hand a protected answer to someone else.
@@ -19,9 +23,12 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import Request
+
+from pypicache.web.util import HTTPError, send_error
 
 log = Logger()
 
@@ -51,6 +58,27 @@ def make_private(headers: Any) -> None:
     vary = [v.strip() for value in headers.getRawHeaders(b"vary", []) for v in value.split(b",") if v.strip()]
     if b"authorization" not in (v.lower() for v in vary):
         headers.setRawHeaders(b"vary", [b", ".join(vary + [b"Authorization"])])
+
+
+@attrs.define
+class UploadGate:
+    """What an upload must pass before its body is read: uploads enabled,
+    well-formed credentials, a free slot among ``max_concurrent``, and then
+    valid credentials (checked by ``accounts``, asynchronously)."""
+
+    accounts: Any
+    max_concurrent: int = 4
+    enabled: bool = True
+    active: int = 0
+
+    def acquire(self) -> bool:
+        if self.active >= self.max_concurrent:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
 
 
 class PyPICacheRequest(Request):
@@ -88,10 +116,80 @@ class PyPICacheRequest(Request):
             if length > self._limit + DISCARD_SLACK:
                 # Far too large to read and discard: answer now and hang up.
                 self._refuse_and_close()
+        elif self.is_upload and getattr(self.channel, "_command", None) == b"POST" \
+                and getattr(site, "upload_gate", None) is not None:
+            self._gate_upload(site.upload_gate, length)
         else:
             super().gotLength(length)
 
+    # ------------------------------------------------ uploads: before the body
+
+    def _gate_upload(self, gate: UploadGate, length: int | None) -> None:
+        """Refuse an upload before reading its body, or pause the connection
+        while its credentials are checked (see the module docstring)."""
+        from pypicache.accounts import parse_basic
+        from pypicache.web.auth import AUTH_CHALLENGE
+
+        # Twisted answers "Expect: 100-continue" right after this method;
+        # we send it ourselves once the upload is let in.
+        expect = self.requestHeaders.getRawHeaders(b"expect") or []
+        self._expects_continue = bool(expect) and expect[0].lower() == b"100-continue"
+        self.requestHeaders.removeHeader(b"expect")
+        if not gate.enabled:
+            return self._answer_and_close(403, "uploads are disabled on this server")
+        if parse_basic(self.getHeader(b"authorization")) is None:
+            return self._answer_and_close(
+                401, "upload needs credentials (a user and password, or __token__ and a token)", AUTH_CHALLENGE)
+        if not gate.acquire():
+            return self._answer_and_close(
+                503, f"too many uploads in progress (at most {gate.max_concurrent}): retry shortly",
+                {b"retry-after": b"5"})
+        self.notifyFinish().addBoth(lambda _: gate.release())
+        # What arrives until the check is done: at most the rest of one read,
+        # as the transport is paused.
+        self.content = io.BytesIO()
+        self._checking = True
+        self.channel.transport.pauseProducing()
+        from pypicache.web.auth import authenticate
+
+        d = defer.ensureDeferred(authenticate(gate.accounts, self))
+        d.addCallbacks(self._upload_checked, self._upload_check_failed, callbackArgs=(length,))
+
+    def _upload_checked(self, identity: Any, length: int | None) -> None:
+        from pypicache.web.auth import AUTH_CHALLENGE
+
+        self._checking = False
+        if identity is None:
+            self._answer_and_close(
+                401, "invalid credentials: wrong user or password, or an unknown or revoked token", AUTH_CHALLENGE)
+            return
+        if self._disconnected:
+            return
+        self.identity = identity
+        held = self.content
+        transport = self.channel.transport
+        if getattr(self, "_body_done", False):
+            held.seek(0)  # the whole (small) body came with the headers
+            transport.resumeProducing()
+            self.process()
+            return
+        super().gotLength(length)  # the body's real home: memory or a spooled file
+        self.content.write(held.getvalue())
+        if self._expects_continue and getattr(self.channel, "_version", None) == b"HTTP/1.1":
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        transport.resumeProducing()
+
+    def _upload_check_failed(self, failure: Any) -> None:
+        self._checking = False
+        if failure.check(HTTPError):  # throttled: 429 or 503 with Retry-After
+            self._answer_and_close(failure.value.code, failure.value.message, failure.value.headers)
+            return
+        log.failure("checking an upload's credentials failed", failure)
+        self._answer_and_close(500, "internal server error")
+
     def handleContentChunk(self, data: bytes) -> None:
+        if getattr(self, "_refused", False):
+            return
         self._received += len(data)
         if self._received > self._limit and not self._too_large:
             self._too_large = True
@@ -105,14 +203,21 @@ class PyPICacheRequest(Request):
         super().handleContentChunk(data)
 
     def _refuse_and_close(self) -> None:
-        transport = self.channel.transport
+        self._answer_and_close(413, self._too_large_message())
+
+    def _answer_and_close(self, status: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+        """Answer before the body is read, and hang up: what is left of the
+        body must never be read as a request."""
+        channel = self.channel
+        transport = channel.transport if channel is not None else None
         if transport is None or getattr(self, "_refused", False):
             return
         self._refused = True
-        message = self._too_large_message()
         body = message.encode() + b"\n"
-        transport.write(b"HTTP/1.1 413 " + message.encode() + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        extra = b"".join(name + b": " + value + b"\r\n" for name, value in (headers or {}).items())
+        transport.write(b"HTTP/1.1 %d " % status + message.encode() + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        + extra + b"Connection: close\r\nContent-Length: " + str(len(body)).encode()
+                        + b"\r\n\r\n" + body)
         transport.loseConnection()
 
     def _too_large_message(self) -> str:
@@ -123,6 +228,9 @@ class PyPICacheRequest(Request):
 
     def process(self) -> None:
         if getattr(self, "_refused", False):
+            return
+        if getattr(self, "_checking", False):  # the body came before the credentials' verdict
+            self._body_done = True
             return
         if getattr(self, "_too_large", False):
             message = self._too_large_message()
@@ -156,6 +264,9 @@ class PyPICacheRequest(Request):
         self.finish()
 
     def _gate_failed(self, failure: Any) -> None:
+        if failure.check(HTTPError):  # throttled: 429 or 503 with Retry-After
+            send_error(self, failure.value.code, failure.value.message, failure.value.headers)
+            return
         log.failure("authenticating a read failed", failure)
         self.setResponseCode(500)
         self.finish()

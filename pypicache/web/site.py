@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from pypicache import __version__
 from pypicache.stats import Stats
 from pypicache.web.files import Files
+from pypicache.web.limits import LimitedChannel
 from pypicache.web.request import PyPICacheRequest
 from pypicache.web.simple import PageCache, SimpleIndex
 
@@ -70,6 +71,17 @@ class Home(Resource):
         return super().getChild(path, request)
 
 
+class Folder(Resource):
+    """A path that only parents other routes (``/local``): GET and HEAD get a
+    404 rather than a 500 (twisted's plain Resource has no ``render_GET``,
+    and its ``render_HEAD`` calls it)."""
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"not found\n"
+
+
 class StatsPage(Resource):
     """``/stats``: the cache's counters as JSON."""
 
@@ -103,7 +115,7 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
     root.putChild(b"simple", proxy_view)
     root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
     root.putChild(b"stats", StatsPage(stats))
-    local = Resource()
+    local = Folder()
     local.putChild(b"simple", local_view)
     local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
     root.putChild(b"local", local)
@@ -116,13 +128,22 @@ class QuietSite(Site):
     optional read gate (see pypicache.web.request)."""
 
     requestFactory = PyPICacheRequest
+    protocol = LimitedChannel  # a plain HTTP/1.1 channel: no HTTP/2 negotiation
+    #: Deadline for a request's headers (seconds) and minimum body rate
+    #: (bytes/s); None turns the check off.  See pypicache.web.limits.
+    header_timeout: float | None = None
+    min_body_rate: float | None = None
 
     def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
-                 read_gate: Any = None, **kw: Any) -> None:
+                 read_gate: Any = None, upload_gate: Any = None, header_timeout: float | None = None,
+                 min_body_rate: float | None = None, **kw: Any) -> None:
         super().__init__(resource, **kw)
+        self.header_timeout = header_timeout
+        self.min_body_rate = min_body_rate
         self.access_log = access_log
         self.upload_limit = upload_limit
         self.read_gate = read_gate
+        self.upload_gate = upload_gate
 
     def log(self, request: Any) -> None:
         if self.access_log:

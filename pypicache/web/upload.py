@@ -24,12 +24,10 @@ from pypicache.config import UploadConfig
 from pypicache.mirror import retry_after_seconds
 from pypicache.model import FileExists, FileRecord, HashMismatch, UpstreamError, UpstreamNotFound, Validators
 from pypicache.uploads.multipart import UploadError, parse_upload
+from pypicache.web.auth import AUTH_CHALLENGE, authenticate
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 log = Logger()
-
-AUTH_CHALLENGE = {b"www-authenticate": b'Basic realm="pypicache"'}
-
 
 def upload_time(seconds: float) -> str:
     """PEP 700's format: ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
@@ -67,7 +65,8 @@ class Upload(Resource):
         if not self.config.enabled:
             raise HTTPError(403, "uploads are disabled on this server")
         authorization = request.getHeader(b"authorization")
-        identity = await self.accounts.authenticate(authorization)
+        # Usually checked already, when the headers arrived (web/request.py).
+        identity = getattr(request, "identity", None) or await authenticate(self.accounts, request)
         if identity is None:
             if authorization is None:
                 reason = "upload needs credentials (a user and password, or __token__ and a token)"
