@@ -34,7 +34,7 @@ class IProviderFactory(Interface):
 
         :param options: the provider's config table (a dict) without the
             ``provider`` key.  Unknown keys or bad values must raise
-            :class:`pypicache.config.ConfigError` naming the key.
+            :class:`pypicache.daemon.config.ConfigError` naming the key.
         :param context: a :class:`pypicache.providers.ProviderContext`
             (reactor, thread pool, data directory, HTTP settings).
         :return: an object providing the interface named by ``kind``.
@@ -122,7 +122,7 @@ class IStorage(Interface):
 class IBlobInventory(Interface):
     """Optional for a storage: list its blobs and re-check one.
 
-    What the background scrub (:mod:`pypicache.scrub`) and ``pypicache
+    What the background scrub (:mod:`pypicache.services.scrub`) and ``pypicache
     verify`` need to walk the whole store; a storage without it is simply not
     scrubbed.  Declare it with ``@implementer(IStorage, IBlobInventory)``.
     """
@@ -142,7 +142,7 @@ class IBlobInventory(Interface):
             Deferred: called after each chunk read, the next chunk waits for it
             (the scrub's rate limit).  Cancelling that Deferred abandons the check.
         :return: Deferred firing with a
-            :class:`pypicache.storage.filesystem.BlobCheck` (status "ok",
+            :class:`pypicache.providers.storage.filesystem.BlobCheck` (status "ok",
             "missing", "corrupt" or "unreadable"; ``removed`` when moved aside).
         """
 
@@ -219,7 +219,7 @@ class IIndex(Interface):
             is dropped and the stored record returned unchanged -- checked
             in the same transaction as the write, since an upload may have
             made the name private while the page was being fetched
-            (:func:`pypicache.index.rules.merge_upstream_page` does both).
+            (:func:`pypicache.providers.index.rules.merge_upstream_page` does both).
         :return: Deferred firing with the new ProjectRecord.
         """
 

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest_twisted
 
-from pypicache import config as configuration
+from pypicache.daemon import config as configuration
 
 
 @attrs.define
@@ -69,7 +69,7 @@ class _TrackingSite:
 async def start_server(config: configuration.Config) -> RunningServer:
     from twisted.internet import reactor
 
-    from pypicache.app import build
+    from pypicache.daemon.app import build
 
     app = build(config, reactor)
     _TrackingSite(app.site)

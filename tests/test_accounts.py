@@ -15,7 +15,7 @@ import pytest_twisted
 from argon2 import PasswordHasher
 from twisted.internet import defer, task
 
-from pypicache.accounts import (
+from pypicache.services.accounts import (
     LAST_USED_RESOLUTION,
     AccountError,
     Accounts,

@@ -13,11 +13,11 @@ import pytest
 import pytest_twisted
 from argon2 import PasswordHasher
 
-from pypicache import accounts as accounts_module
-from pypicache import admin
-from pypicache.accounts import AccountStore
-from pypicache.admin import CommandError, catalog_action, main
-from pypicache.index import memory, sqlite
+from pypicache.services import accounts as accounts_module
+from pypicache.cli import admin
+from pypicache.services.accounts import AccountStore
+from pypicache.cli.admin import CommandError, catalog_action, main
+from pypicache.providers.index import memory, sqlite
 from pypicache.testing import index_file, index_page, local_file, make_context, stop_context, wait
 
 PASSWORD = "correct horse battery"
@@ -359,7 +359,7 @@ async def run_command(config: Path, *argv: str, stdin: str = "") -> subprocess.C
     from twisted.internet.threads import deferToThread
 
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    command = [sys.executable, "-m", "pypicache.admin", "--config", str(config), *argv]
+    command = [sys.executable, "-m", "pypicache.cli.admin", "--config", str(config), *argv]
     return await deferToThread(subprocess.run, command, input=stdin, capture_output=True, text=True,
                                timeout=60, env=env).addTimeout(90, reactor)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pypicache import config
+from pypicache.daemon import config
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "bench" / "pypicache.toml"
 

@@ -1,4 +1,4 @@
-"""``pypicache.config``: the embedded default, every key, and one clear
+"""``pypicache.daemon.config``: the embedded default, every key, and one clear
 ConfigError per mistake (the daemon prints that message as its only line, so
 each must name the key at fault)."""
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from pypicache import config as configuration
+from pypicache.daemon import config as configuration
 from pypicache import providers
-from pypicache.config import Config, ProviderConfig, load, parse
+from pypicache.daemon.config import Config, ProviderConfig, load, parse
 from pypicache.errors import ConfigError
 from pypicache.providers import HTTPSettings, ProviderContext
 
@@ -300,7 +300,7 @@ def test_unknown_provider_kind(bare_context):
 def test_provider_of_the_wrong_kind(bare_context, monkeypatch):
     # A storage factory registered under the index group is refused by name.
     monkeypatch.setattr(providers, "available",
-                        lambda kind: {"odd": "pypicache.storage.memory:factory"})
+                        lambda kind: {"odd": "pypicache.providers.storage.memory:factory"})
     with pytest.raises(ConfigError) as info:
         providers.create("index", "odd", {}, bare_context)
     assert str(info.value) == "index.provider: 'odd' makes 'storage' providers"

@@ -5,7 +5,7 @@ What must hold after any crash (checked by :func:`assert_clean`):
 * no partial file anywhere under the data directory: the download spool and
   the storage's ``.tmp`` are empty once the server is back, and every blob's
   bytes hash to its name;
-* the index agrees with the storage (``pypicache.verify``): every file marked
+* the index agrees with the storage (``pypicache.services.verify``): every file marked
   stored has its blob, with the right sha256;
 * an upload is wholly present (index row, file blob, METADATA blob) or wholly
   absent (and may then simply be sent again); one answered 200 is present.
@@ -26,9 +26,9 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, endpoints, protocol
 
-from pypicache import verify as verifying
-from pypicache.accounts import AccountStore
-from pypicache.storage import filesystem
+from pypicache.services import verify as verifying
+from pypicache.services.accounts import AccountStore
+from pypicache.providers.storage import filesystem
 from pypicache.testing import make_context, stop_context
 from tests.builders import build_wheel, wheel_metadata
 from tests.test_daemon import free_port, sleep, spawn, twistd_argv, write_config  # noqa: F401 (fixture)
@@ -106,7 +106,7 @@ def partial_files(data: Path) -> list[str]:
 
 
 async def consistency(data: Path) -> Any:
-    """``pypicache.verify`` of the data directory, from this process (the
+    """``pypicache.services.verify`` of the data directory, from this process (the
     daemon may be running: SQLite WAL lets us read meanwhile)."""
     context = make_context(data)
     try:

@@ -25,8 +25,8 @@ import treq
 from twisted.internet import defer, error, protocol
 from twisted.python import usage
 
-from pypicache import config as configuration
-from pypicache import tap
+from pypicache.daemon import config as configuration
+from pypicache.daemon import tap
 from tests.clients import isolated_env
 
 #: The twistd of the environment the tests run in (not whatever PATH finds).

@@ -6,9 +6,9 @@ import os
 import sqlite3
 import stat
 
-from pypicache.accounts import AccountStore
+from pypicache.services.accounts import AccountStore
 from pypicache.durable import create_sqlite
-from pypicache.index import sqlite as index_sqlite
+from pypicache.providers.index import sqlite as index_sqlite
 
 
 def _schema(conn: sqlite3.Connection) -> None:

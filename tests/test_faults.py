@@ -28,12 +28,12 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from pypicache import config as configuration
+from pypicache.daemon import config as configuration
 from pypicache.interfaces import IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound, Validators
 from pypicache.providers import HTTPSettings, ProviderContext
-from pypicache.upstream.breaker import CLOSED, HALF_OPEN, OPEN, BreakerUpstream, CircuitOpen, with_breaker
-from pypicache.upstream.simple import SimpleUpstream
+from pypicache.providers.upstream.breaker import CLOSED, HALF_OPEN, OPEN, BreakerUpstream, CircuitOpen, with_breaker
+from pypicache.providers.upstream.simple import SimpleUpstream
 from tests.builders import build_wheel
 from tests.server import RunningServer, _TrackingSite
 
@@ -220,7 +220,7 @@ def fault_config(tmp_path: Path, upstream_url: str, **server: Any) -> configurat
 async def start(config: configuration.Config, upstream: Any = None) -> RunningServer:
     from twisted.internet import reactor
 
-    from pypicache.app import build
+    from pypicache.daemon.app import build
 
     app = build(config, reactor, upstream=upstream)
     _TrackingSite(app.site)

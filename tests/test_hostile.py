@@ -20,7 +20,7 @@ import pytest
 import pytest_twisted
 from argon2 import PasswordHasher
 
-from pypicache.accounts import AccountStore
+from pypicache.services.accounts import AccountStore
 from tests.builders import build_wheel
 from tests.test_faults import (  # noqa: F401  (fixtures)
     JSON,

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from pypicache import providers
 from pypicache.errors import ConfigError
-from pypicache.index import memory, sqlite
+from pypicache.providers.index import memory, sqlite
 from pypicache.interfaces import IIndex, IProviderFactory
 from pypicache.model import BlobInfo, FileExists, ProjectList, ProjectRecord, Validators
 from pypicache.testing import (

@@ -21,9 +21,9 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
-from pypicache.mirror import PageResult
+from pypicache.services.mirror import PageResult
 from pypicache.model import FileRecord, ProjectRecord
-from pypicache.storage.memory import MemoryStorage
+from pypicache.providers.storage.memory import MemoryStorage
 from pypicache.web.jsonapi import JsonAPI, classify, group_releases, latest, parse_metadata
 from tests.builders import wheel_metadata
 from tests.server import proxy  # noqa: F401 (fixture)

@@ -28,7 +28,7 @@ from argon2 import PasswordHasher
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
-from pypicache.accounts import AccountStore
+from pypicache.services.accounts import AccountStore
 from tests.builders import build_wheel
 from tests.server import make_config, start_server
 from tests.test_faults import logs, parse_raw, raw_request  # noqa: F401  (fixture)

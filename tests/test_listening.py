@@ -15,7 +15,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web import resource, server
 
-from pypicache import listening
+from pypicache.daemon import listening
 from tests.clients import isolated_env
 
 
@@ -72,8 +72,8 @@ def test_binding_early_imports_no_network_stack():
     (a quarter of start-up) are imported to get the port listening."""
     script = """
 import json, socket, sys
-from pypicache import tap
-from pypicache.listening import bind_early
+from pypicache.daemon import tap
+from pypicache.daemon.listening import bind_early
 sock = bind_early("tcp:0:interface=127.0.0.1")
 client = socket.create_connection(sock.getsockname(), timeout=2)  # queued by the kernel
 heavy = ["twisted.internet.reactor", "twisted.internet.endpoints", "twisted.internet.tcp", "OpenSSL"]

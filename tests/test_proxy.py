@@ -297,7 +297,7 @@ async def test_core_metadata_whose_index_mark_fails_is_fetched_again(proxy, fake
 def test_settle_waits_for_metadata_index_marks(tmp_path):
     from twisted.internet.task import Clock
 
-    from pypicache.downloads import Downloader
+    from pypicache.services.downloads import Downloader
 
     downloader = Downloader(storage=None, index=None, upstream=None, mirror=None, spool_dir=tmp_path / "spool")
     mark: defer.Deferred = defer.Deferred()
@@ -520,7 +520,7 @@ async def test_close_lets_a_verified_file_be_stored_and_indexed(tmp_path, fake_u
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    from pypicache.app import build
+    from pypicache.daemon.app import build
 
     config = make_config(tmp_path, fake_upstream.url)
     server = await start_server(config)
@@ -549,7 +549,7 @@ def test_settle_gives_up_after_its_timeout(tmp_path):
     from twisted.internet import defer
     from twisted.internet.task import Clock
 
-    from pypicache.downloads import Downloader
+    from pypicache.services.downloads import Downloader
 
     downloader = Downloader(storage=None, index=None, upstream=None, mirror=None, spool_dir=tmp_path / "spool")
 

@@ -23,7 +23,7 @@ from argon2 import PasswordHasher
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
-from pypicache.accounts import AccountStore
+from pypicache.services.accounts import AccountStore
 from tests.builders import build_wheel
 from tests.clients import pip_install, uv_pip_install
 from tests.server import RunningServer, make_config, start_server

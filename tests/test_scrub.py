@@ -24,11 +24,11 @@ import pytest_twisted
 from twisted.internet import defer, task
 from zope.interface.verify import verifyObject
 
-from pypicache import config as configuration
+from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.interfaces import IBlobInventory
-from pypicache.scrub import Scrubber
-from pypicache.storage import filesystem, memory
+from pypicache.services.scrub import Scrubber
+from pypicache.providers.storage import filesystem, memory
 from pypicache.testing import provider_context, write_blob, wait  # noqa: F401 (fixture)
 from tests.builders import wheel_metadata
 from tests.server import make_config, start_server

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest_twisted
 import treq
 
-from pypicache import app as app_module
-from pypicache import listening, tap
+from pypicache.daemon import app as app_module
+from pypicache.daemon import listening
+from pypicache.daemon import tap
 from tests.clients import isolated_env
 from tests.test_daemon import free_port, write_config
 
@@ -107,8 +108,8 @@ def test_rare_routes_and_argon2_are_imported_on_first_use(tmp_path):
     script = f"""
 import json, sys
 from twisted.internet import reactor
-from pypicache import config
-from pypicache.app import build
+from pypicache.daemon import config
+from pypicache.daemon.app import build
 import tomllib
 cfg = config.parse(tomllib.loads({MEMORY_CONFIG.format(data=tmp_path / "data", upstream="http://127.0.0.1:9/simple/")!r}))
 app = build(cfg, reactor)
@@ -137,7 +138,7 @@ def test_collector_paused_during_start_up_and_resumed_with_start_up_frozen(tmp_p
     conf = write_config(tmp_path / "c.toml", MEMORY_CONFIG.format(data=tmp_path / "data", upstream=fake_upstream.url))
     script = f"""
 import gc, json
-from pypicache import tap
+from pypicache.daemon import tap
 options = tap.Options()
 options.parseOptions(["--config", {str(conf)!r}, "--listen", "tcp:0:interface=127.0.0.1"])
 top = tap.makeService(options)

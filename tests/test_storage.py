@@ -15,7 +15,7 @@ from pypicache import providers
 from pypicache.errors import ConfigError
 from pypicache.interfaces import IProviderFactory, IStorage
 from pypicache.model import BlobInfo
-from pypicache.storage import filesystem, memory
+from pypicache.providers.storage import filesystem, memory
 from pypicache.testing import (
     StorageContract,
     provider_context,  # noqa: F401 - a fixture

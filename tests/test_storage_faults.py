@@ -35,11 +35,11 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from pypicache import verify as verifying
-from pypicache import downloads
-from pypicache.accounts import AccountStore
+from pypicache.services import verify as verifying
+from pypicache.services import downloads
+from pypicache.services.accounts import AccountStore
 from pypicache.model import BlobInfo, BlobNotFound
-from pypicache.storage import filesystem
+from pypicache.providers.storage import filesystem
 from pypicache.testing import provider_context, read_blob, wait, write_blob  # noqa: F401 (fixture)
 from tests.builders import build_wheel, wheel_metadata
 from tests.clients import isolated_env
@@ -315,7 +315,7 @@ def deferred_sleep(seconds: float) -> defer.Deferred[None]:
 
 
 class _OsWithFullDisk(types.ModuleType):
-    """``os`` for pypicache.downloads: the spool fills up after ``room`` bytes."""
+    """``os`` for pypicache.services.downloads: the spool fills up after ``room`` bytes."""
 
     def __init__(self, spool_dir: Path, room: int | None) -> None:
         super().__init__("os")
@@ -552,7 +552,7 @@ async def test_verify_adopts_blob_the_index_lost(server, fake_upstream):
 
 
 def admin(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pypicache.admin", "--config", str(config), *argv]
+    command = [sys.executable, "-m", "pypicache.cli.admin", "--config", str(config), *argv]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=isolated_env())
 
 

@@ -60,7 +60,7 @@ from zope.interface import implementer
 
 from pypicache.interfaces import IProviderFactory, IStorage
 from pypicache.providers import check_options
-from pypicache.storage.memory import MemoryStorage
+from pypicache.providers.storage.memory import MemoryStorage
 
 FLAVOUR = "original"
 log = Logger()
@@ -105,8 +105,9 @@ async def main(reactor):
     from zope.interface.verify import verifyObject
 
     import mystore
-    from pypicache import config, providers
-    from pypicache.app import build
+    from pypicache import providers
+    from pypicache.daemon import config
+    from pypicache.daemon.app import build
     from pypicache.errors import ConfigError
     from pypicache.interfaces import IStorage
 

@@ -26,7 +26,7 @@ from argon2 import PasswordHasher
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from pypicache.accounts import AccountStore
+from pypicache.services.accounts import AccountStore
 from pypicache.web.request import DISCARD_SLACK, FORM_ALLOWANCE
 from tests.builders import build_sdist, build_wheel
 from tests.server import RunningServer, make_config, start_server

@@ -1,4 +1,4 @@
-"""The upstream's HTTP/1.1 client (pypicache.upstream.http) on the wire.
+"""The upstream's HTTP/1.1 client (pypicache.providers.upstream.http) on the wire.
 
 A scripted TCP server on 127.0.0.1 answers each request with exact bytes,
 so the tests can send what Twisted's own server never would: close-delimited
@@ -17,7 +17,7 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 from twisted.web.http import PotentialDataLoss
 
-from pypicache.upstream.http import BadResponse, ConnectionPool, ResponseDone
+from pypicache.providers.upstream.http import BadResponse, ConnectionPool, ResponseDone
 
 
 def _reactor() -> Any:

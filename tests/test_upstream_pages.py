@@ -19,7 +19,7 @@ import pytest_twisted
 import treq
 from twisted.internet import task
 
-from pypicache import config as configuration
+from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from tests.server import make_config, start_server
 from tests.test_upload_rules import NAME, WHEEL_NAME, form, good_wheel, post, start  # noqa: F401 (fixture)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pypicache.upstream.parse import (
+from pypicache.providers.upstream.parse import (
     page_format,
     parse_index,
     parse_index_html,
@@ -401,7 +401,7 @@ _HREFS = [
 def test_resolver_matches_urljoin_for_every_shape(base):
     """The per-page resolver (directory resolved once, file name appended)
     must give exactly what resolving each whole href gives, odd hrefs too."""
-    from pypicache.upstream.parse import _absolute_url, _Resolver
+    from pypicache.providers.upstream.parse import _absolute_url, _Resolver
 
     resolve = _Resolver(base)
     for href in _HREFS + ["sub/" + h for h in _HREFS]:
@@ -459,7 +459,7 @@ def test_incremental_json_decoding_gives_what_json_loads_gives(body, monkeypatch
     """Pages above INCREMENTAL_JSON_BYTES are decoded entry by entry, so that
     no single call holds the GIL (and stalls the reactor) for long: the result
     must be exactly that of the one-shot decoding."""
-    from pypicache.upstream import parse
+    from pypicache.providers.upstream import parse
 
     whole = parse_project_json(body, PAGE)
     monkeypatch.setattr(parse, "INCREMENTAL_JSON_BYTES", 0)
@@ -468,7 +468,7 @@ def test_incremental_json_decoding_gives_what_json_loads_gives(body, monkeypatch
 
 @pytest.mark.parametrize("body", _BAD_EITHER_WAY)
 def test_incremental_json_decoding_refuses_what_json_loads_refuses(body, monkeypatch):
-    from pypicache.upstream import parse
+    from pypicache.providers.upstream import parse
 
     with pytest.raises(ValueError):
         parse_project_json(body, PAGE)
@@ -480,7 +480,7 @@ def test_incremental_json_decoding_refuses_what_json_loads_refuses(body, monkeyp
 def test_a_big_json_page_is_decoded_one_entry_at_a_time(monkeypatch):
     """The decoder never sees the whole files list at once (json.loads of a
     20 MB page holds the GIL for most of a second)."""
-    from pypicache.upstream import parse
+    from pypicache.providers.upstream import parse
 
     entries = [dict(_ENTRY, filename=f"demo-{i}.tar.gz", url=f"demo-{i}.tar.gz") for i in range(5000)]
     body = _json(entries)

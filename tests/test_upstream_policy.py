@@ -1,4 +1,4 @@
-"""Where the server may fetch from on the upstream's say-so (pypicache/upstream/policy.py).
+"""Where the server may fetch from on the upstream's say-so (pypicache/providers/upstream/policy.py).
 
 A hostile upstream page links files at internal addresses, and its
 redirects point there too; a name may resolve to one.  Each case runs a real
@@ -25,8 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from pypicache import config as configuration
-from pypicache.upstream.breaker import CLOSED
+from pypicache.daemon import config as configuration
+from pypicache.providers.upstream.breaker import CLOSED
 from tests.clients import pip_install
 from tests.conftest import populate
 from tests.fakeupstream import FakeUpstream
@@ -394,14 +394,14 @@ async def test_redirect_to_an_ipv6_literal_file_host(tmp_path, fake_upstream, up
 def test_forbidden_ranges(address, why):
     import ipaddress
 
-    from pypicache.upstream.policy import forbidden_range
+    from pypicache.providers.upstream.policy import forbidden_range
 
     got = forbidden_range(ipaddress.ip_address(address.partition("%")[0]))
     assert got in why if isinstance(why, set) else got == why
 
 
 def test_url_rules():
-    from pypicache.upstream.policy import FetchPolicy, UpstreamRefused, parse_file_hosts
+    from pypicache.providers.upstream.policy import FetchPolicy, UpstreamRefused, parse_file_hosts
 
     def allowed(policy: FetchPolicy, url: str) -> bool:
         try:
@@ -435,7 +435,7 @@ def test_url_rules():
 
 
 def test_address_rules():
-    from pypicache.upstream.policy import FetchPolicy, UpstreamRefused, parse_networks
+    from pypicache.providers.upstream.policy import FetchPolicy, UpstreamRefused, parse_networks
 
     policy = FetchPolicy.for_upstream("http://127.0.0.1:3141/simple/", allow_networks=parse_networks(["10.0.0.0/8"]))
 
@@ -475,7 +475,7 @@ def test_address_rules():
 def test_policy_options_are_checked(options, key, tmp_path):
     from pypicache.errors import ConfigError
     from pypicache.providers import ProviderContext
-    from pypicache.upstream.simple import factory
+    from pypicache.providers.upstream.simple import factory
 
     context = ProviderContext(reactor=_reactor(), threadpool=None, data_dir=tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -486,8 +486,8 @@ def test_policy_options_are_checked(options, key, tmp_path):
 async def test_pool_refuses_port_0_and_checks_the_peer_before_sending(canaries):
     """The connection pool never turns port 0 into 80, and with a guard
     checks the address it actually connected to before writing a byte."""
-    from pypicache.upstream.http import ConnectionPool
-    from pypicache.upstream.policy import UpstreamRefused
+    from pypicache.providers.upstream.http import ConnectionPool
+    from pypicache.providers.upstream.policy import UpstreamRefused
 
     plain = ConnectionPool(_reactor(), connect_timeout=2.0)
     with pytest.raises(ValueError, match="port 0"):

@@ -25,8 +25,8 @@ from pypicache.errors import ConfigError
 from pypicache.interfaces import IProviderFactory, IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound, Validators
 from pypicache.providers import HTTPSettings, ProviderContext
-from pypicache.upstream import simple
-from pypicache.upstream.simple import UpstreamStatusError, factory
+from pypicache.providers.upstream import simple
+from pypicache.providers.upstream.simple import UpstreamStatusError, factory
 
 SHA = "a" * 64
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -711,7 +711,7 @@ async def test_a_burst_of_pages_leaves_connections_that_files_reuse(make_upstrea
 def test_new_upstream_connections_are_not_logged():
     """A noisy Twisted factory logs "Starting factory" for every connection;
     in a cold install that was a third of the log."""
-    from pypicache.upstream.http import _ConnectionFactory
+    from pypicache.providers.upstream.http import _ConnectionFactory
 
     assert _ConnectionFactory.noisy is False
 

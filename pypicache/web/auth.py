@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pypicache.accounts import LoginRefused
+from pypicache.services.accounts import LoginRefused
 from pypicache.web.util import HTTPError
 
 AUTH_CHALLENGE = {b"www-authenticate": b'Basic realm="pypicache"'}

@@ -3,7 +3,7 @@
 A stored file is answered from storage with Range, HEAD, a strong ETag (its
 sha256) and immutable cache headers.  An uncached file (proxy view only) is
 fetched once from the upstream while every client asking for it streams along
-(pypicache.downloads).  The filename is only ever used to look a record up in
+(pypicache.services.downloads).  The filename is only ever used to look a record up in
 the index: storage is addressed by sha256, so no client string reaches a path.
 """
 
@@ -17,8 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from pypicache.downloads import DiskFull, Downloader
-from pypicache.mirror import Mirror, UpstreamUnavailable, retry_after_seconds
+from pypicache.services.downloads import DiskFull, Downloader
+from pypicache.services.mirror import Mirror, UpstreamUnavailable, retry_after_seconds
 from pypicache.model import (
     BlobNotFound,
     FileRecord,
@@ -28,9 +28,9 @@ from pypicache.model import (
     UpstreamNotFound,
     normalize,
 )
-from pypicache.stats import Stats
-from pypicache.upstream.breaker import CircuitOpen
-from pypicache.visibility import visible
+from pypicache.services.stats import Stats
+from pypicache.providers.upstream.breaker import CircuitOpen
+from pypicache.services.visibility import visible
 from pypicache.web.sending import send_body
 from pypicache.web.util import HTTPError, handle
 

@@ -49,7 +49,7 @@ from packaging.version import InvalidVersion, Version
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from pypicache.mirror import Mirror, UpstreamUnavailable
+from pypicache.services.mirror import Mirror, UpstreamUnavailable
 from pypicache.model import (
     BlobNotFound,
     FileRecord,
@@ -62,7 +62,7 @@ from pypicache.model import (
 )
 from pypicache.uploads.metadata import parse_core_metadata
 from pypicache.uploads.multipart import UploadError
-from pypicache.visibility import visible_files
+from pypicache.services.visibility import visible_files
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
 from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches
@@ -367,7 +367,7 @@ class JsonAPI(Resource):
                  pages: PageCache | None = None, parsed_cache_size: int = 1024,
                  public_url: str | None = None) -> None:
         super().__init__()
-        #: "https://host/prefix/" (validated by pypicache.config), or None for relative URLs.
+        #: "https://host/prefix/" (validated by pypicache.daemon.config), or None for relative URLs.
         self.public_url = public_url
         self.mirror = mirror
         self.storage = storage

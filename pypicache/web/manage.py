@@ -2,7 +2,7 @@
 
 ``target`` is a filename or a version (then every uploaded file of that
 version).  Only uploaded files of private projects are managed here, by the
-rule the admin command follows (:func:`pypicache.index.rules.uploaded_files`):
+rule the admin command follows (:func:`pypicache.providers.index.rules.uploaded_files`):
 an upstream file's yank state belongs to the upstream and would be
 overwritten by the next refresh.
 Yanked files stay listed, marked (PEP 592); deleted files disappear, and
@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from pypicache.index.rules import NoUploadedFile, uploaded_files
+from pypicache.providers.index.rules import NoUploadedFile, uploaded_files
 from pypicache.model import InvalidName, normalize
 from pypicache.web.auth import AUTH_CHALLENGE, authenticate
 from pypicache.web.util import HTTPError, finish_bytes, handle

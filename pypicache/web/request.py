@@ -127,7 +127,7 @@ class PyPICacheRequest(Request):
     def _gate_upload(self, gate: UploadGate, length: int | None) -> None:
         """Refuse an upload before reading its body, or pause the connection
         while its credentials are checked (see the module docstring)."""
-        from pypicache.accounts import parse_basic
+        from pypicache.services.accounts import parse_basic
         from pypicache.web.auth import AUTH_CHALLENGE
 
         # Twisted answers "Expect: 100-continue" right after this method;

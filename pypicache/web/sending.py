@@ -12,7 +12,7 @@ Two ways, chosen per response:
   that reads 256 KiB at a time and respects back-pressure.
 
 Both can *follow* a transfer that is still being written (see
-pypicache.downloads): they send what is available, then wait for more.  If the
+pypicache.services.downloads): they send what is available, then wait for more.  If the
 source fails (upstream reset, bad hash) the client's connection is aborted, so
 it never mistakes a partial body for a whole one.
 """

@@ -26,10 +26,10 @@ from typing import Any, Callable
 import attrs
 from twisted.web.resource import Resource
 
-from pypicache.mirror import Coalescer, Mirror, UpstreamUnavailable
+from pypicache.services.mirror import Coalescer, Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
-from pypicache.stats import Stats
-from pypicache.visibility import visible, visible_files
+from pypicache.services.stats import Stats
+from pypicache.services.visibility import visible, visible_files
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
 from pypicache.web.render import etag_for, render_index, render_project
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header

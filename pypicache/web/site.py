@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from pypicache import __version__
-from pypicache.stats import Stats
+from pypicache.services.stats import Stats
 from pypicache.web.files import Files
 from pypicache.web.limits import LimitedChannel
 from pypicache.web.request import PyPICacheRequest

@@ -20,8 +20,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from pypicache.config import UploadConfig
-from pypicache.mirror import retry_after_seconds
+from pypicache.daemon.config import UploadConfig
+from pypicache.services.mirror import retry_after_seconds
 from pypicache.model import FileExists, FileRecord, HashMismatch, UpstreamError, UpstreamNotFound, Validators
 from pypicache.uploads.multipart import UploadError, parse_upload
 from pypicache.web.auth import AUTH_CHALLENGE, authenticate
@@ -192,7 +192,7 @@ class Upload(Resource):
         maintainer; True when this call granted."""
         if maintainers:
             return False
-        from pypicache.accounts import AccountError
+        from pypicache.services.accounts import AccountError
 
         try:
             await self.accounts.grant(name, identity.user)

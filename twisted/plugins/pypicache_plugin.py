@@ -1,10 +1,10 @@
-"""Declares the ``twistd pypicache`` subcommand; everything else is in pypicache.tap."""
+"""Declares the ``twistd pypicache`` subcommand; everything else is in pypicache.daemon.tap."""
 
 from twisted.application.service import ServiceMaker
 
 pypicache = ServiceMaker(
     "pypicache",
-    "pypicache.tap",
+    "pypicache.daemon.tap",
     "A PyPI-compatible caching proxy and private package server.",
     "pypicache",
 )

@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from pypicache.interfaces import IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound
-from pypicache.upstream.policy import UpstreamRefused
+from pypicache.providers.upstream.policy import UpstreamRefused
 
 __all__ = ["BreakerUpstream", "CircuitOpen", "CLOSED", "OPEN", "HALF_OPEN", "with_breaker"]
 

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
 from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
-from pypicache.storage.filesystem import BlobCheck
+from pypicache.providers.storage.filesystem import BlobCheck
 
 __all__ = ["MemoryStorage", "MemoryBlobWriter", "MemoryBlobReader", "factory"]
 

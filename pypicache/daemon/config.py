@@ -317,7 +317,7 @@ def _uploads(table: Any) -> UploadConfig:
 
 def _owned_claims(table: dict[str, Any]) -> dict[str, frozenset[str]]:
     """``[uploads.claim]``: project name = [owner user names]."""
-    from pypicache.accounts import AccountError, normalize_user
+    from pypicache.services.accounts import AccountError, normalize_user
     from pypicache.model import InvalidName, normalize
 
     claims: dict[str, frozenset[str]] = {}

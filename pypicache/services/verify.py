@@ -22,7 +22,7 @@ size is corrected, orphans wanted by the index are adopted and quarantined
 blobs are deleted.  Orphans nobody wants are left alone: with a server
 running, a blob may be a download whose index write is a moment away.
 
-Used by ``pypicache verify`` (pypicache.admin) and by the crash tests; it
+Used by ``pypicache verify`` (pypicache.cli.admin) and by the crash tests; it
 only needs an :class:`~pypicache.interfaces.IIndex` and an
 :class:`~pypicache.interfaces.IStorage`, plus the filesystem storage's extras
 (``check_blob``, ``iter_blobs``, ``quarantined``) when they exist.
@@ -196,7 +196,7 @@ async def mark_unstored(index: Any, project: str, filename: str, part: str) -> s
     if method is not None:
         await method(project, filename, part == METADATA)
         return "marked not stored"
-    from pypicache.index.sqlite import SQLiteIndex
+    from pypicache.providers.index.sqlite import SQLiteIndex
 
     if isinstance(index, SQLiteIndex):
         column = "metadata_stored" if part == METADATA else "stored"

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from pypicache.mirror import Coalescer
+from pypicache.services.mirror import Coalescer
 from pypicache.model import BlobInfo, FileRecord, HashMismatch, UpstreamError
 
 log = Logger()

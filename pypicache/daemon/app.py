@@ -1,6 +1,6 @@
 """Wiring: config -> providers -> mirror, downloader -> web resources.
 
-Kept apart from pypicache.tap so tests (and embedders) can build a complete
+Kept apart from pypicache.daemon.tap so tests (and embedders) can build a complete
 server on any reactor and listen wherever they like.
 """
 
@@ -14,15 +14,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from pypicache import providers
-from pypicache.config import Config
-from pypicache.downloads import Downloader
+from pypicache.daemon.config import Config
+from pypicache.services.downloads import Downloader
 from pypicache.errors import ConfigError
 from pypicache.interfaces import IBlobInventory
-from pypicache.mirror import Mirror
-from pypicache.scrub import Scrubber
-from pypicache.stats import Stats
-from pypicache.upstream.breaker import with_breaker
-from pypicache.accounts import Accounts, AccountStore
+from pypicache.services.mirror import Mirror
+from pypicache.services.scrub import Scrubber
+from pypicache.services.stats import Stats
+from pypicache.providers.upstream.breaker import with_breaker
+from pypicache.services.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
 from pypicache.web.limits import ConnectionLimits
 from pypicache.web.request import UploadGate

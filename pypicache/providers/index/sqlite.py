@@ -7,7 +7,7 @@ locked"); WAL mode lets other processes (the admin CLI) read meanwhile.  The
 reactor thread only queues work and receives frozen records.
 
 What each operation *means* is defined once, by the pure functions in
-:mod:`pypicache.index.rules`; this module loads a record, applies one and
+:mod:`pypicache.providers.index.rules`; this module loads a record, applies one and
 writes the result, each call inside one transaction.  The one piece of
 state beyond the projects is the register of used filenames (table
 ``used_filenames``): a filename, once uploaded, is never accepted again, nor
@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from pypicache.durable import create_sqlite
 from pypicache.errors import ConfigError
-from pypicache.index.rules import (
+from pypicache.providers.index.rules import (
     LOCAL,
     check_upload,
     merge_upstream_page,

@@ -56,7 +56,7 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from pypicache.upstream.connect import connect_checked
+from pypicache.providers.upstream.connect import connect_checked
 
 __all__ = ["BadResponse", "ConnectionPool", "Headers", "Response"]
 

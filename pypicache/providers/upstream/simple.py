@@ -1,9 +1,9 @@
 """The ``simple`` upstream: any index that speaks the Simple API over HTTP(S).
 
 Pages are fetched (JSON preferred, HTML accepted, gzip decoded), conditionally
-when we hold validators, and parsed by :mod:`pypicache.upstream.parse`.  Files
+when we hold validators, and parsed by :mod:`pypicache.providers.upstream.parse`.  Files
 are streamed chunk by chunk to the caller, so memory stays flat whatever the
-size of a wheel.  Requests go through :mod:`pypicache.upstream.http`, a lean
+size of a wheel.  Requests go through :mod:`pypicache.providers.upstream.http`, a lean
 keep-alive client: Twisted's Agent and treq cost more per request than the
 rest of a cold install's work on the reactor thread.
 
@@ -17,7 +17,7 @@ each intermediate response is read (so its connection is reused) and a
 relative ``Location`` is resolved against the current URL.
 Configured extra headers (credentials) only go to the upstream's own origin.
 Every URL fetched (file links, each redirect) and every address connected to
-must pass the fetch policy (:mod:`pypicache.upstream.policy`), so a hostile
+must pass the fetch policy (:mod:`pypicache.providers.upstream.policy`), so a hostile
 page cannot point the server at internal services.
 """
 
@@ -55,9 +55,9 @@ from pypicache.model import (
     normalize,
 )
 from pypicache.providers import HTTPSettings, ProviderContext, check_options
-from pypicache.upstream.http import ConnectionPool
-from pypicache.upstream.parse import page_format, parse_index, parse_project
-from pypicache.upstream.policy import FetchPolicy, UpstreamRefused, parse_file_hosts, parse_networks
+from pypicache.providers.upstream.http import ConnectionPool
+from pypicache.providers.upstream.parse import page_format, parse_index, parse_project
+from pypicache.providers.upstream.policy import FetchPolicy, UpstreamRefused, parse_file_hosts, parse_networks
 
 __all__ = [
     "ACCEPT",

@@ -33,7 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pypicache.upstream.policy import UpstreamRefused
+from pypicache.providers.upstream.policy import UpstreamRefused
 
 __all__ = ["connect_checked"]
 

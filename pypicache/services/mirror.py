@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pypicache.memcache import NotFoundCache, RecordCache
+from pypicache.services.memcache import NotFoundCache, RecordCache
 from pypicache.model import (
     NotModified,
     ProjectList,
@@ -26,7 +26,7 @@ from pypicache.model import (
     UpstreamNotFound,
     Validators,
 )
-from pypicache.upstream.breaker import CircuitOpen
+from pypicache.providers.upstream.breaker import CircuitOpen
 
 log = Logger()
 T = TypeVar("T")

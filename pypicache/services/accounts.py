@@ -46,7 +46,7 @@ from twisted.python.threadpool import ThreadPool
 
 from pypicache.durable import create_sqlite
 from pypicache.model import InvalidName, normalize
-from pypicache.throttle import FailureWindow
+from pypicache.services.throttle import FailureWindow
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher

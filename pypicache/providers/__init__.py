@@ -59,11 +59,11 @@ def _builtin(kind: str) -> dict[str, str]:
     # Used when the package's own metadata is missing (running from a bare
     # checkout without `pip install`): the built-ins still resolve.
     return {
-        "storage": {"filesystem": "pypicache.storage.filesystem:factory",
-                    "memory": "pypicache.storage.memory:factory"},
-        "index": {"sqlite": "pypicache.index.sqlite:factory",
-                  "memory": "pypicache.index.memory:factory"},
-        "upstream": {"simple": "pypicache.upstream.simple:factory"},
+        "storage": {"filesystem": "pypicache.providers.storage.filesystem:factory",
+                    "memory": "pypicache.providers.storage.memory:factory"},
+        "index": {"sqlite": "pypicache.providers.index.sqlite:factory",
+                  "memory": "pypicache.providers.index.memory:factory"},
+        "upstream": {"simple": "pypicache.providers.upstream.simple:factory"},
     }[kind]
 
 

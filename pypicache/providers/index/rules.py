@@ -275,7 +275,7 @@ def privatised(record: ProjectRecord) -> ProjectRecord:
 
     The upstream no longer governs the name: its unstored files are dropped
     (we cannot serve them), stored ones are kept but unlisted: no view shows
-    or serves them (:mod:`pypicache.visibility`) unless the name later opts
+    or serves them (:mod:`pypicache.services.visibility`) unless the name later opts
     in to merging.
     The upstream bookkeeping goes too -- validators, refresh time, versions
     and page meta -- so that should the name later opt in to merging, the

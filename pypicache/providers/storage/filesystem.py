@@ -26,7 +26,7 @@ server fetches it again instead of serving it.  The verdict is remembered per
 per change on disk), not one per request.  The change time is what catches a
 byte rewritten in place with size and mtime put back: no writer can set it.
 Decay that touches no metadata at all (the disk itself) is caught by the
-scrub (pypicache.scrub), the next process start or ``pypicache verify``.
+scrub (pypicache.services.scrub), the next process start or ``pypicache verify``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pypicache.verify import FILE, METADATA, mark_unstored
+from pypicache.services.verify import FILE, METADATA, mark_unstored
 
 __all__ = ["Scrubber", "ScrubReport", "START_DELAY", "PASS_INTERVAL"]
 

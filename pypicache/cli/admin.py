@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from pypicache import config as configuration
+from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.model import FileRecord, InvalidName, normalize
 
@@ -160,7 +160,7 @@ def _out(text: str = "") -> None:
 
 def open_store(cfg: Any, **kwargs: Any) -> Any:
     """The account store of the configured data directory (created if needed)."""
-    from pypicache.accounts import AccountStore
+    from pypicache.services.accounts import AccountStore
 
     try:
         cfg.data_dir.mkdir(0o700, parents=True, exist_ok=True)
@@ -204,7 +204,7 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
     group, action = args.group, args.action
     if group == "user":
         if action == "add":
-            from pypicache.accounts import normalize_user
+            from pypicache.services.accounts import normalize_user
 
             normalize_user(args.name)  # a bad name fails before the password is asked
             if store.get_user(args.name) is not None:
@@ -260,8 +260,8 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
 def files_matching(project: Any, target: str) -> list[FileRecord]:
     """The uploaded files of ``project`` (a ProjectRecord) that ``target``
     names, by the rule the HTTP route follows too
-    (:func:`pypicache.index.rules.uploaded_files`); CommandError if none."""
-    from pypicache.index.rules import NoUploadedFile, uploaded_files
+    (:func:`pypicache.providers.index.rules.uploaded_files`); CommandError if none."""
+    from pypicache.providers.index.rules import NoUploadedFile, uploaded_files
 
     try:
         return uploaded_files(project, target)
@@ -350,7 +350,7 @@ def _open_storage(cfg: Any, context: Any) -> Any:
     from pypicache import providers
 
     if cfg.storage.name == "filesystem":
-        from pypicache.storage import filesystem
+        from pypicache.providers.storage import filesystem
 
         return filesystem.factory.create(cfg.storage.options, context, clean=False)
     return providers.create("storage", cfg.storage.name, cfg.storage.options, context)
@@ -359,7 +359,7 @@ def _open_storage(cfg: Any, context: Any) -> Any:
 async def verify_command(cfg: Any, args: argparse.Namespace, index: Any, context: Any) -> int:
     """``pypicache verify [--repair] [--quick]``: print each problem, then a
     summary; 0 when nothing is (left) wrong, 1 otherwise."""
-    from pypicache.verify import verify
+    from pypicache.services.verify import verify
 
     storage = _open_storage(cfg, context)
     report = await verify(index, storage, repair=args.repair, deep=not args.quick,
@@ -419,5 +419,5 @@ def _run_reactor(cfg: Any, args: argparse.Namespace,
     return outcome.get("code", 1)
 
 
-if __name__ == "__main__":  # python -m pypicache.admin
+if __name__ == "__main__":  # python -m pypicache.cli.admin
     raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The in-memory index: the reference implementation of :class:`IIndex`.
 
 What each operation does to a project is defined by the pure functions in
-:mod:`pypicache.index.rules`, shared with every other provider; this module
+:mod:`pypicache.providers.index.rules`, shared with every other provider; this module
 only keeps the results in dicts.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from twisted.internet import defer
 from zope.interface import implementer
 
-from pypicache.index.rules import (
+from pypicache.providers.index.rules import (
     check_upload,
     merge_upstream_page,
     refreshed,

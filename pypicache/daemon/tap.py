@@ -9,8 +9,8 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pypicache import config as configuration
-from pypicache import listening
+from pypicache.daemon import config as configuration
+from pypicache.daemon import listening
 from pypicache.errors import ConfigError
 
 log = Logger()
@@ -154,7 +154,7 @@ def makeService(options: Options) -> service.IService:
     except listening.ListenError as e:
         _abort(str(e))
 
-    from pypicache.app import build
+    from pypicache.daemon.app import build
 
     try:
         app = build(cfg, reactor)

@@ -1,0 +1,1 @@
+"""The ``pypicache`` administration command."""

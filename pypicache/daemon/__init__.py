@@ -1,0 +1,1 @@
+"""The daemon's assembly: options, configuration, listeners, and the wiring of providers, services and routes."""
