@@ -33,6 +33,7 @@ from pypicache.testing._context import (
 from pypicache.testing._fake_upstream import FAULTS, FakeUpstream
 from pypicache.testing._index import IndexContract, _digest, index_file, index_page, local_file
 from pypicache.testing._storage import StorageContract, read_blob, write_blob
+from pypicache.testing._upstream import UpstreamContract
 
 __all__ = [
     "FAULTS",
@@ -40,6 +41,7 @@ __all__ = [
     "FakeUpstream",
     "IndexContract",
     "StorageContract",
+    "UpstreamContract",
     "build_sdist",
     "build_wheel",
     "index_file",
