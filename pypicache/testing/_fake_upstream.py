@@ -70,6 +70,7 @@ import json
 import re
 import socket
 import tarfile
+import weakref
 from collections.abc import Callable
 from email.parser import BytesParser
 from pathlib import Path
@@ -496,6 +497,8 @@ class FakeUpstream:
         self._calls: set[Any] = set()
         self._added = 0
         self._hole: list[socket.socket] = []
+        #: Requests whose client went away (from ``notifyFinish``, not Twisted's private flag).
+        self._gone: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Rendered project pages, kept until the project changes: a page of
         #: 100,000 synthetic files costs a second to render, on the reactor
         #: thread the server under test shares.
@@ -801,6 +804,7 @@ class FakeUpstream:
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
         self.requests.append((method, uri, headers))
+        request.notifyFinish().addErrback(lambda _: self._gone.add(request))
         path = request.path.decode("latin-1")
         fault = self._take_fault(path)
         response = self._route(request, method, path, headers)
@@ -956,7 +960,7 @@ class FakeUpstream:
     # --------------------------------------------------------- delivery
 
     def _deliver(self, request: Any, response: _Response, fault: _Fault | None) -> None:
-        if getattr(request, "_disconnected", False):
+        if request in self._gone:
             return
         name = fault.name if fault is not None else None
         opts = fault.options if fault is not None else {}
@@ -995,7 +999,7 @@ class FakeUpstream:
         after = length // 2 if after is None else max(0, min(int(after), length))
 
         def finish() -> None:
-            if not request.finished and not request._disconnected:
+            if not request.finished and request not in self._gone:
                 request.finish()
 
         def overlong() -> None:
