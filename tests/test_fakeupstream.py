@@ -29,7 +29,6 @@ from treq.client import HTTPClient
 from twisted.internet import defer, task, threads
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from tests import fakeupstream
 from tests.builders import build_sdist, build_wheel, sha256_file, wheel_metadata
 from tests.clients import isolated_env, pip_install, uv_pip_install
 from tests.fakeupstream import JSON_TYPE, TEXT_HTML_TYPE, V1_HTML_TYPE, FakeUpstream, negotiate
@@ -488,7 +487,7 @@ async def test_fault_slow_and_delay(fake_upstream: FakeUpstream) -> None:
 
 def _our_delayed_calls() -> list[Any]:
     return [
-        dc for dc in _reactor().getDelayedCalls() if getattr(dc.func, "__module__", None) == fakeupstream.__name__
+        dc for dc in _reactor().getDelayedCalls() if getattr(dc.func, "__module__", None) == FakeUpstream.__module__
     ]
 
 

@@ -12,6 +12,9 @@ Editable installs: hatchling's default editable wheel needs the ``editables``
 package at build time, which is not installed here and cannot be fetched
 offline; ``dev-mode-dirs`` makes hatchling write a plain ``.pth`` file instead,
 a documented hatchling setting and what many projects use.
+
+The plugin's own test file runs the kit's contracts (:mod:`pypicache.testing`)
+in a pytest of its own, outside this suite, as a plugin author's CI would.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from urllib.parse import urljoin
 import attrs
 import pytest
 import pytest_twisted
+
+from pypicache.testing import StorageContract, UpstreamContract
 
 from tests.clients import isolated_env
 from tests.test_daemon import JSON, free_port, spawn  # noqa: F401  (spawn is a fixture)
@@ -85,6 +90,23 @@ class Factory:
 
 
 factory = Factory()
+'''
+
+#: The plugin's own tests, as docs/providers.md tells a plugin author to write them.
+PLUGIN_TESTS = '''\
+import mystore
+from pypicache.providers.upstream import simple
+from pypicache.testing import StorageContract, UpstreamContract
+
+
+class TestLabelledStorage(StorageContract):
+    def make_storage(self, tmp_path, context):
+        return mystore.factory.create({"label": "contract"}, context)
+
+
+class TestSimpleUpstreamFromOutside(UpstreamContract):
+    def make_upstream(self, url, context):
+        return simple.factory.create({"url": url, "headers": {"X-Plugin": "mystore"}}, context)
 '''
 
 #: Run in a fresh interpreter: build the app from a config naming mystore.
@@ -296,3 +318,18 @@ async def test_daemon_rejects_an_unknown_plugin_option(installed, tmp_path, spaw
     assert "Traceback" not in daemon.output, daemon.output
     (line,) = [x for x in daemon.output.splitlines() if "storage.bucket" in x]
     assert "unknown key" in line
+
+
+def test_plugin_runs_the_kits_contracts(tmp_path):
+    """The kit works from outside this suite: its contracts, fixtures, fake
+    upstream and builders need nothing from ``tests``, nor this repository's
+    pytest settings."""
+    src = tmp_path / "src"
+    write_source(src)
+    (src / "test_mystore.py").write_text(PLUGIN_TESTS)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mystore.py"],
+                            env=child_env(), capture_output=True, text=True, timeout=120, cwd=src,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    contract_tests = sum(name.startswith("test_") for cls in (StorageContract, UpstreamContract) for name in dir(cls))
+    assert f"{contract_tests} passed" in result.stdout, result.stdout

@@ -27,6 +27,7 @@ from pypicache.model import NotModified, UpstreamError, UpstreamNotFound, Valida
 from pypicache.providers import HTTPSettings, ProviderContext
 from pypicache.providers.upstream import simple
 from pypicache.providers.upstream.simple import UpstreamStatusError, factory
+from pypicache.testing import UpstreamContract
 
 SHA = "a" * 64
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -825,3 +826,10 @@ def task_sleep(seconds: float):
     from twisted.internet.task import deferLater
 
     return deferLater(_reactor(), seconds, lambda: None)
+
+
+class TestSimpleUpstreamContract(UpstreamContract):
+    """The built-in provider keeps the contract the kit ships to third parties."""
+
+    def make_upstream(self, url: str, context: ProviderContext) -> Any:
+        return factory.create({"url": url}, context)

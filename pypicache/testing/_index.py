@@ -1,432 +1,22 @@
-"""Public test helpers and contract tests that provider authors reuse.
-
-A third-party provider proves it keeps the contract by running the same suite
-as the built-ins.  For storage::
-
-    from pypicache.testing import StorageContract
-
-    class TestMyStorage(StorageContract):
-        def make_storage(self, tmp_path, context):
-            return MyStorage(tmp_path / "blobs", context.reactor, context.threadpool)
-
-Needs pytest and pytest-twisted (the ``test`` extra).  Sections: shared
-helpers, then one contract class per interface.
-"""
+"""The index contract: what every :class:`~pypicache.interfaces.IIndex` must do,
+with builders for the records and pages it is fed."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
-from pypicache.interfaces import IBlobReader, IBlobWriter, IStorage
-from pypicache.model import BlobInfo, BlobNotFound, HashMismatch
+from pypicache.interfaces import IIndex
+from pypicache.model import BlobInfo, FileExists, FileRecord, ProjectList, ProjectPage, ProjectRecord, Validators
 from pypicache.providers import ProviderContext
-
-#: How long any single wait in a contract test may take before it fails.
-TIMEOUT = 10.0
-
-
-# ============================================================ shared helpers
-
-
-def make_context(tmp_path: Path) -> ProviderContext:
-    """A ProviderContext with the global reactor, a *started* thread pool and
-    ``data_dir = tmp_path``.  Stop it with :func:`stop_context` (the
-    ``provider_context`` fixture does both)."""
-    from twisted.internet import reactor
-
-    pool = ThreadPool(minthreads=0, maxthreads=4, name="pypicache-test")
-    pool.start()
-    return ProviderContext(reactor=reactor, threadpool=pool, data_dir=Path(tmp_path))
-
-
-def stop_context(context: ProviderContext) -> None:
-    """Stop the thread pool of a context from :func:`make_context`."""
-    if context.threadpool.started:
-        context.threadpool.stop()
-
-
-@pytest.fixture
-def provider_context(tmp_path: Path) -> Iterator[ProviderContext]:
-    """``make_context(tmp_path)``, stopped at teardown.  Import it into a test
-    module or conftest to use it."""
-    context = make_context(tmp_path)
-    yield context
-    stop_context(context)
-
-
-async def wait(value: Any, timeout: float = TIMEOUT) -> Any:
-    """Await ``value`` if it is a Deferred (failing after ``timeout``
-    seconds so a hang fails fast), else return it."""
-    if isinstance(value, defer.Deferred):
-        from twisted.internet import reactor
-
-        value.addTimeout(timeout, reactor)
-        return await value
-    return value
-
-
-async def wait_for_error(error: type[BaseException], f: Any, *args: Any) -> BaseException:
-    """Call ``f(*args)`` and expect ``error``, raised directly or as the
-    failure of the Deferred it returns."""
-    try:
-        await wait(f(*args))
-    except error as e:
-        return e
-    raise AssertionError(f"{getattr(f, '__name__', f)}{args!r} did not raise {error.__name__}")
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ============================================================ storage contract
-
-
-_COMPUTE = object()
-
-
-async def write_blob(storage: Any, data: bytes, expected: Any = _COMPUTE, chunk: int = 1000) -> BlobInfo:
-    """Store ``data`` through a writer in ``chunk``-sized writes and commit.
-
-    ``expected`` defaults to the true digest; pass None or another digest."""
-    writer = storage.open_write(sha256_of(data) if expected is _COMPUTE else expected)
-    for start in range(0, len(data), chunk):
-        writer.write(data[start:start + chunk])
-    return await wait(writer.commit())
-
-
-async def read_blob(storage: Any, sha256: str, chunk: int = 65536) -> bytes:
-    """The whole blob, read through a reader ``chunk`` bytes at a time."""
-    reader = await wait(storage.open_read(sha256))
-    try:
-        parts = []
-        while True:
-            part = await wait(reader.read(chunk))
-            if not part:
-                break
-            parts.append(part)
-        return b"".join(parts)
-    finally:
-        reader.close()
-
-
-class StorageContract:
-    """Mixin: the behaviour every :class:`~pypicache.interfaces.IStorage`
-    must have.  Subclass it in a ``Test*`` class and implement
-    :meth:`make_storage`; optionally override :meth:`list_files`.
-    """
-
-    def make_storage(self, tmp_path: Path, context: ProviderContext) -> Any:
-        """Return a fresh, empty storage provider (override this)."""
-        raise NotImplementedError
-
-    def list_files(self, storage: Any) -> set[str] | None:
-        """Every file the storage holds on disk (relative paths), to check
-        that nothing stray is left behind; None when it has no disk root.
-
-        The default lists everything under ``storage.root`` when the provider
-        exposes such a ``Path`` attribute."""
-        root = getattr(storage, "root", None)
-        if not isinstance(root, Path):
-            return None
-        found = set()
-        for directory, _, files in os.walk(root):
-            for name in files:
-                found.add(str(Path(directory, name).relative_to(root)))
-        return found
-
-    def assert_no_files(self, storage: Any, *allowed_sha256: str) -> None:
-        """No file on disk other than those named after ``allowed_sha256``."""
-        files = self.list_files(storage)
-        if files is None:
-            return
-        stray = {f for f in files if Path(f).name not in allowed_sha256}
-        assert not stray, f"stray files left in storage: {sorted(stray)}"
-        assert len(files) == len(set(allowed_sha256)), f"expected one file per blob: {sorted(files)}"
-
-    @pytest.fixture
-    def context(self, tmp_path: Path) -> Iterator[ProviderContext]:
-        context = make_context(tmp_path)
-        yield context
-        stop_context(context)
-
-    @pytest.fixture
-    def storage(self, tmp_path: Path, context: ProviderContext) -> Any:
-        return self.make_storage(tmp_path, context)
-
-    # ----------------------------------------------------------------- tests
-
-    @pytest_twisted.ensureDeferred
-    async def test_provides_interfaces(self, storage: Any) -> None:
-        data = b"interfaces"
-        assert verifyObject(IStorage, storage)
-        writer = storage.open_write(sha256_of(data))
-        assert verifyObject(IBlobWriter, writer)
-        writer.write(data)
-        await wait(writer.commit())
-        reader = await wait(storage.open_read(sha256_of(data)))
-        try:
-            assert verifyObject(IBlobReader, reader)
-        finally:
-            reader.close()
-
-    @pytest_twisted.ensureDeferred
-    async def test_write_commit_read(self, storage: Any) -> None:
-        data = b"hello, blob"
-        digest = sha256_of(data)
-        assert await wait(storage.exists(digest)) is False
-        info = await write_blob(storage, data)
-        assert info == BlobInfo(sha256=digest, size=len(data))
-        assert await wait(storage.exists(digest)) is True
-        assert await read_blob(storage, digest) == data
-        self.assert_no_files(storage, digest)
-
-    @pytest_twisted.ensureDeferred
-    async def test_empty_blob(self, storage: Any) -> None:
-        info = await write_blob(storage, b"")
-        assert info == BlobInfo(sha256=sha256_of(b""), size=0)
-        assert await read_blob(storage, info.sha256) == b""
-        assert await wait(storage.size(info.sha256)) == 0
-
-    @pytest_twisted.ensureDeferred
-    async def test_streaming_many_chunks(self, storage: Any) -> None:
-        data = os.urandom(4096) * 300 + b"tail"  # 1.2 MB in 4 KiB chunks
-        info = await write_blob(storage, data, chunk=4096)
-        assert info.size == len(data)
-        assert await read_blob(storage, info.sha256, chunk=10_000) == data
-
-    @pytest_twisted.ensureDeferred
-    async def test_hash_mismatch_stores_nothing(self, storage: Any) -> None:
-        data = b"the real bytes"
-        claimed = sha256_of(b"what the index said")
-        writer = storage.open_write(claimed)
-        writer.write(data)
-        await wait_for_error(HashMismatch, writer.commit)
-        writer.abort()  # still safe after a failed commit
-        assert await wait(storage.exists(claimed)) is False
-        assert await wait(storage.exists(sha256_of(data))) is False
-        await wait_for_error(BlobNotFound, storage.open_read, claimed)
-        self.assert_no_files(storage)
-
-    @pytest_twisted.ensureDeferred
-    async def test_expected_none_accepts_and_returns_digest(self, storage: Any) -> None:
-        data = b"whatever arrives"
-        info = await write_blob(storage, data, expected=None)
-        assert info == BlobInfo(sha256=sha256_of(data), size=len(data))
-        assert await read_blob(storage, info.sha256) == data
-
-    @pytest_twisted.ensureDeferred
-    async def test_recommit_existing_blob(self, storage: Any) -> None:
-        data = b"twice"
-        first = await write_blob(storage, data)
-        second = await write_blob(storage, data)
-        assert first == second
-        assert await read_blob(storage, first.sha256) == data
-        self.assert_no_files(storage, first.sha256)
-
-    @pytest_twisted.ensureDeferred
-    async def test_abort_leaves_nothing(self, storage: Any) -> None:
-        data = b"never mind"
-        writer = storage.open_write(sha256_of(data))
-        writer.write(data)
-        writer.abort()
-        writer.abort()  # idempotent
-        assert await wait(storage.exists(sha256_of(data))) is False
-        self.assert_no_files(storage)
-        with pytest.raises(Exception):
-            writer.write(b"more")
-        with pytest.raises(Exception):
-            await wait(writer.commit())
-        self.assert_no_files(storage)
-
-    @pytest_twisted.ensureDeferred
-    async def test_writer_unusable_after_commit(self, storage: Any) -> None:
-        data = b"done"
-        writer = storage.open_write(sha256_of(data))
-        writer.write(data)
-        await wait(writer.commit())
-        with pytest.raises(Exception):
-            writer.write(b"more")
-        with pytest.raises(Exception):
-            await wait(writer.commit())
-        writer.abort()  # allowed, and does not undo the commit
-        assert await read_blob(storage, sha256_of(data)) == data
-
-    BAD_KEYS = [
-        "",
-        "abc",
-        "../../../../etc/passwd",
-        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",  # upper case
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n",
-        "/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85",
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855e3",
-        b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        42,
-    ]
-
-    @pytest_twisted.ensureDeferred
-    async def test_bad_keys_raise_value_error(self, storage: Any, tmp_path: Path) -> None:
-        spool = tmp_path / "spool-bad-key"
-        spool.write_bytes(b"")
-        for key in self.BAD_KEYS:
-            await wait_for_error(ValueError, storage.open_write, key)
-            await wait_for_error(ValueError, storage.open_read, key)
-            await wait_for_error(ValueError, storage.exists, key)
-            await wait_for_error(ValueError, storage.size, key)
-            await wait_for_error(ValueError, storage.delete, key)
-            await wait_for_error(ValueError, storage.ingest, spool, key)
-            assert spool.exists(), f"ingest with bad key {key!r} touched the file"
-        await wait_for_error(ValueError, storage.exists, None)
-        self.assert_no_files(storage)
-
-    @pytest_twisted.ensureDeferred
-    async def test_missing_blob(self, storage: Any) -> None:
-        digest = sha256_of(b"absent")
-        error = await wait_for_error(BlobNotFound, storage.open_read, digest)
-        assert isinstance(error, KeyError)
-        await wait_for_error(BlobNotFound, storage.size, digest)
-        assert await wait(storage.exists(digest)) is False
-
-    @pytest_twisted.ensureDeferred
-    async def test_size(self, storage: Any) -> None:
-        data = b"x" * 12345
-        info = await write_blob(storage, data)
-        assert await wait(storage.size(info.sha256)) == 12345
-        reader = await wait(storage.open_read(info.sha256))
-        try:
-            assert reader.size == 12345
-        finally:
-            reader.close()
-
-    @pytest_twisted.ensureDeferred
-    async def test_delete(self, storage: Any) -> None:
-        keep = await write_blob(storage, b"keep me")
-        gone = await write_blob(storage, b"delete me")
-        assert await wait(storage.delete(gone.sha256)) is None
-        assert await wait(storage.exists(gone.sha256)) is False
-        await wait_for_error(BlobNotFound, storage.open_read, gone.sha256)
-        await wait_for_error(BlobNotFound, storage.size, gone.sha256)
-        assert await wait(storage.delete(gone.sha256)) is None  # absent is fine
-        assert await read_blob(storage, keep.sha256) == b"keep me"
-        self.assert_no_files(storage, keep.sha256)
-        # A deleted blob can be stored again.
-        assert await write_blob(storage, b"delete me") == gone
-
-    @pytest_twisted.ensureDeferred
-    async def test_ingest_moves_file_in(self, storage: Any, tmp_path: Path) -> None:
-        data = os.urandom(100_000)
-        spool = tmp_path / "spool" / "download.part"
-        spool.parent.mkdir()
-        spool.write_bytes(data)
-        info = await wait(storage.ingest(spool, sha256_of(data)))
-        assert info == BlobInfo(sha256=sha256_of(data), size=len(data))
-        assert not spool.exists()
-        assert await wait(storage.exists(info.sha256)) is True
-        assert await read_blob(storage, info.sha256) == data
-        self.assert_no_files(storage, info.sha256)
-
-    @pytest_twisted.ensureDeferred
-    async def test_ingest_existing_blob(self, storage: Any, tmp_path: Path) -> None:
-        data = b"already here"
-        await write_blob(storage, data)
-        spool = tmp_path / "again.part"
-        spool.write_bytes(data)
-        info = await wait(storage.ingest(str(spool), sha256_of(data)))  # str works too
-        assert info == BlobInfo(sha256=sha256_of(data), size=len(data))
-        assert not spool.exists()
-        assert await read_blob(storage, info.sha256) == data
-        self.assert_no_files(storage, info.sha256)
-
-    @pytest_twisted.ensureDeferred
-    async def test_seek_and_read_ranges(self, storage: Any) -> None:
-        data = bytes(range(256)) * 40
-        info = await write_blob(storage, data)
-        reader = await wait(storage.open_read(info.sha256))
-        try:
-            assert reader.size == len(data)
-            reader.seek(10)
-            assert await wait(reader.read(5)) == data[10:15]
-            assert await wait(reader.read(5)) == data[15:20]
-            reader.seek(len(data) - 3)  # a suffix range
-            assert await wait(reader.read(100)) == data[-3:]
-            assert await wait(reader.read(100)) == b""
-            reader.seek(len(data) + 10)
-            assert await wait(reader.read(10)) == b""
-            reader.seek(0)
-            assert await wait(reader.read(len(data) * 2)) == data
-            reader.seek(1000)
-            fd = reader.fileno()
-            if fd is not None:  # positioned like the reader, for sendfile
-                assert os.read(fd, 7) == data[1000:1007]
-        finally:
-            reader.close()
-
-    @pytest_twisted.ensureDeferred
-    async def test_concurrent_writers_of_one_blob(self, storage: Any) -> None:
-        data = os.urandom(50_000)
-        digest = sha256_of(data)
-        writers = [storage.open_write(digest), storage.open_write(None), storage.open_write(digest)]
-        for start in range(0, len(data), 5000):
-            for writer in writers:
-                writer.write(data[start:start + 5000])
-        results = await wait(defer.gatherResults([defer.maybeDeferred(w.commit) for w in writers],
-                                                 consumeErrors=True))
-        assert results == [BlobInfo(sha256=digest, size=len(data))] * 3
-        assert await read_blob(storage, digest) == data
-        self.assert_no_files(storage, digest)
-
-    @pytest_twisted.ensureDeferred
-    async def test_many_blobs(self, storage: Any) -> None:
-        blobs = [f"blob number {i}".encode() for i in range(20)]
-        infos = await wait(defer.gatherResults(
-            [defer.ensureDeferred(write_blob(storage, b)) for b in blobs], consumeErrors=True))
-        for data, info in zip(blobs, infos):
-            assert await read_blob(storage, info.sha256) == data
-        self.assert_no_files(storage, *(info.sha256 for info in infos))
-
-
-# ============================================================ index contract
-# (IndexContract is appended below by the index author.)
-
-
-# ------------------------------------------------------------------------------
-# IndexContract -- written by the index author.  Self-contained: its own imports.
-# ------------------------------------------------------------------------------
-
-import hashlib  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Iterator  # noqa: E402
-
-import attrs as _attrs  # noqa: E402
-import pytest  # noqa: E402
-import pytest_twisted  # noqa: E402
-from twisted.internet import defer  # noqa: E402
-from zope.interface.verify import verifyObject as _verify_index  # noqa: E402
-
-from pypicache.interfaces import IIndex as _IIndex  # noqa: E402
-from pypicache.model import (  # noqa: E402
-    BlobInfo as _BlobInfo,
-    FileExists as _FileExists,
-    FileRecord as _FileRecord,
-    ProjectList as _ProjectList,
-    ProjectPage as _ProjectPage,
-    ProjectRecord as _ProjectRecord,
-    Validators as _Validators,
-)
-from pypicache.providers import ProviderContext  # noqa: E402
-
-# Shared helpers from the top of this module: make_context, stop_context,
-# wait, wait_for_error and TIMEOUT.
+from pypicache.testing._context import TIMEOUT, make_context, stop_context, wait, wait_for_error
 
 
 def _digest(label: str) -> str:
@@ -434,20 +24,20 @@ def _digest(label: str) -> str:
     return hashlib.sha256(label.encode()).hexdigest()
 
 
-def index_file(filename: str, **fields: Any) -> _FileRecord:
+def index_file(filename: str, **fields: Any) -> FileRecord:
     """A FileRecord as an upstream page would give it: a URL and a sha256
     derived from the filename unless ``fields`` say otherwise."""
     fields.setdefault("url", f"https://files.example/packages/{filename}")
     fields.setdefault("hashes", {"sha256": _digest(filename)})
-    return _FileRecord(filename=filename, **fields)
+    return FileRecord(filename=filename, **fields)
 
 
-def index_page(name: str, *files: _FileRecord, **fields: Any) -> _ProjectPage:
+def index_page(name: str, *files: FileRecord, **fields: Any) -> ProjectPage:
     """A ProjectPage for ``name`` with ``files`` in the given order."""
-    return _ProjectPage(name=name, files=tuple(files), **fields)
+    return ProjectPage(name=name, files=tuple(files), **fields)
 
 
-def local_file(filename: str, **fields: Any) -> _FileRecord:
+def local_file(filename: str, **fields: Any) -> FileRecord:
     """A FileRecord as an upload makes it: no URL, stored bytes and METADATA
     with digests derived from the filename unless ``fields`` say otherwise."""
     fields.setdefault("hashes", {"sha256": _digest(f"upload {filename}")})
@@ -456,7 +46,7 @@ def local_file(filename: str, **fields: Any) -> _FileRecord:
     fields.setdefault("upload_time", "2025-01-02T03:04:05.678901Z")
     fields.setdefault("stored", True)
     fields.setdefault("metadata_stored", True)
-    return _FileRecord(filename=filename, url="", origin="local", **fields)
+    return FileRecord(filename=filename, url="", origin="local", **fields)
 
 
 class IndexContract:
@@ -508,7 +98,7 @@ class IndexContract:
     # --------------------------------------------------------------- basics
 
     def test_provides_iindex(self, index: Any) -> None:
-        assert _verify_index(_IIndex, index)
+        assert verifyObject(IIndex, index)
 
     @pytest_twisted.ensureDeferred
     async def test_empty_index(self, index: Any) -> None:
@@ -529,13 +119,13 @@ class IndexContract:
             index_file("Demo-0.1.zip", url="https://elsewhere.example/Demo-0.1.zip?x=1#frag",
                        requires_python="", upload_time="2001-01-01T00:00:00Z"),
         )
-        page = index_page("demo", *files, validators=_Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT"),
+        page = index_page("demo", *files, validators=Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT"),
                           versions=("0.1", "1.0", "2.0"), meta={"tracks": ["https://x.example/simple/demo/"]})
         saved = await wait(index.save_upstream_page(page, 1700000000.25))
-        assert isinstance(saved, _ProjectRecord)
+        assert isinstance(saved, ProjectRecord)
         assert saved.name == "demo"
         assert saved.files == files  # every field, and the page's order
-        assert saved.validators == _Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT")
+        assert saved.validators == Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT")
         assert saved.refreshed_at == 1700000000.25
         assert saved.origin == "upstream"
         assert saved.versions == ("0.1", "1.0", "2.0")
@@ -552,7 +142,7 @@ class IndexContract:
     @pytest_twisted.ensureDeferred
     async def test_minimal_page(self, index: Any) -> None:
         saved = await wait(index.save_upstream_page(index_page("empty"), 5.0))
-        assert saved == _ProjectRecord(name="empty", refreshed_at=5.0)
+        assert saved == ProjectRecord(name="empty", refreshed_at=5.0)
         assert await wait(index.get_project("empty")) == saved
         assert (await wait(index.get_project("empty"))).versions is None
 
@@ -579,24 +169,24 @@ class IndexContract:
     async def test_merge_keeps_stored_state(self, index: Any) -> None:
         wheel = index_file("m-1.0-py3-none-any.whl", core_metadata={"sha256": _digest("meta")})
         await wait(index.save_upstream_page(index_page("m", wheel, index_file("m-1.0.tar.gz")), 1.0))
-        await wait(index.mark_stored("m", wheel.filename, _BlobInfo(wheel.sha256, 42)))
+        await wait(index.mark_stored("m", wheel.filename, BlobInfo(wheel.sha256, 42)))
         await wait(index.mark_metadata_stored("m", wheel.filename, _digest("meta")))
-        newer = _attrs.evolve(wheel, yanked=True, yanked_reason="oops", size=42)
+        newer = attrs.evolve(wheel, yanked=True, yanked_reason="oops", size=42)
         page = index_page("m", index_file("m-1.1.tar.gz"), newer, index_file("m-1.0.tar.gz"),
-                          validators=_Validators("v2", None))
+                          validators=Validators("v2", None))
         record = await wait(index.save_upstream_page(page, 2.0))
         assert [f.filename for f in record.files] == ["m-1.1.tar.gz", wheel.filename, "m-1.0.tar.gz"]
         kept = record.file(wheel.filename)
-        assert kept == _attrs.evolve(newer, stored=True, metadata_stored=True)
+        assert kept == attrs.evolve(newer, stored=True, metadata_stored=True)
         assert record.file("m-1.0.tar.gz").stored is False
-        assert record.validators == _Validators("v2", None)
+        assert record.validators == Validators("v2", None)
         assert await wait(index.get_project("m")) == record
 
     @pytest_twisted.ensureDeferred
     async def test_merge_hash_change_resets_stored(self, index: Any) -> None:
         old = index_file("h-1.0.tar.gz", core_metadata={"sha256": _digest("old meta")})
         await wait(index.save_upstream_page(index_page("h", old), 1.0))
-        await wait(index.mark_stored("h", old.filename, _BlobInfo(old.sha256, 10)))
+        await wait(index.mark_stored("h", old.filename, BlobInfo(old.sha256, 10)))
         await wait(index.mark_metadata_stored("h", old.filename, _digest("old meta")))
         new = index_file("h-1.0.tar.gz", hashes={"sha256": _digest("replaced")},
                          core_metadata={"sha256": _digest("new meta")}, size=11)
@@ -608,11 +198,11 @@ class IndexContract:
     async def test_merge_metadata_hash_change_resets_metadata_only(self, index: Any) -> None:
         old = index_file("mh-1.0-py3-none-any.whl", core_metadata={"sha256": _digest("old meta")})
         await wait(index.save_upstream_page(index_page("mh", old), 1.0))
-        await wait(index.mark_stored("mh", old.filename, _BlobInfo(old.sha256, 10)))
+        await wait(index.mark_stored("mh", old.filename, BlobInfo(old.sha256, 10)))
         await wait(index.mark_metadata_stored("mh", old.filename, _digest("old meta")))
-        new = _attrs.evolve(old, core_metadata={"sha256": _digest("new meta")}, size=10)
+        new = attrs.evolve(old, core_metadata={"sha256": _digest("new meta")}, size=10)
         record = await wait(index.save_upstream_page(index_page("mh", new), 2.0))
-        assert record.file(old.filename) == _attrs.evolve(new, stored=True)
+        assert record.file(old.filename) == attrs.evolve(new, stored=True)
 
     @pytest_twisted.ensureDeferred
     async def test_merge_page_without_hash_keeps_verified_digest(self, index: Any) -> None:
@@ -620,10 +210,10 @@ class IndexContract:
         # digest and size stay, so the stored bytes remain usable.
         bare = index_file("b-1.0-py3-none-any.whl", hashes={}, core_metadata={})
         await wait(index.save_upstream_page(index_page("b", bare), 1.0))
-        await wait(index.mark_stored("b", bare.filename, _BlobInfo(_digest("bytes"), 99)))
+        await wait(index.mark_stored("b", bare.filename, BlobInfo(_digest("bytes"), 99)))
         await wait(index.mark_metadata_stored("b", bare.filename, _digest("meta")))
         record = await wait(index.save_upstream_page(index_page("b", bare), 2.0))
-        assert record.file(bare.filename) == _attrs.evolve(
+        assert record.file(bare.filename) == attrs.evolve(
             bare, hashes={"sha256": _digest("bytes")}, size=99, stored=True,
             core_metadata={"sha256": _digest("meta")}, metadata_stored=True)
 
@@ -634,19 +224,19 @@ class IndexContract:
         only_meta = index_file("u-0.8-py3-none-any.whl", core_metadata={"sha256": _digest("m")})
         current = index_file("u-2.0.tar.gz")
         await wait(index.save_upstream_page(index_page("u", only_meta, dropped, kept), 1.0))
-        await wait(index.mark_stored("u", kept.filename, _BlobInfo(kept.sha256, 5)))
+        await wait(index.mark_stored("u", kept.filename, BlobInfo(kept.sha256, 5)))
         await wait(index.mark_metadata_stored("u", only_meta.filename, _digest("m")))
         record = await wait(index.save_upstream_page(index_page("u", current), 2.0))
         assert [f.filename for f in record.files] == [current.filename, kept.filename]
         gone = record.file(kept.filename)
-        assert gone == _attrs.evolve(kept, stored=True, size=5, listed=False)
+        assert gone == attrs.evolve(kept, stored=True, size=5, listed=False)
         assert await wait(index.get_project("u")) == record
         # Still unlisted after another refresh; listed again when the upstream relists it.
         record = await wait(index.save_upstream_page(index_page("u", current), 3.0))
         assert record.file(kept.filename).listed is False
         record = await wait(index.save_upstream_page(index_page("u", kept, current), 4.0))
         assert [f.filename for f in record.files] == [kept.filename, current.filename]
-        assert record.file(kept.filename) == _attrs.evolve(kept, stored=True, size=5)
+        assert record.file(kept.filename) == attrs.evolve(kept, stored=True, size=5)
 
     @pytest_twisted.ensureDeferred
     async def test_duplicate_filename_in_page_keeps_first(self, index: Any) -> None:
@@ -660,12 +250,12 @@ class IndexContract:
 
     @pytest_twisted.ensureDeferred
     async def test_mark_refreshed(self, index: Any) -> None:
-        page = index_page("r", index_file("r-1.tar.gz"), validators=_Validators("a", "b"))
+        page = index_page("r", index_file("r-1.tar.gz"), validators=Validators("a", "b"))
         saved = await wait(index.save_upstream_page(page, 1.0))
-        record = await wait(index.mark_refreshed("r", 2.5, _Validators("c", None)))
-        assert record == _attrs.evolve(saved, refreshed_at=2.5, validators=_Validators("c", None))
+        record = await wait(index.mark_refreshed("r", 2.5, Validators("c", None)))
+        assert record == attrs.evolve(saved, refreshed_at=2.5, validators=Validators("c", None))
         assert await wait(index.get_project("r")) == record
-        assert await wait(index.mark_refreshed("unknown", 3.0, _Validators())) is None
+        assert await wait(index.mark_refreshed("unknown", 3.0, Validators())) is None
         assert await wait(index.get_project("unknown")) is None
 
     @pytest_twisted.ensureDeferred
@@ -673,11 +263,11 @@ class IndexContract:
         with_hash = index_file("s-1.0.tar.gz", size=None)
         without_hash = index_file("s-1.0-py3-none-any.whl", hashes={"md5": "1" * 32}, size=7)
         await wait(index.save_upstream_page(index_page("s", with_hash, without_hash), 1.0))
-        record = await wait(index.mark_stored("s", with_hash.filename, _BlobInfo(with_hash.sha256, 321)))
-        assert record.file(with_hash.filename) == _attrs.evolve(with_hash, stored=True, size=321)
+        record = await wait(index.mark_stored("s", with_hash.filename, BlobInfo(with_hash.sha256, 321)))
+        assert record.file(with_hash.filename) == attrs.evolve(with_hash, stored=True, size=321)
         assert record.file(without_hash.filename) == without_hash
-        record = await wait(index.mark_stored("s", without_hash.filename, _BlobInfo(_digest("x"), 8)))
-        assert record.file(without_hash.filename) == _attrs.evolve(
+        record = await wait(index.mark_stored("s", without_hash.filename, BlobInfo(_digest("x"), 8)))
+        assert record.file(without_hash.filename) == attrs.evolve(
             without_hash, stored=True, size=8, hashes={"md5": "1" * 32, "sha256": _digest("x")})
         assert await wait(index.get_project("s")) == record
 
@@ -686,14 +276,14 @@ class IndexContract:
         # The page changed while a download ran: the blob is not this file.
         listed = index_file("o-1.0.tar.gz")
         saved = await wait(index.save_upstream_page(index_page("o", listed), 1.0))
-        record = await wait(index.mark_stored("o", listed.filename, _BlobInfo(_digest("other"), 1)))
+        record = await wait(index.mark_stored("o", listed.filename, BlobInfo(_digest("other"), 1)))
         assert record == saved
         assert await wait(index.get_project("o")) == saved
 
     @pytest_twisted.ensureDeferred
     async def test_mark_unknown_raises_key_error(self, index: Any) -> None:
         await wait(index.save_upstream_page(index_page("k", index_file("k-1.tar.gz")), 1.0))
-        blob = _BlobInfo(_digest("k"), 1)
+        blob = BlobInfo(_digest("k"), 1)
         await wait_for_error(KeyError, index.mark_stored, "nope", "k-1.tar.gz", blob)
         await wait_for_error(KeyError, index.mark_stored, "k", "k-2.tar.gz", blob)
         await wait_for_error(KeyError, index.mark_metadata_stored, "nope", "k-1.tar.gz", blob.sha256)
@@ -710,9 +300,9 @@ class IndexContract:
         await wait(index.mark_metadata_stored("mm", empty.filename, _digest("b")))
         record = await wait(index.mark_metadata_stored("mm", absent.filename, _digest("c")))
         assert record.files == (
-            _attrs.evolve(hashed, metadata_stored=True),
-            _attrs.evolve(empty, metadata_stored=True, core_metadata={"sha256": _digest("b")}),
-            _attrs.evolve(absent, metadata_stored=True, core_metadata={"sha256": _digest("c")}),
+            attrs.evolve(hashed, metadata_stored=True),
+            attrs.evolve(empty, metadata_stored=True, core_metadata={"sha256": _digest("b")}),
+            attrs.evolve(absent, metadata_stored=True, core_metadata={"sha256": _digest("c")}),
         )
         assert all(not f.stored for f in record.files)
         assert await wait(index.get_project("mm")) == record
@@ -724,10 +314,10 @@ class IndexContract:
 
     @pytest_twisted.ensureDeferred
     async def test_project_list(self, index: Any) -> None:
-        first = _ProjectList(names=("b", "a", "ünï-code"), validators=_Validators('W/"1"', None))
+        first = ProjectList(names=("b", "a", "ünï-code"), validators=Validators('W/"1"', None))
         assert await wait(index.save_project_list(first, 10.0)) is None
         assert await wait(index.get_project_list()) == (first, 10.0)
-        second = _ProjectList(names=(), validators=_Validators(None, "yesterday"))
+        second = ProjectList(names=(), validators=Validators(None, "yesterday"))
         await wait(index.save_project_list(second, 11.5))
         assert await wait(index.get_project_list()) == (second, 11.5)
         assert await wait(index.list_projects()) == []  # names alone make no records
@@ -738,8 +328,8 @@ class IndexContract:
     async def test_add_file_creates_private_project(self, index: Any) -> None:
         wheel = local_file("priv-1.0-py3-none-any.whl", requires_python=">=3.9")
         record = await wait(index.add_file("priv", wheel))
-        assert record == _ProjectRecord(name="priv", files=(wheel,), origin="local")
-        assert record.refreshed_at is None and record.validators == _Validators()
+        assert record == ProjectRecord(name="priv", files=(wheel,), origin="local")
+        assert record.refreshed_at is None and record.validators == Validators()
         assert record.versions is None and record.meta == {}
         assert type(record.file(wheel.filename).hashes) is dict
         assert await wait(index.get_project("priv")) == record
@@ -763,18 +353,18 @@ class IndexContract:
         wheel = local_file("once-1.0-py3-none-any.whl")
         saved = await wait(index.add_file("once", wheel))
         other_bytes = local_file(wheel.filename, hashes={"sha256": _digest("other")})
-        error = await wait_for_error(_FileExists, index.add_file, "once", other_bytes)
+        error = await wait_for_error(FileExists, index.add_file, "once", other_bytes)
         assert (error.filename, error.sha256) == (wheel.filename, wheel.sha256)
-        error = await wait_for_error(_FileExists, index.add_file, "once", wheel)  # same bytes too
+        error = await wait_for_error(FileExists, index.add_file, "once", wheel)  # same bytes too
         assert error.sha256 == wheel.sha256
         # In any project, not only the one that used it.
-        error = await wait_for_error(_FileExists, index.add_file, "elsewhere", other_bytes)
+        error = await wait_for_error(FileExists, index.add_file, "elsewhere", other_bytes)
         assert error.sha256 == wheel.sha256
         assert await wait(index.get_project("elsewhere")) is None
         assert await wait(index.get_project("once")) == saved
         # Deleting the file does not free its name.
         await wait(index.remove_file("once", wheel.filename))
-        error = await wait_for_error(_FileExists, index.add_file, "once", other_bytes)
+        error = await wait_for_error(FileExists, index.add_file, "once", other_bytes)
         assert error.sha256 == wheel.sha256
         assert await wait(index.used_filename(wheel.filename)) == wheel.sha256
         assert (await wait(index.get_project("once"))).files == ()
@@ -787,10 +377,10 @@ class IndexContract:
         await wait(index.add_file("norm", wheel))
         for other in ("norm-2.0.0-py3-none-any.whl", "Norm-2-PY3-none-ANY.whl", "NORM-02.0-py3-none-any.whl"):
             assert await wait(index.used_filename(other)) == wheel.sha256
-            error = await wait_for_error(_FileExists, index.add_file, "norm", local_file(other))
+            error = await wait_for_error(FileExists, index.add_file, "norm", local_file(other))
             assert error.sha256 == wheel.sha256
         await wait(index.remove_file("norm", wheel.filename))
-        error = await wait_for_error(_FileExists, index.add_file, "norm", local_file("norm-2.0.0-py3-none-any.whl"))
+        error = await wait_for_error(FileExists, index.add_file, "norm", local_file("norm-2.0.0-py3-none-any.whl"))
         assert error.sha256 == wheel.sha256
         sdist = local_file("norm-1.1.tar.gz")
         await wait(index.add_file("norm", sdist))
@@ -817,19 +407,19 @@ class IndexContract:
         stored = index_file("cl-1.0-py3-none-any.whl", core_metadata={"sha256": _digest("clm")})
         unstored = index_file("cl-1.0.tar.gz")
         only_meta = index_file("cl-0.9-py3-none-any.whl", core_metadata={"sha256": _digest("m9")})
-        page = index_page("cl", stored, unstored, only_meta, validators=_Validators("e", "lm"),
+        page = index_page("cl", stored, unstored, only_meta, validators=Validators("e", "lm"),
                           versions=("0.9", "1.0"), meta={"tracks": ["https://x.example/cl/"]})
         await wait(index.save_upstream_page(page, 1.0))
-        await wait(index.mark_stored("cl", stored.filename, _BlobInfo(stored.sha256, 3)))
+        await wait(index.mark_stored("cl", stored.filename, BlobInfo(stored.sha256, 3)))
         await wait(index.mark_metadata_stored("cl", stored.filename, _digest("clm")))
         await wait(index.mark_metadata_stored("cl", only_meta.filename, _digest("m9")))
         upload = local_file("cl-2.0-py3-none-any.whl")
         record = await wait(index.add_file("cl", upload))
-        kept = _attrs.evolve(stored, stored=True, metadata_stored=True, size=3, listed=False)
-        assert record == _ProjectRecord(name="cl", files=(kept, upload), origin="local")
+        kept = attrs.evolve(stored, stored=True, metadata_stored=True, size=3, listed=False)
+        assert record == ProjectRecord(name="cl", files=(kept, upload), origin="local")
         assert await wait(index.get_project("cl")) == record
         # A file the project still holds cannot be uploaded over ...
-        error = await wait_for_error(_FileExists, index.add_file, "cl", local_file(stored.filename))
+        error = await wait_for_error(FileExists, index.add_file, "cl", local_file(stored.filename))
         assert error.sha256 == stored.sha256
         # ... but the name of a dropped upstream file is free.
         record = await wait(index.add_file("cl", local_file(unstored.filename)))
@@ -841,7 +431,7 @@ class IndexContract:
     @pytest_twisted.ensureDeferred
     async def test_create_project(self, index: Any) -> None:
         record = await wait(index.create_project("new", "local"))
-        assert record == _ProjectRecord(name="new", origin="local")
+        assert record == ProjectRecord(name="new", origin="local")
         assert await wait(index.create_project("new", "local")) == record  # idempotent
         assert await wait(index.get_project("new")) == record
         assert await wait(index.list_projects()) == ["new"]  # even with no files
@@ -850,15 +440,15 @@ class IndexContract:
         assert await wait(index.create_project("new", "local")) == record  # keeps files
 
         # An upstream project keeps its files and bookkeeping; only the origin changes.
-        page = index_page("up", index_file("up-1.tar.gz"), validators=_Validators("e", None),
+        page = index_page("up", index_file("up-1.tar.gz"), validators=Validators("e", None),
                           versions=("1",), meta={"k": 1})
         saved = await wait(index.save_upstream_page(page, 1.0))
         record = await wait(index.create_project("up", "local"))
-        assert record == _attrs.evolve(saved, origin="local", versions=None)
+        assert record == attrs.evolve(saved, origin="local", versions=None)
         assert await wait(index.get_project("up")) == record
         # And back: its files stay as they are.
         record = await wait(index.create_project("new", "upstream"))
-        assert record == _ProjectRecord(name="new", files=(upload,), origin="upstream")
+        assert record == ProjectRecord(name="new", files=(upload,), origin="upstream")
         assert await wait(index.get_project("new")) == record
         assert await wait(index.list_projects()) == ["new", "up"]
 
@@ -868,7 +458,7 @@ class IndexContract:
         await wait(index.add_file("y", one))
         await wait(index.add_file("y", two))
         record = await wait(index.set_yanked("y", one.filename, True, "broken build"))
-        assert record.files == (_attrs.evolve(one, yanked=True, yanked_reason="broken build"), two)
+        assert record.files == (attrs.evolve(one, yanked=True, yanked_reason="broken build"), two)
         assert await wait(index.get_project("y")) == record
         record = await wait(index.set_yanked("y", one.filename, True, None))
         assert record.file(one.filename).yanked_reason is None
@@ -883,7 +473,7 @@ class IndexContract:
         listed = index_file("uy-1.tar.gz")
         await wait(index.save_upstream_page(index_page("uy", listed), 1.0))
         record = await wait(index.set_yanked("uy", listed.filename, True, "r"))
-        assert record.file(listed.filename) == _attrs.evolve(listed, yanked=True, yanked_reason="r")
+        assert record.file(listed.filename) == attrs.evolve(listed, yanked=True, yanked_reason="r")
         assert await wait(index.get_project("uy")) == record
 
     @pytest_twisted.ensureDeferred
@@ -892,7 +482,7 @@ class IndexContract:
         await wait(index.add_file("rm", one))
         await wait(index.add_file("rm", two))
         record = await wait(index.remove_file("rm", one.filename))
-        assert record == _ProjectRecord(name="rm", files=(two,), origin="local")
+        assert record == ProjectRecord(name="rm", files=(two,), origin="local")
         assert await wait(index.get_project("rm")) == record
         three = local_file("rm-3.tar.gz")
         record = await wait(index.add_file("rm", three))
@@ -900,7 +490,7 @@ class IndexContract:
         assert await wait(index.get_project("rm")) == record
         await wait(index.remove_file("rm", two.filename))
         record = await wait(index.remove_file("rm", three.filename))
-        assert record == _ProjectRecord(name="rm", origin="local")  # the project stays
+        assert record == ProjectRecord(name="rm", origin="local")  # the project stays
         assert await wait(index.get_project("rm")) == record
         assert await wait(index.list_projects()) == ["rm"]
         for f in (one, two, three):
@@ -915,24 +505,24 @@ class IndexContract:
         await wait(index.add_file("mg", ours))
         theirs = index_file("mg-1.0.tar.gz")  # same filename: ours wins
         old, older = index_file("mg-0.9.tar.gz"), index_file("mg-0.8.tar.gz")
-        page = index_page("mg", old, theirs, older, validators=_Validators("e1", None),
+        page = index_page("mg", old, theirs, older, validators=Validators("e1", None),
                           versions=("0.8", "0.9", "1.0"), meta={"tracks": ["https://x.example/"]})
         record = await wait(index.save_upstream_page(page, 5.0, True))
         # Upstream files in the page's order, then ours.
-        assert record == _ProjectRecord(name="mg", files=(old, older, ours),
-                                        validators=_Validators("e1", None), refreshed_at=5.0,
+        assert record == ProjectRecord(name="mg", files=(old, older, ours),
+                                        validators=Validators("e1", None), refreshed_at=5.0,
                                         origin="local", versions=None,
                                         meta={"tracks": ["https://x.example/"]})
         assert await wait(index.get_project("mg")) == record
         # Another upload goes last; a refresh keeps that order, unlisting a
         # stored file the page dropped and forgetting an unstored one.
-        await wait(index.mark_stored("mg", old.filename, _BlobInfo(old.sha256, 9)))
+        await wait(index.mark_stored("mg", old.filename, BlobInfo(old.sha256, 9)))
         newer = local_file("mg-1.1.tar.gz")
         await wait(index.add_file("mg", newer))
         newest = index_file("mg-2.0.tar.gz")
         record = await wait(index.save_upstream_page(index_page("mg", newest, theirs), 6.0, True))
         # The files the page does not govern keep their previous order.
-        assert record.files == (newest, _attrs.evolve(old, stored=True, size=9, listed=False),
+        assert record.files == (newest, attrs.evolve(old, stored=True, size=9, listed=False),
                                 ours, newer)
         assert record.origin == "local" and record.refreshed_at == 6.0
         assert await wait(index.get_project("mg")) == record
@@ -946,10 +536,10 @@ class IndexContract:
         # private: the page is dropped, the private record stays as it was.
         cached = index_file("pv-0.9.tar.gz")
         await wait(index.save_upstream_page(index_page("pv", cached), 1.0))
-        await wait(index.mark_stored("pv", cached.filename, _BlobInfo(cached.sha256, 3)))
+        await wait(index.mark_stored("pv", cached.filename, BlobInfo(cached.sha256, 3)))
         ours = local_file("pv-1.0.tar.gz")
         private = await wait(index.add_file("pv", ours))
-        late = index_page("pv", index_file("pv-2.0.tar.gz"), cached, validators=_Validators("e", None),
+        late = index_page("pv", index_file("pv-2.0.tar.gz"), cached, validators=Validators("e", None),
                           versions=("0.9", "2.0"), meta={"tracks": ["https://x.example/"]})
         for merge in ((), (False,)):
             record = await wait(index.save_upstream_page(late, 2.0, *merge))
@@ -990,7 +580,7 @@ class IndexContract:
         assert await wait(reopened.get_project("empty-private")) == empty
         assert await wait(reopened.list_projects()) == ["empty-private", "sv"]
         assert await wait(reopened.used_filename(one.filename)) == one.sha256
-        await wait_for_error(_FileExists, reopened.add_file, "sv", one)
+        await wait_for_error(FileExists, reopened.add_file, "sv", one)
         three = local_file("sv-3.tar.gz")
         after = await wait(reopened.add_file("sv", three))
         assert after.files == record.files + (three,)
@@ -1004,13 +594,13 @@ class IndexContract:
         if not self.persistent:
             pytest.skip("provider is not persistent")
         wheel = index_file("p-1-py3-none-any.whl", core_metadata={"sha256": _digest("pm")})
-        page = index_page("p", wheel, index_file("p-1.tar.gz"), validators=_Validators("e", "lm"),
+        page = index_page("p", wheel, index_file("p-1.tar.gz"), validators=Validators("e", "lm"),
                           versions=("1",), meta={"k": {"nested": [1, 2]}})
         await wait(index.save_upstream_page(page, 1.0))
-        await wait(index.mark_stored("p", wheel.filename, _BlobInfo(wheel.sha256, 77)))
+        await wait(index.mark_stored("p", wheel.filename, BlobInfo(wheel.sha256, 77)))
         record = await wait(index.mark_metadata_stored("p", wheel.filename, _digest("pm")))
-        record = await wait(index.mark_refreshed("p", 2.0, _Validators("e2", None)))
-        names = _ProjectList(("p", "q"), _Validators("root", None))
+        record = await wait(index.mark_refreshed("p", 2.0, Validators("e2", None)))
+        names = ProjectList(("p", "q"), Validators("root", None))
         await wait(index.save_project_list(names, 3.0))
         await self.close_index(index)
 
@@ -1018,5 +608,3 @@ class IndexContract:
         assert await wait(reopened.get_project("p")) == record
         assert await wait(reopened.list_projects()) == ["p"]
         assert await wait(reopened.get_project_list()) == (names, 3.0)
-
-# ------------------------------------------------------------ end IndexContract
