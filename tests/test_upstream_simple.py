@@ -97,9 +97,9 @@ def make_upstream(server, threadpool, tmp_path):
     made = []
     http = HTTPSettings(connect_timeout=2.0, read_timeout=0.3, page_timeout=0.5, user_agent="pypicache-test")
 
-    def make(**options):
+    def make(*, settings: HTTPSettings = http, **options):
         options.setdefault("url", server.base + "simple/")
-        context = ProviderContext(reactor=_reactor(), threadpool=threadpool, data_dir=tmp_path, http=http)
+        context = ProviderContext(reactor=_reactor(), threadpool=threadpool, data_dir=tmp_path, http=settings)
         upstream = factory.create(options, context)
         made.append(upstream)
         return upstream
@@ -374,7 +374,9 @@ async def test_big_page_parsed_in_thread(make_upstream, server, monkeypatch):
     calls = []
     real = simple.deferToThreadPool
     monkeypatch.setattr(simple, "deferToThreadPool", lambda *a, **k: calls.append(1) or real(*a, **k))
-    page = await _within(make_upstream().fetch_project("demo", Validators()))
+    # A page deadline for a loaded machine: what is tested is where the parse runs.
+    roomy = HTTPSettings(connect_timeout=2.0, read_timeout=5.0, page_timeout=5.0, user_agent="pypicache-test")
+    page = await _within(make_upstream(settings=roomy).fetch_project("demo", Validators()), 10.0)
     assert len(page.files) == 4000 and calls == [1]
 
 
