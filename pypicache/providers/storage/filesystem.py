@@ -40,8 +40,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-import attrs
-
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -51,8 +49,9 @@ from zope.interface import implementer
 from pypicache.durable import fsync_dir
 from pypicache.errors import ConfigError
 from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
-from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
+from pypicache.model import BlobCheck, BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
+from pypicache.providers.storage.keys import check_key
 
 __all__ = ["FilesystemStorage", "FileBlobWriter", "FileBlobReader", "BlobCheck", "factory"]
 
@@ -110,36 +109,6 @@ def _hash_fd(fd: int) -> tuple[str, int]:
             return h.hexdigest(), offset
         h.update(chunk)
         offset += len(chunk)
-
-
-@attrs.frozen
-class BlobCheck:
-    """The verdict on one blob (:meth:`FilesystemStorage.check_blob`).
-
-    ``status`` is "ok", "missing", "corrupt" (bytes do not hash to the key)
-    or "unreadable" (an I/O error); ``actual`` is the digest found, if any.
-    ``removed`` says a corrupt blob was moved aside.
-    """
-
-    sha256: str
-    status: str
-    size: int | None = None
-    actual: str | None = None
-    error: str | None = None
-    removed: bool = False
-
-
-def check_key(sha256: object) -> str:
-    """Return ``sha256`` if it is a valid key, else raise ValueError.
-
-    Called first by every method taking a key: nothing else may be done with
-    an unchecked string (it could be ``../../etc/passwd``).
-    """
-    # The length check guards against a trailing newline, which a ``$``
-    # anchored pattern would let through.
-    if not is_sha256(sha256) or len(sha256) != 64:  # type: ignore[arg-type]
-        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-    return sha256  # type: ignore[return-value]
 
 
 def _unlink_quietly(path: Path) -> None:
