@@ -144,7 +144,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     if config.fast_path and not config.access_log:
-        app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None)
+        app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None,
+                                      clock=reactor)
     else:
         app.factory = app.site
     app.factory = ConnectionLimits(app.factory, reactor, max_connections=config.max_connections,
