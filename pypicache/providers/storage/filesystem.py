@@ -48,7 +48,14 @@ from zope.interface import implementer
 
 from pypicache.durable import fsync_dir
 from pypicache.errors import ConfigError
-from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
+from pypicache.interfaces import (
+    IBlobInventory,
+    IBlobQuarantine,
+    IBlobReader,
+    IBlobWriter,
+    IProviderFactory,
+    IStorage,
+)
 from pypicache.model import BlobCheck, BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
 from pypicache.providers.storage.keys import check_key
@@ -128,7 +135,7 @@ def _subdirs(path: Path | str, width: int) -> list[str]:
         return []
 
 
-@implementer(IStorage, IBlobInventory)
+@implementer(IStorage, IBlobInventory, IBlobQuarantine)
 class FilesystemStorage:
     """Content-addressed blobs under ``root``; see the module docstring.
 
@@ -490,6 +497,19 @@ class FilesystemStorage:
             return sorted(Path(e.path) for e in os.scandir(self.quarantine) if e.is_file())
         except FileNotFoundError:
             return []
+
+    def discard_quarantined(self, entry: Path) -> bool:
+        """Delete one of :meth:`quarantined`'s files (blocking).  IBlobQuarantine.
+
+        Only a file directly in ``.quarantine/`` is ever unlinked."""
+        path = Path(entry)
+        if path.parent != self.quarantine:
+            raise ValueError(f"not a quarantined blob: {str(path)!r}")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def exists(self, sha256: str) -> defer.Deferred[bool]:
         return defer.succeed(self.path_of(sha256).is_file())

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pypicache.errors import CircuitOpen
-from pypicache.interfaces import IUpstream, IUpstreamDownload
+from pypicache.interfaces import IClosable, IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound
 from pypicache.providers.upstream.policy import UpstreamRefused
 
@@ -56,7 +56,7 @@ def _is_success(result: Any) -> bool | None:
     return False
 
 
-@implementer(IUpstream)
+@implementer(IUpstream, IClosable)
 class BreakerUpstream:
     """IUpstream that stops calling ``inner`` after repeated failures.
 
@@ -174,8 +174,11 @@ class BreakerUpstream:
             lambda download: _WatchedDownload(download, self))
 
     def close(self) -> Deferred[None]:
-        closer = getattr(self.inner, "close", None)
-        return defer.maybeDeferred(closer) if closer is not None else defer.succeed(None)
+        """IClosable, for whatever it wraps: closes the inner upstream if that
+        declares IClosable."""
+        if IClosable.providedBy(self.inner):
+            return defer.maybeDeferred(self.inner.close)
+        return defer.succeed(None)
 
 
 @implementer(IUpstreamDownload)
