@@ -6,6 +6,16 @@ Three kinds of provider make up a server, each chosen by name in the config:
 * index    (:class:`IIndex`)    the catalog: projects, files, hashes, freshness;
 * upstream (:class:`IUpstream`) where pages and files come from when not cached.
 
+A provider may also offer optional capabilities, each its own interface
+declared beside the main one (``@implementer(IStorage, IBlobInventory)``) and
+checked with ``providedBy``, never by probing for a method name:
+
+* :class:`IBlobInventory`  (storage) -- list and re-hash blobs: scrub, verify;
+* :class:`IBlobQuarantine` (storage) -- blobs moved aside as corrupt: verify;
+* :class:`IIndexRepair`    (index)   -- unmark a stored file, find files by
+  blob: verify and scrub repair the index with it;
+* :class:`IClosable`       (storage, upstream) -- release resources at shutdown.
+
 A provider is made by a factory (:class:`IProviderFactory`) registered in the
 entry-point group ``pypicache.<kind>``; see docs/providers.md.  Methods that may
 wait return a ``Deferred``; its result and failures are given per method.
@@ -142,9 +152,47 @@ class IBlobInventory(Interface):
             Deferred: called after each chunk read, the next chunk waits for it
             (the scrub's rate limit).  Cancelling that Deferred abandons the check.
         :return: Deferred firing with a
-            :class:`pypicache.providers.storage.filesystem.BlobCheck` (status "ok",
-            "missing", "corrupt" or "unreadable"; ``removed`` when moved aside).
+            :class:`pypicache.model.BlobCheck` (status "ok", "missing",
+            "corrupt" or "unreadable"; ``removed`` when moved aside).
         """
+
+
+class IBlobQuarantine(Interface):
+    """Optional for a storage: the blobs it moved aside as corrupt.
+
+    ``pypicache verify`` reports how many there are and, with ``--repair``,
+    deletes them.  A storage without it keeps no quarantine (or keeps it to
+    itself): verify then reports none.
+    """
+
+    def quarantined():
+        """Every quarantined blob, as a list of entries only this storage
+        interprets (the filesystem storage's are paths).  Blocking: called
+        in a thread."""
+
+    def discard_quarantined(entry):
+        """Delete one entry of :meth:`quarantined` for good.  Blocking.
+
+        :return: True when it was deleted, False when it was already gone.
+        """
+
+
+# ------------------------------------------------------------- any provider
+
+
+class IClosable(Interface):
+    """Optional for a storage or an upstream: something to release at shutdown.
+
+    The server calls :meth:`close` once, after the last request, on every
+    provider that declares this (an index always has ``close``: it is part
+    of :class:`IIndex`).  A provider holding connections, threads or files
+    open declares it so a stop (and a test) leaves nothing behind; one
+    without it is simply dropped.
+    """
+
+    def close():
+        """Release what the provider holds.  Returns None or a Deferred
+        firing once it is released; it should not fail."""
 
 
 # -------------------------------------------------------------------- upstream
@@ -281,3 +329,29 @@ class IIndex(Interface):
 
     def close():
         """Deferred firing once all pending writes are durable."""
+
+
+class IIndexRepair(Interface):
+    """Optional for an index: take back a ``stored`` mark, find files by blob.
+
+    What ``pypicache verify --repair`` and the background scrub need once a
+    blob is found missing or corrupt: every entry naming it is marked not
+    stored, so the next request fetches the file from the upstream again
+    (eviction will use the same).  With an index without it, verify and the
+    scrub only report; the server still notices a lost blob on the next
+    request for it (the storage has no such blob) and fetches it again.
+    """
+
+    def mark_unstored(name, filename, metadata):
+        """Record that a file's bytes (``metadata`` False) or its METADATA's
+        (``metadata`` True) are no longer in storage.  Its sha256 stays: it is
+        what the bytes fetched again must hash to.  Nothing changes when it
+        was not marked stored.
+        Fails with KeyError for an unknown project or file.
+        :return: Deferred firing with the new ProjectRecord.
+        """
+
+    def stored_with_blob(sha256):
+        """Deferred firing with a list of ``(project, filename, part)`` for
+        every file marked stored whose bytes (``part`` "file") or METADATA
+        (``part`` "metadata") are the blob ``sha256``; sorted."""

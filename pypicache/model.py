@@ -77,6 +77,23 @@ def is_sha256(value: object) -> bool:
 
 
 @attrs.frozen
+class BlobCheck:
+    """The verdict on one blob (:meth:`pypicache.interfaces.IBlobInventory.check_blob`).
+
+    ``status`` is "ok", "missing", "corrupt" (bytes do not hash to the key)
+    or "unreadable" (an I/O error); ``actual`` is the digest found, if any.
+    ``removed`` says a corrupt blob was moved aside.
+    """
+
+    sha256: str
+    status: str
+    size: int | None = None
+    actual: str | None = None
+    error: str | None = None
+    removed: bool = False
+
+
+@attrs.frozen
 class Validators:
     """HTTP cache validators that the upstream gave for a page."""
 

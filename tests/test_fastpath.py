@@ -314,3 +314,28 @@ async def test_a_bad_request_line_is_refused_before_the_head_is_complete(tmp_pat
         assert answer.startswith(b"HTTP/1.1 200 OK\r\nServer: pypicache\r\n")
     finally:
         await server.stop()
+
+
+def test_the_date_comes_from_the_reactor_clock():
+    """The fast path dates its answers by the clock it is given (the reactor
+    in the server), as twisted.web does, formatting it once per second."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from pypicache.web.fastpath import FastPathFactory
+
+    class View:
+        def fast_page(self, name, accept, accept_encoding, if_none_match):
+            return 200, [(b"Content-Type", b"text/html")], b"<html></html>"
+
+    clock = Clock()
+    clock.advance(784111777)  # RFC 9110's example date
+    factory = FastPathFactory(None, (View(), View()), lambda: False, clock=clock)
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(get("/simple/tinyproj/"))
+    clock.advance(1.5)
+    proto.dataReceived(get("/simple/tinyproj/"))
+    dates = [line for line in transport.value().split(b"\r\n") if line.startswith(b"Date: ")]
+    assert dates == [b"Date: Sun, 06 Nov 1994 08:49:37 GMT", b"Date: Sun, 06 Nov 1994 08:49:38 GMT"]

@@ -32,7 +32,8 @@ from pypicache.daemon import config as configuration
 from pypicache.interfaces import IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound, Validators
 from pypicache.providers import HTTPSettings, ProviderContext
-from pypicache.providers.upstream.breaker import CLOSED, HALF_OPEN, OPEN, BreakerUpstream, CircuitOpen, with_breaker
+from pypicache.errors import CircuitOpen
+from pypicache.providers.upstream.breaker import CLOSED, HALF_OPEN, OPEN, BreakerUpstream, with_breaker
 from pypicache.providers.upstream.simple import SimpleUpstream
 from tests.builders import build_wheel
 from tests.server import RunningServer, _TrackingSite

@@ -132,6 +132,23 @@ app.accounts._pool.stop()
     assert found == {"before": [], "after": ["JsonAPI", "Manage", "Upload"]}
 
 
+def test_the_server_does_not_need_treq():
+    """treq is the tests' HTTP client, in the test extra only: no module of
+    the server imports it (the plugin authors' kit, pypicache.testing, may)."""
+    script = """
+import importlib, pkgutil, sys
+import pypicache
+for module in pkgutil.walk_packages(pypicache.__path__, "pypicache."):
+    if module.name.split(".")[1] != "testing":
+        importlib.import_module(module.name)
+print(sorted(m for m in sys.modules if m == "treq" or m.startswith("treq.")))
+"""
+    result = subprocess.run([sys.executable, "-c", script], env=isolated_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_collector_paused_during_start_up_and_resumed_with_start_up_frozen(tmp_path, fake_upstream):
     """The cycle collector is off from makeService until the reactor runs;
     then it is back on, with what start-up built frozen out of its way."""

@@ -41,6 +41,22 @@ class TestMemoryContract(StorageContract):
         return memory.factory.create({}, context)
 
 
+# ------------------------------------------------------------- keys
+
+
+def test_one_key_check_for_every_storage():
+    """Both built-ins use the shared check (third-party storages may too):
+    a fix to it reaches every provider at once."""
+    from pypicache.providers.storage.keys import check_key
+
+    assert filesystem.check_key is check_key and memory.check_key is check_key
+    good = "a" * 64
+    assert check_key(good) == good
+    for bad in (good + "\n", good.upper(), "a" * 63, "../" + "a" * 61, None, b"a" * 64):
+        with pytest.raises(ValueError):
+            check_key(bad)
+
+
 # ------------------------------------------------------------ factories
 
 

@@ -38,7 +38,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from pypicache.services import verify as verifying
 from pypicache.services import downloads
 from pypicache.services.accounts import AccountStore
-from pypicache.model import BlobInfo, BlobNotFound
+from pypicache.errors import DiskFull
+from pypicache.model import BlobInfo, BlobNotFound, UpstreamError
 from pypicache.providers.storage import filesystem
 from pypicache.testing import provider_context, read_blob, wait, write_blob  # noqa: F401 (fixture)
 from tests.builders import build_wheel, wheel_metadata
@@ -365,7 +366,7 @@ async def test_spool_full_mid_transfer_aborts_cleanly(server, fake_upstream, mon
 async def test_spool_cannot_be_created(server, fake_upstream, monkeypatch, logs):
     monkeypatch.setattr(downloads, "os", _OsWithFullDisk(server.app.downloader.spool_dir, None))
     code, body, headers = await get(server.root + f"/files/tinyproj/{SDIST_1}")
-    assert code in (502, 503, 507), body
+    assert code == 507, body
     assert headers.getRawHeaders("retry-after")
     assert b"spool" in body and b"No space" in body
     assert not logs.tracebacks
@@ -379,11 +380,19 @@ async def test_spool_cannot_be_created(server, fake_upstream, monkeypatch, logs)
 async def test_metadata_on_full_disk(server, fake_upstream, monkeypatch, logs):
     fail_storage_writes(monkeypatch, server.app.storage)
     code, body, headers = await get(server.root + f"/files/tinyproj/{WHEEL_1}.metadata")
-    assert code in (502, 503, 507), body
+    assert code == 507, body
+    assert headers.getRawHeaders("retry-after")
     assert not logs.tracebacks
     monkeypatch.undo()
     code, body, _ = await get(server.root + f"/files/tinyproj/{WHEEL_1}.metadata")
     assert code == 200 and body == wheel_metadata(fake_upstream.files[WHEEL_1])
+
+
+def test_a_full_disk_is_not_an_upstream_failure():
+    """Nothing that falls back on an upstream failure (stale pages, the
+    breaker's counters) may take a full disk for one; routes answer it 507."""
+    assert not issubclass(DiskFull, UpstreamError)
+    assert downloads.DiskFull is DiskFull
 
 
 UPLOAD_FIELDS = {":action": "file_upload", "protocol_version": "1", "filetype": "bdist_wheel",

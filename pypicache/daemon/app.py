@@ -17,7 +17,7 @@ from pypicache import providers
 from pypicache.daemon.config import Config
 from pypicache.services.downloads import Downloader
 from pypicache.errors import ConfigError
-from pypicache.interfaces import IBlobInventory
+from pypicache.interfaces import IBlobInventory, IClosable
 from pypicache.services.mirror import Mirror
 from pypicache.services.scrub import Scrubber
 from pypicache.services.stats import Stats
@@ -51,8 +51,8 @@ class App:
     SETTLE_TIMEOUT = 10.0
 
     async def close(self) -> None:
-        """Let verified downloads be stored, flush the index, drop upstream
-        connections, stop threads."""
+        """Let verified downloads be stored, flush the index, close the
+        providers that hold resources (IClosable), stop threads."""
         try:
             if self.scrubber is not None:
                 await self.scrubber.stop()
@@ -62,9 +62,9 @@ class App:
             if self.accounts is not None:
                 await self.accounts.close()
         finally:
-            closer = getattr(self.upstream, "close", None)
-            if closer is not None:
-                await defer.maybeDeferred(closer)
+            for provider in (self.upstream, self.storage):
+                if IClosable.providedBy(provider):
+                    await defer.maybeDeferred(provider.close)
             self.threadpool.stop()
 
 
@@ -132,7 +132,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         return await authenticate(accounts, request) is not None
 
-    rate = getattr(storage, "scrub_rate", 0) if IBlobInventory.providedBy(storage) else 0
+    rate = storage.scrub_rate if IBlobInventory.providedBy(storage) else 0
     if rate > 0:
         app.scrubber = Scrubber(storage, index, mirror, rate=rate, reactor=reactor, threadpool=threadpool)
         app.scrubber.start()
@@ -144,7 +144,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     if config.fast_path and not config.access_log:
-        app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None)
+        app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None,
+                                      clock=reactor)
     else:
         app.factory = app.site
     app.factory = ConnectionLimits(app.factory, reactor, max_connections=config.max_connections,

@@ -26,23 +26,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from pypicache.errors import DiskFull
 from pypicache.services.mirror import Coalescer
 from pypicache.model import BlobInfo, FileRecord, HashMismatch, UpstreamError
 
 log = Logger()
-
-
-class TransferFailed(Exception):
-    """The transfer a client was following failed (upstream error or bad hash)."""
-
-
-class DiskFull(UpstreamError):
-    """No space left to spool or store a file, so it cannot be fetched now.
-
-    An UpstreamError so that routes answer it like an unavailable upstream
-    (an error status with Retry-After, logged in one line) rather than as a
-    500 with a traceback: either way the client should come back later.
-    """
 
 
 def is_disk_full(error: BaseException) -> bool:

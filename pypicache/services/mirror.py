@@ -26,7 +26,7 @@ from pypicache.model import (
     UpstreamNotFound,
     Validators,
 )
-from pypicache.providers.upstream.breaker import CircuitOpen
+from pypicache.errors import CircuitOpen
 
 log = Logger()
 T = TypeVar("T")

@@ -35,7 +35,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pypicache.services.verify import FILE, METADATA, mark_unstored
+from pypicache.interfaces import IIndexRepair
+from pypicache.services.verify import FILE, mark_unstored
 
 __all__ = ["Scrubber", "ScrubReport", "START_DELAY", "PASS_INTERVAL"]
 
@@ -188,36 +189,36 @@ class Scrubber:
     async def _unstore(self, sha256: str, report: ScrubReport) -> None:
         """Mark every index entry whose bytes were ``sha256`` not stored.
 
-        The index has no lookup by digest, so this reads every project: it
-        happens once per corrupt blob, which is rare.  A good copy stored
-        again meanwhile (a request found the blob gone and fetched it) is
-        left alone.
+        Needs an index with :class:`~pypicache.interfaces.IIndexRepair`
+        (without it the blob is only moved aside, and the next request
+        finds it gone and fetches the file again).  A good copy stored again
+        meanwhile (a request found the blob gone and fetched it) is left alone.
         """
-        if self.index is None or await self.storage.exists(sha256):
+        if self.index is None or not IIndexRepair.providedBy(self.index) or await self.storage.exists(sha256):
             return
-        for name in await self.index.list_projects():
+        uses: dict[str, list[tuple[str, str]]] = {}
+        for name, filename, part in await self.index.stored_with_blob(sha256):
+            uses.setdefault(name, []).append((filename, part))
+        for name, entries in uses.items():
             record = await self.index.get_project(name)
             if record is None:
                 continue
             changed = False
-            for f in record.files:
-                for part, stored, digest in ((FILE, f.stored, f.sha256),
-                                             (METADATA, f.metadata_stored, f.metadata_sha256)):
-                    if not stored or digest != sha256:
-                        continue
-                    if await mark_unstored(self.index, name, f.filename, part) is None:
-                        continue  # an index we cannot tell: the next request finds the blob gone
-                    changed = True
-                    entry = (name, f.filename, part)
-                    report.unstored.append(entry)
-                    what = f.filename if part == FILE else f"{f.filename}.metadata"
-                    if f.url:
-                        log.warn("storage scrub: {project}/{what} was corrupt; it is fetched again from "
-                                 "the upstream when next requested", project=name, what=what)
-                    else:
-                        report.lost.append(entry)
-                        log.critical("storage scrub: uploaded file {project}/{what} was corrupt and has no "
-                                     "upstream copy: upload it again (an identical re-upload restores "
-                                     "it); until then it is answered 404", project=name, what=what)
+            for filename, part in entries:
+                f = record.file(filename)
+                if f is None or await mark_unstored(self.index, name, filename, part) is None:
+                    continue
+                changed = True
+                entry = (name, filename, part)
+                report.unstored.append(entry)
+                what = filename if part == FILE else f"{filename}.metadata"
+                if f.url:
+                    log.warn("storage scrub: {project}/{what} was corrupt; it is fetched again from "
+                             "the upstream when next requested", project=name, what=what)
+                else:
+                    report.lost.append(entry)
+                    log.critical("storage scrub: uploaded file {project}/{what} was corrupt and has no "
+                                 "upstream copy: upload it again (an identical re-upload restores "
+                                 "it); until then it is answered 404", project=name, what=what)
             if changed and self.mirror is not None:
                 await self.mirror.note_changed(name)

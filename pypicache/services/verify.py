@@ -24,20 +24,30 @@ running, a blob may be a download whose index write is a moment away.
 
 Used by ``pypicache verify`` (pypicache.cli.admin) and by the crash tests; it
 only needs an :class:`~pypicache.interfaces.IIndex` and an
-:class:`~pypicache.interfaces.IStorage`, plus the filesystem storage's extras
-(``check_blob``, ``iter_blobs``, ``quarantined``) when they exist.
+:class:`~pypicache.interfaces.IStorage`, and does more with the optional
+capabilities (docs/providers.md):
+
+* a storage without :class:`~pypicache.interfaces.IBlobInventory` is checked
+  through readers (hashing what ``open_read`` gives) and its orphans are not
+  looked for;
+* one without :class:`~pypicache.interfaces.IBlobQuarantine` reports no
+  quarantined blobs;
+* an index without :class:`~pypicache.interfaces.IIndexRepair` cannot be
+  told a blob is gone: ``repair`` then still removes a corrupt blob but leaves
+  the entry (the server fetches the file again when it finds the blob gone).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+from functools import partial
 from typing import Any, Callable
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
+from pypicache.interfaces import IBlobInventory, IBlobQuarantine, IIndexRepair
 from pypicache.model import BlobInfo, BlobNotFound
 
 __all__ = ["Problem", "Report", "verify", "mark_unstored"]
@@ -159,12 +169,12 @@ async def _check_generic(storage: Any, sha256: str, deep: bool) -> _Blob:
 
 
 async def _check(storage: Any, sha256: str, *, deep: bool, repair: bool) -> _Blob:
-    check_blob = getattr(storage, "check_blob", None)
-    if check_blob is not None and deep:
-        result = await check_blob(sha256, remove_corrupt=repair)
+    inventory = IBlobInventory.providedBy(storage)
+    if inventory and deep:
+        result = await storage.check_blob(sha256, remove_corrupt=repair)
         detail = result.error or (f"its bytes hash to {result.actual}" if result.status == "corrupt" else "")
         return _Blob(result.status, result.size, detail, result.removed)
-    if check_blob is not None:  # quick: presence and size only
+    if inventory:  # quick: presence and size only
         try:
             return _Blob("ok", await storage.size(sha256))
         except BlobNotFound:
@@ -176,33 +186,21 @@ async def _check(storage: Any, sha256: str, *, deep: bool, repair: bool) -> _Blo
     return blob
 
 
-def _q_unstore(conn: Any, project: str, filename: str, column: str) -> int:
-    """Clear one stored flag in the SQLite index (runs on its thread)."""
-    cursor = conn.execute(f"UPDATE files SET {column} = 0 WHERE project = ? AND filename = ?",
-                          (project, filename))
-    return cursor.rowcount
-
-
 async def mark_unstored(index: Any, project: str, filename: str, part: str) -> str | None:
     """Tell the index that a file's (or its METADATA's) bytes are gone.
 
-    Uses ``index.mark_unstored(project, filename, metadata)`` when the index
-    provides it; the SQLite index of this version does not, so its row is
-    updated directly.  Returns a description of what was done, or None when
-    this index cannot be told (then the server notices on the next request:
-    the blob is gone, so it fetches the file again).
+    Returns a description of what was done, or None when this index cannot
+    be told (it lacks :class:`~pypicache.interfaces.IIndexRepair`; then the
+    server notices on the next request: the blob is gone, so it fetches the
+    file again).
     """
-    method = getattr(index, "mark_unstored", None)
-    if method is not None:
-        await method(project, filename, part == METADATA)
-        return "marked not stored"
-    from pypicache.providers.index.sqlite import SQLiteIndex
-
-    if isinstance(index, SQLiteIndex):
-        column = "metadata_stored" if part == METADATA else "stored"
-        await index._call(_q_unstore, project, filename, column)
-        return "marked not stored"
-    return None
+    if not IIndexRepair.providedBy(index):
+        return None
+    try:
+        await index.mark_unstored(project, filename, part == METADATA)
+    except KeyError:  # the entry went away meanwhile: nothing left to unmark
+        return "no longer in the index"
+    return "marked not stored"
 
 
 async def verify(index: Any, storage: Any, *, repair: bool = False, deep: bool = True,
@@ -267,10 +265,9 @@ async def verify(index: Any, storage: Any, *, repair: bool = False, deep: bool =
                     found(Problem(name, f.filename, part, sha256, "size",
                                   f"the index says {f.size} bytes, the blob has {blob.size}", action))
 
-    iter_blobs = getattr(storage, "iter_blobs", None)
-    if iter_blobs is not None:
+    if IBlobInventory.providedBy(storage):
         report.listed_blobs = True
-        blobs = await _blocking(reactor, threadpool, lambda: list(iter_blobs()))
+        blobs = await _blocking(reactor, threadpool, lambda: list(storage.iter_blobs()))
         report.orphans = [(sha, size) for sha, size in blobs if sha not in referenced]
         if repair:
             for sha, _size in report.orphans:
@@ -278,17 +275,13 @@ async def verify(index: Any, storage: Any, *, repair: bool = False, deep: bool =
                     for project, filename, part in wanted[sha]:
                         await _adopt(index, project, filename, part, sha, _size)
                     report.adopted.append(sha)
-    quarantined = getattr(storage, "quarantined", None)
-    if quarantined is not None:
-        paths = await _blocking(reactor, threadpool, quarantined)
-        report.quarantined = len(paths)
+    if IBlobQuarantine.providedBy(storage):
+        entries = await _blocking(reactor, threadpool, storage.quarantined)
+        report.quarantined = len(entries)
         if repair:
-            for path in paths:
-                try:
-                    os.unlink(path)
+            for entry in entries:
+                if await _blocking(reactor, threadpool, partial(storage.discard_quarantined, entry)):
                     report.quarantine_deleted += 1
-                except FileNotFoundError:
-                    pass
     return report
 
 

@@ -62,21 +62,24 @@ _REASONS = {200: b"OK", 304: b"Not Modified", 404: b"Not Found"}
 
 
 class _DateCache:
-    """The Date header, formatted once per second (it costs more than the rest)."""
+    """The Date header, formatted once per second (it costs more than the rest).
 
-    def __init__(self) -> None:
+    Reads ``clock`` (an IReactorTime: the reactor, or a ``task.Clock`` in
+    tests), so the fast path's Date agrees with twisted.web's, which reads
+    the reactor's time too.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._seconds = clock.seconds
         self._second = -1
         self._value = b""
 
     def get(self) -> bytes:
-        now = int(time.time())
+        now = int(self._seconds())
         if now != self._second:
             self._second = now
             self._value = formatdate(now, usegmt=True).encode()
         return self._value
-
-
-_dates = _DateCache()
 
 
 class FastHTTP(protocol.Protocol):
@@ -159,7 +162,7 @@ class FastHTTP(protocol.Protocol):
             return None
         status, response_headers, body = found
         out = [b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS[status], b"\r\nServer: pypicache\r\nDate: ",
-               _dates.get(), b"\r\n"]
+               self.factory.dates.get(), b"\r\n"]
         for name, value in response_headers:
             out += (name, b": ", value, b"\r\n")
         if status != 304:
@@ -206,11 +209,15 @@ class FastHTTP(protocol.Protocol):
 
 
 class FastPathFactory(protocol.Factory):
-    """Wraps a twisted.web Site: its connections start on the fast path."""
+    """Wraps a twisted.web Site: its connections start on the fast path.
 
-    def __init__(self, site: Any, views: tuple[Any, Any], read_gate_on: Callable[[], bool],
-                 idle_timeout: float = 120.0) -> None:
+    ``clock`` (the reactor) dates the answers.
+    """
+
+    def __init__(self, site: Any, views: tuple[Any, Any], read_gate_on: Callable[[], bool], *,
+                 clock: Any, idle_timeout: float = 120.0) -> None:
         self.site = site
+        self.dates = _DateCache(clock)
         self.views = views  # (proxy view, local view): SimpleIndex resources
         self.read_gate_on = read_gate_on
         self.idle_timeout = idle_timeout

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from pypicache.services.downloads import DiskFull, Downloader
+from pypicache.services.downloads import Downloader
 from pypicache.services.mirror import Mirror, UpstreamUnavailable, retry_after_seconds
 from pypicache.model import (
     BlobNotFound,
@@ -29,7 +29,7 @@ from pypicache.model import (
     normalize,
 )
 from pypicache.services.stats import Stats
-from pypicache.providers.upstream.breaker import CircuitOpen
+from pypicache.errors import CircuitOpen, DiskFull
 from pypicache.services.visibility import visible
 from pypicache.web.sending import send_body
 from pypicache.web.util import HTTPError, handle
@@ -69,11 +69,15 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str
     return start, end - start + 1
 
 
+def _disk_full(filename: str, error: DiskFull) -> HTTPError:
+    """The answer when there is no room to cache a file (the downloader has
+    logged it already): 507, come back in a minute."""
+    return HTTPError(507, f"cannot cache {filename} now: {error}", {b"retry-after": b"60"})
+
+
 def _upstream_failed(project: str, filename: str, error: UpstreamError) -> HTTPError:
     """The answer when the upstream could not start a file: 503 when the
     breaker did not even ask it, else 502; with the upstream's Retry-After."""
-    if isinstance(error, DiskFull):  # the downloader has logged it already
-        return HTTPError(507, f"cannot cache {filename} now: {error}", {b"retry-after": b"60"})
     if isinstance(error, CircuitOpen):
         code = 503
     else:
@@ -192,6 +196,8 @@ class Files(Resource):
                 transfer = await self.downloader.start(project, record)
             except UpstreamNotFound:
                 raise HTTPError(404, f"upstream has no {record.filename}") from None
+            except DiskFull as e:
+                raise _disk_full(record.filename, e) from None
             except UpstreamError as e:
                 raise _upstream_failed(project, record.filename, e) from None
         self.stats.file_misses += 1
@@ -287,6 +293,8 @@ class Files(Resource):
         except HashMismatch:
             raise HTTPError(502, f"upstream metadata for {record.filename} failed verification",
                             {b"retry-after": b"30"}) from None
+        except DiskFull as e:
+            raise _disk_full(record.filename + ".metadata", e) from None
         except UpstreamError as e:
             raise _upstream_failed(project, record.filename + ".metadata", e) from None
         try:

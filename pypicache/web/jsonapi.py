@@ -49,6 +49,7 @@ from packaging.version import InvalidVersion, Version
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from pypicache.errors import DiskFull
 from pypicache.services.mirror import Mirror, UpstreamUnavailable
 from pypicache.model import (
     BlobNotFound,
@@ -545,7 +546,7 @@ class JsonAPI(Resource):
                 return None, False
             try:
                 sha = await self.downloader.fetch_metadata(project, record)
-            except (UpstreamError, UpstreamNotFound, HashMismatch) as e:
+            except (UpstreamError, UpstreamNotFound, HashMismatch, DiskFull) as e:
                 log.warn("no metadata for {project}/{filename} in the JSON API: {error}",
                          project=project, filename=record.filename, error=str(e) or type(e).__name__)
                 self._failed[failed_key] = now

@@ -16,14 +16,16 @@ from pypicache.providers.index.rules import (
     check_upload,
     merge_upstream_page,
     refreshed,
+    stored_with_blob,
     with_file_stored,
     with_metadata_stored,
     with_origin,
     with_upload,
     with_yanked,
     without_file,
+    without_stored,
 )
-from pypicache.interfaces import IIndex, IProviderFactory
+from pypicache.interfaces import IIndex, IIndexRepair, IProviderFactory
 from pypicache.model import (
     BlobInfo,
     FileExists,
@@ -37,7 +39,7 @@ from pypicache.model import (
 from pypicache.providers import check_options
 
 
-@implementer(IIndex)
+@implementer(IIndex, IIndexRepair)
 class MemoryIndex:
     """A dict of records: for tests and for throw-away servers.
 
@@ -80,6 +82,15 @@ class MemoryIndex:
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
         return defer.maybeDeferred(self._mark, with_yanked, name, filename, yanked, reason)
+
+    # -------------------------------------------------------- IIndexRepair
+
+    def mark_unstored(self, name: str, filename: str, metadata: bool) -> defer.Deferred:
+        return defer.maybeDeferred(self._mark, without_stored, name, filename, metadata)
+
+    def stored_with_blob(self, sha256: str) -> defer.Deferred:
+        return defer.succeed(sorted(use for record in self._projects.values()
+                                    for use in stored_with_blob(record, sha256)))
 
     def _existing(self, name: str) -> ProjectRecord:
         record = self._projects.get(name)

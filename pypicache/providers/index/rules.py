@@ -225,6 +225,35 @@ def with_metadata_stored(record: ProjectRecord, filename: str,
     return _replace_file(record, old, new), new
 
 
+def without_stored(record: ProjectRecord, filename: str,
+                   metadata: bool) -> tuple[ProjectRecord, FileRecord]:
+    """``record`` with ``filename``'s bytes (or, with ``metadata``, its
+    METADATA's) marked not stored (:meth:`IIndexRepair.mark_unstored`).
+
+    The sha256 stays: the bytes fetched again must hash to it.  Unchanged
+    when it was not marked stored; KeyError for an unknown filename.
+    """
+    old = _find(record, filename)
+    field = "metadata_stored" if metadata else "stored"
+    if not getattr(old, field):
+        return record, old
+    new = attrs.evolve(old, **{field: False})
+    return _replace_file(record, old, new), new
+
+
+def stored_with_blob(record: ProjectRecord, sha256: str) -> list[tuple[str, str, str]]:
+    """``(project, filename, part)`` of each of ``record``'s files marked
+    stored whose bytes (part "file") or METADATA (part "metadata") are the
+    blob ``sha256`` (:meth:`IIndexRepair.stored_with_blob`)."""
+    found = []
+    for f in record.files:
+        if f.stored and f.sha256 == sha256:
+            found.append((record.name, f.filename, "file"))
+        if f.metadata_stored and f.metadata_sha256 == sha256:
+            found.append((record.name, f.filename, "metadata"))
+    return found
+
+
 def with_yanked(record: ProjectRecord, filename: str, yanked: bool,
                 reason: str | None) -> tuple[ProjectRecord, FileRecord]:
     """``record`` with ``filename`` yanked (PEP 592) or not.

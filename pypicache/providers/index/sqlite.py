@@ -37,14 +37,16 @@ from pypicache.providers.index.rules import (
     check_upload,
     merge_upstream_page,
     refreshed,
+    stored_with_blob,
     with_file_stored,
     with_metadata_stored,
     with_origin,
     with_upload,
     with_yanked,
     without_file,
+    without_stored,
 )
-from pypicache.interfaces import IIndex, IProviderFactory
+from pypicache.interfaces import IIndex, IIndexRepair, IProviderFactory
 from pypicache.model import (
     BlobInfo,
     FileExists,
@@ -385,6 +387,25 @@ def _q_mark(conn: sqlite3.Connection, how: Callable, name: str, filename: str,
     return new_record
 
 
+def _q_stored_with_blob(conn: sqlite3.Connection, sha256: str) -> list[tuple[str, str, str]]:
+    """Files marked stored whose bytes or METADATA are the blob ``sha256``.
+
+    The digests live inside the JSON columns, so SQL only narrows the search
+    to the projects whose text mentions it (a scan of the files table: this
+    runs once per missing or corrupt blob, which is rare) and the rule reads
+    the decoded records."""
+    with _transaction(conn, write=False):
+        names = [name for (name,) in conn.execute(
+            "SELECT DISTINCT project FROM files WHERE (stored AND instr(hashes, ?1)) "
+            "OR (metadata_stored AND instr(coalesce(core_metadata, ''), ?1))", (sha256,))]
+        found = []
+        for name in names:
+            record = _load_project(conn, name)
+            if record is not None:
+                found += stored_with_blob(record, sha256)
+    return sorted(found)
+
+
 def _q_used_filename(conn: sqlite3.Connection, filename: str) -> str | None:
     row = conn.execute("SELECT sha256 FROM used_filenames WHERE file_key = ? ORDER BY filename = ? DESC LIMIT 1",
                        (file_key(filename), filename)).fetchone()
@@ -449,7 +470,7 @@ def _q_save_project_list(conn: sqlite3.Connection, project_list: ProjectList,
 # ------------------------------------------------------------------ provider
 
 
-@implementer(IIndex)
+@implementer(IIndex, IIndexRepair)
 class SQLiteIndex:
     """The catalog in one SQLite file, answered from a private thread.
 
@@ -531,6 +552,14 @@ class SQLiteIndex:
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
         return self._call(_q_mark, with_yanked, name, filename, yanked, reason)
+
+    def mark_unstored(self, name: str, filename: str, metadata: bool) -> defer.Deferred:
+        """IIndexRepair: a full (not a cache) write, since it undoes a mark."""
+        return self._call(_q_mark, without_stored, name, filename, metadata)
+
+    def stored_with_blob(self, sha256: str) -> defer.Deferred:
+        """IIndexRepair."""
+        return self._read(_q_stored_with_blob, sha256)
 
     def add_file(self, name: str, record: FileRecord) -> defer.Deferred:
         return self._call(_q_add_file, name, record)

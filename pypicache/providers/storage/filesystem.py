@@ -40,8 +40,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-import attrs
-
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -50,9 +48,17 @@ from zope.interface import implementer
 
 from pypicache.durable import fsync_dir
 from pypicache.errors import ConfigError
-from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
-from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
+from pypicache.interfaces import (
+    IBlobInventory,
+    IBlobQuarantine,
+    IBlobReader,
+    IBlobWriter,
+    IProviderFactory,
+    IStorage,
+)
+from pypicache.model import BlobCheck, BlobInfo, BlobNotFound, HashMismatch, is_sha256
 from pypicache.providers import ProviderContext, check_options
+from pypicache.providers.storage.keys import check_key
 
 __all__ = ["FilesystemStorage", "FileBlobWriter", "FileBlobReader", "BlobCheck", "factory"]
 
@@ -112,36 +118,6 @@ def _hash_fd(fd: int) -> tuple[str, int]:
         offset += len(chunk)
 
 
-@attrs.frozen
-class BlobCheck:
-    """The verdict on one blob (:meth:`FilesystemStorage.check_blob`).
-
-    ``status`` is "ok", "missing", "corrupt" (bytes do not hash to the key)
-    or "unreadable" (an I/O error); ``actual`` is the digest found, if any.
-    ``removed`` says a corrupt blob was moved aside.
-    """
-
-    sha256: str
-    status: str
-    size: int | None = None
-    actual: str | None = None
-    error: str | None = None
-    removed: bool = False
-
-
-def check_key(sha256: object) -> str:
-    """Return ``sha256`` if it is a valid key, else raise ValueError.
-
-    Called first by every method taking a key: nothing else may be done with
-    an unchecked string (it could be ``../../etc/passwd``).
-    """
-    # The length check guards against a trailing newline, which a ``$``
-    # anchored pattern would let through.
-    if not is_sha256(sha256) or len(sha256) != 64:  # type: ignore[arg-type]
-        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-    return sha256  # type: ignore[return-value]
-
-
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -159,7 +135,7 @@ def _subdirs(path: Path | str, width: int) -> list[str]:
         return []
 
 
-@implementer(IStorage, IBlobInventory)
+@implementer(IStorage, IBlobInventory, IBlobQuarantine)
 class FilesystemStorage:
     """Content-addressed blobs under ``root``; see the module docstring.
 
@@ -521,6 +497,19 @@ class FilesystemStorage:
             return sorted(Path(e.path) for e in os.scandir(self.quarantine) if e.is_file())
         except FileNotFoundError:
             return []
+
+    def discard_quarantined(self, entry: Path) -> bool:
+        """Delete one of :meth:`quarantined`'s files (blocking).  IBlobQuarantine.
+
+        Only a file directly in ``.quarantine/`` is ever unlinked."""
+        path = Path(entry)
+        if path.parent != self.quarantine:
+            raise ValueError(f"not a quarantined blob: {str(path)!r}")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def exists(self, sha256: str) -> defer.Deferred[bool]:
         return defer.succeed(self.path_of(sha256).is_file())

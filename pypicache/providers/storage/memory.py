@@ -20,20 +20,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pypicache.interfaces import IBlobInventory, IBlobReader, IBlobWriter, IProviderFactory, IStorage
-from pypicache.model import BlobInfo, BlobNotFound, HashMismatch, is_sha256
+from pypicache.model import BlobCheck, BlobInfo, BlobNotFound, HashMismatch
 from pypicache.providers import ProviderContext, check_options
-from pypicache.providers.storage.filesystem import BlobCheck
+from pypicache.providers.storage.keys import check_key
 
 __all__ = ["MemoryStorage", "MemoryBlobWriter", "MemoryBlobReader", "factory"]
-
-
-def check_key(sha256: object) -> str:
-    """Return ``sha256`` if it is a valid key, else raise ValueError."""
-    # The length check guards against a trailing newline, which a ``$``
-    # anchored pattern would let through.
-    if not is_sha256(sha256) or len(sha256) != 64:  # type: ignore[arg-type]
-        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-    return sha256  # type: ignore[return-value]
 
 
 @implementer(IStorage, IBlobInventory)

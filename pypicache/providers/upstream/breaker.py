@@ -5,7 +5,7 @@ would otherwise wait for its own timeout (seconds each, per request, for
 every client) and keep hammering a host that cannot answer.  After
 ``threshold`` consecutive failures (within ``window`` seconds) the breaker
 *opens*: for ``cooldown`` seconds no request reaches the upstream and every
-call fails at once with :class:`CircuitOpen` (an UpstreamError, so the
+call fails at once with :class:`pypicache.errors.CircuitOpen` (an UpstreamError, so the
 mirror serves the stale page, or 503 with ``Retry-After`` when nothing is
 cached).  Then it lets exactly one call through (*half-open*); the breaker
 *closes* when that probe succeeds and opens again for another cool-down when
@@ -31,29 +31,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pypicache.interfaces import IUpstream, IUpstreamDownload
+from pypicache.errors import CircuitOpen
+from pypicache.interfaces import IClosable, IUpstream, IUpstreamDownload
 from pypicache.model import NotModified, UpstreamError, UpstreamNotFound
 from pypicache.providers.upstream.policy import UpstreamRefused
 
-__all__ = ["BreakerUpstream", "CircuitOpen", "CLOSED", "OPEN", "HALF_OPEN", "with_breaker"]
+__all__ = ["BreakerUpstream", "CLOSED", "OPEN", "HALF_OPEN", "with_breaker"]
 
 log = Logger()
 
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half-open"
-
-
-class CircuitOpen(UpstreamError):
-    """The breaker is open: the upstream was not asked.
-
-    ``retry_after`` is the number of seconds until the next probe (at least
-    1), so the server can tell clients when to come back.
-    """
-
-    def __init__(self, url: str, retry_after: int) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"{url}: upstream unavailable (circuit open, next try in {retry_after}s)")
 
 
 def _is_success(result: Any) -> bool | None:
@@ -67,7 +56,7 @@ def _is_success(result: Any) -> bool | None:
     return False
 
 
-@implementer(IUpstream)
+@implementer(IUpstream, IClosable)
 class BreakerUpstream:
     """IUpstream that stops calling ``inner`` after repeated failures.
 
@@ -185,8 +174,11 @@ class BreakerUpstream:
             lambda download: _WatchedDownload(download, self))
 
     def close(self) -> Deferred[None]:
-        closer = getattr(self.inner, "close", None)
-        return defer.maybeDeferred(closer) if closer is not None else defer.succeed(None)
+        """IClosable, for whatever it wraps: closes the inner upstream if that
+        declares IClosable."""
+        if IClosable.providedBy(self.inner):
+            return defer.maybeDeferred(self.inner.close)
+        return defer.succeed(None)
 
 
 @implementer(IUpstreamDownload)

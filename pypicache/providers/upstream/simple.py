@@ -43,7 +43,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from pypicache.errors import ConfigError
-from pypicache.interfaces import IProviderFactory, IUpstream, IUpstreamDownload
+from pypicache.interfaces import IClosable, IProviderFactory, IUpstream, IUpstreamDownload
 from pypicache.model import (
     InvalidName,
     NotModified,
@@ -383,7 +383,7 @@ IDLE_PER_HOST = 32
 IDLE_TIMEOUT = 60.0
 
 
-@implementer(IUpstream)
+@implementer(IUpstream, IClosable)
 class SimpleUpstream:
     """Pages and files from one Simple API root.
 
