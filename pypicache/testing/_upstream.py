@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 from zope.interface.verify import verifyObject
 
-from pypicache.interfaces import IUpstream, IUpstreamDownload
+from pypicache.interfaces import IClosable, IUpstream, IUpstreamDownload
 from pypicache.model import (
     NotModified,
     ProjectList,
@@ -83,9 +83,9 @@ class UpstreamContract:
 
     def close_upstream(self, upstream: Any) -> Any:
         """Shut ``upstream`` down as the server does at exit: ``close()``
-        when the provider has one (a Deferred or None)."""
-        close = getattr(upstream, "close", None)
-        return close() if close is not None else None
+        when the provider declares :class:`~pypicache.interfaces.IClosable`
+        (a Deferred or None)."""
+        return upstream.close() if IClosable.providedBy(upstream) else None
 
     def populate(self, fake: FakeUpstream, dest: Path) -> None:
         """Publish the projects the tests expect (override to add, not remove).
