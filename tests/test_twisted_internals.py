@@ -134,3 +134,25 @@ async def test_a_server_answers_the_same_with_or_without_them(tmp_path, fake_ups
         assert refused.code == 401
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_them_reads_still_need_credentials(tmp_path, fake_upstream, monkeypatch):
+    """Without the request line every body is bounded as an upload's, but
+    the route, and so the read gate, is still known once the head is read."""
+    monkeypatch.setattr(_twisted, "_http_channel_class", lambda: OpaqueChannel)
+    config = make_config(tmp_path, fake_upstream.url)
+    config = attrs.evolve(config, auth=attrs.evolve(config.auth, read="authenticated"))
+    server = await start_server(config)
+    try:
+        assert not _twisted.support.request_line
+        store = cheap_accounts(server)
+        store.add_user("alice", PASSWORD)
+        anonymous = await treq.get(server.simple + "tinyproj/", persistent=False)
+        assert anonymous.code == 401
+        await treq.content(anonymous)
+        allowed = await treq.get(server.simple + "tinyproj/", persistent=False, auth=("alice", PASSWORD))
+        assert allowed.code == 200
+        await treq.content(allowed)
+    finally:
+        await server.stop()

@@ -84,6 +84,8 @@ class UploadGate:
 
 class PyPICacheRequest(Request):
     is_upload = False
+    #: True once the client has gone; None until watched (pypicache.web.util.watch_disconnect).
+    gone: bool | None = None
     #: Reads need credentials: every answer is made private (see make_private).
     private = False
 
@@ -104,10 +106,10 @@ class PyPICacheRequest(Request):
         site = self.channel.site
         self.private = getattr(site, "read_gate", None) is not None
         head = _twisted.request_line(self.channel)
+        self.is_upload = head is not None and _path_of(head[1]) in UPLOAD_PATHS
         # Without the request line (a Twisted that hides it) any body may be
         # an upload: bounded as one, its credentials checked by the route.
-        self.is_upload = head is None or _path_of(head[1]) in UPLOAD_PATHS
-        if self.is_upload:
+        if self.is_upload or head is None:
             self._max_size = getattr(site, "upload_limit", 0)
             self._limit = self._max_size + FORM_ALLOWANCE
         else:
@@ -119,7 +121,7 @@ class PyPICacheRequest(Request):
             if length > self._limit + DISCARD_SLACK:
                 # Far too large to read and discard: answer now and hang up.
                 self._refuse_and_close()
-        elif head is not None and self.is_upload and head[0] == b"POST" \
+        elif self.is_upload and head[0] == b"POST" \
                 and getattr(site, "upload_gate", None) is not None:
             self._gate_upload(site.upload_gate, length, head[2])
         else:
@@ -231,6 +233,7 @@ class PyPICacheRequest(Request):
         return f"request body too large: the limit is {self._max_size} bytes"
 
     def process(self) -> None:
+        self.is_upload = _path_of(self.uri) in UPLOAD_PATHS  # the same, unless gotLength could not tell
         if getattr(self, "_refused", False):
             return
         if getattr(self, "_checking", False):  # the body came before the credentials' verdict
