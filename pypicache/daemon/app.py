@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from pypicache import providers
+from pypicache import _twisted, providers
 from pypicache.daemon.config import Config
 from pypicache.services.downloads import Downloader
 from pypicache.errors import ConfigError
@@ -143,7 +143,9 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                          header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
-    if config.fast_path and not config.access_log:
+    # It needs Twisted's internals, as sendfile does: checked once, here.
+    twisted_support = _twisted.self_check()
+    if config.fast_path and not config.access_log and twisted_support.fast_path:
         app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None,
                                       clock=reactor)
     else:

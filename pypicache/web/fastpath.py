@@ -32,8 +32,10 @@ import time
 from email.utils import formatdate
 from typing import Any, Callable
 
-from twisted.internet import protocol, tcp
+from twisted.internet import protocol
 from twisted.logger import Logger
+
+from pypicache import _twisted
 
 log = Logger()
 
@@ -177,9 +179,10 @@ class FastHTTP(protocol.Protocol):
 
     def _send(self, parts: list[bytes]) -> None:
         t = self.transport
-        if isinstance(t, tcp.Connection) and not t.dataBuffer and not t._tempDataLen:
+        sock = _twisted.idle_socket(t)
+        if sock is not None:
             try:
-                sent = t.socket.sendmsg(parts)
+                sent = sock.sendmsg(parts)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -202,7 +205,7 @@ class FastHTTP(protocol.Protocol):
         self.factory.live.discard(self)
         channel = self.factory.site.buildProtocol(self.addr)
         transport = self.transport
-        transport.protocol = channel
+        _twisted.hand_over(transport, channel)
         channel.makeConnection(transport)
         if buf:
             channel.dataReceived(buf)

@@ -67,7 +67,7 @@ from pypicache.services.visibility import visible_files
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
 from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches
-from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
+from pypicache.web.util import HTTPError, finish_bytes, handle, request_gone, safe_header
 
 log = Logger()
 
@@ -612,7 +612,7 @@ class JsonAPI(Resource):
 
     def _send_error(self, request: Any, code: int, message: str, headers: Mapping[bytes, bytes]) -> None:
         """Errors as PyPI gives them: ``{"message": ...}`` in JSON."""
-        if request.finished or request._disconnected:
+        if request_gone(request):
             return
         if request.startedWriting:
             request.channel.transport.abortConnection()

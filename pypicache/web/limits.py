@@ -26,6 +26,8 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
+from pypicache import _twisted
+
 log = Logger()
 
 HEAD_END = b"\r\n\r\n"
@@ -76,12 +78,12 @@ class _Guard(protocol.Protocol):
         transport = self.transport
         if not self._fast:
             return
-        handed = getattr(transport, "protocol", self)  # (a TLS transport has none until the hand-over)
+        handed = _twisted.protocol_of(transport, self)  # (a TLS transport has none until the hand-over)
         if handed is not self:
             # The fast path gave the connection to twisted.web, whose channel
             # times its own headers: keep counting, stop timing.
             self.inner = handed
-            transport.protocol = self
+            _twisted.hand_over(transport, self)
             self._fast = False
             self._cancel()
             return
@@ -185,6 +187,8 @@ class LimitedChannel(HTTPChannel):
 
     The idle timeout (``timeOut``) is reset by every byte, so alone it lets
     a client hold a connection forever with one header byte a minute.
+    Both checks read the channel's progress through pypicache._twisted and
+    are off on a Twisted without it (``support.head_progress``).
     """
 
     _deadline: Any = None
@@ -199,10 +203,8 @@ class LimitedChannel(HTTPChannel):
         super().dataReceived(data)
         # Still reading a head (a line begun, or lines of it received) when
         # not busy answering one: the deadline runs from this first byte.
-        # (_receivedHeaderSize counts the head's lines, until the request is read.)
-        if self._deadline is None and self.line_mode and not self._handlingRequest \
-                and (self._receivedHeaderSize or self._buffer) and self.transport is not None \
-                and not self.transport.disconnecting:
+        if self._deadline is None and _twisted.support.head_progress and _twisted.reading_head(self) \
+                and self.transport is not None and not self.transport.disconnecting:
             timeout = self._limits()[0]
             if timeout:
                 self._deadline = self.callLater(timeout, self._head_too_slow)
@@ -211,12 +213,12 @@ class LimitedChannel(HTTPChannel):
         self._cancel_deadline()
         super().allHeadersReceived()
         timeout, rate = self._limits()
-        if self.length != 0 and timeout and rate and self._body_watch is None:
+        if self.length != 0 and timeout and rate and self._body_watch is None and _twisted.support.head_progress:
             self._body_bytes = 0
             self._body_watch = self.callLater(timeout, self._check_body_rate, timeout, rate)
 
     def rawDataReceived(self, data: bytes) -> None:
-        if not self._handlingRequest:
+        if self._body_watch is not None and not _twisted.handling_request(self):
             self._body_bytes += len(data)
         super().rawDataReceived(data)
 
@@ -226,14 +228,14 @@ class LimitedChannel(HTTPChannel):
 
     def _head_too_slow(self) -> None:
         self._deadline = None
-        if self.transport is not None and not self._handlingRequest:
+        if self.transport is not None and not _twisted.handling_request(self):
             log.info("closing a connection from {client}: headers not complete in time",
                      client=str(self.transport.getPeer()))
             _too_slow(self.transport, b"request headers too slow")
 
     def _check_body_rate(self, window: float, rate: float) -> None:
         self._body_watch = None
-        if self.transport is None or self._handlingRequest:
+        if self.transport is None or _twisted.handling_request(self):
             return
         received, self._body_bytes = self._body_bytes, 0
         # An upload whose credentials are being checked is paused by us.

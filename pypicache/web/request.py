@@ -28,7 +28,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from pypicache.web.util import HTTPError, send_error
+from pypicache import _twisted
+from pypicache.web.util import HTTPError, request_gone, send_error, watch_disconnect
 
 log = Logger()
 
@@ -83,6 +84,8 @@ class UploadGate:
 
 class PyPICacheRequest(Request):
     is_upload = False
+    #: True once the client has gone; None until watched (pypicache.web.util.watch_disconnect).
+    gone: bool | None = None
     #: Reads need credentials: every answer is made private (see make_private).
     private = False
 
@@ -102,9 +105,11 @@ class PyPICacheRequest(Request):
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
         self.private = getattr(site, "read_gate", None) is not None
-        path = _path_of(getattr(self.channel, "_path", b"") or b"")
-        self.is_upload = path in UPLOAD_PATHS
-        if self.is_upload:
+        head = _twisted.request_line(self.channel)
+        self.is_upload = head is not None and _path_of(head[1]) in UPLOAD_PATHS
+        # Without the request line (a Twisted that hides it) any body may be
+        # an upload: bounded as one, its credentials checked by the route.
+        if self.is_upload or head is None:
             self._max_size = getattr(site, "upload_limit", 0)
             self._limit = self._max_size + FORM_ALLOWANCE
         else:
@@ -116,15 +121,15 @@ class PyPICacheRequest(Request):
             if length > self._limit + DISCARD_SLACK:
                 # Far too large to read and discard: answer now and hang up.
                 self._refuse_and_close()
-        elif self.is_upload and getattr(self.channel, "_command", None) == b"POST" \
+        elif self.is_upload and head[0] == b"POST" \
                 and getattr(site, "upload_gate", None) is not None:
-            self._gate_upload(site.upload_gate, length)
+            self._gate_upload(site.upload_gate, length, head[2])
         else:
             super().gotLength(length)
 
     # ------------------------------------------------ uploads: before the body
 
-    def _gate_upload(self, gate: UploadGate, length: int | None) -> None:
+    def _gate_upload(self, gate: UploadGate, length: int | None, version: bytes) -> None:
         """Refuse an upload before reading its body, or pause the connection
         while its credentials are checked (see the module docstring)."""
         from pypicache.services.accounts import parse_basic
@@ -133,7 +138,7 @@ class PyPICacheRequest(Request):
         # Twisted answers "Expect: 100-continue" right after this method;
         # we send it ourselves once the upload is let in.
         expect = self.requestHeaders.getRawHeaders(b"expect") or []
-        self._expects_continue = bool(expect) and expect[0].lower() == b"100-continue"
+        self._expects_continue = bool(expect) and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1"
         self.requestHeaders.removeHeader(b"expect")
         if not gate.enabled:
             return self._answer_and_close(403, "uploads are disabled on this server")
@@ -144,6 +149,7 @@ class PyPICacheRequest(Request):
             return self._answer_and_close(
                 503, f"too many uploads in progress (at most {gate.max_concurrent}): retry shortly",
                 {b"retry-after": b"5"})
+        watch_disconnect(self)
         self.notifyFinish().addBoth(lambda _: gate.release())
         # What arrives until the check is done: at most the rest of one read,
         # as the transport is paused.
@@ -163,7 +169,7 @@ class PyPICacheRequest(Request):
             self._answer_and_close(
                 401, "invalid credentials: wrong user or password, or an unknown or revoked token", AUTH_CHALLENGE)
             return
-        if self._disconnected:
+        if request_gone(self):
             return
         self.identity = identity
         held = self.content
@@ -175,7 +181,7 @@ class PyPICacheRequest(Request):
             return
         super().gotLength(length)  # the body's real home: memory or a spooled file
         self.content.write(held.getvalue())
-        if self._expects_continue and getattr(self.channel, "_version", None) == b"HTTP/1.1":
+        if self._expects_continue:
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         transport.resumeProducing()
 
@@ -227,6 +233,7 @@ class PyPICacheRequest(Request):
         return f"request body too large: the limit is {self._max_size} bytes"
 
     def process(self) -> None:
+        self.is_upload = _path_of(self.uri) in UPLOAD_PATHS  # the same, unless gotLength could not tell
         if getattr(self, "_refused", False):
             return
         if getattr(self, "_checking", False):  # the body came before the credentials' verdict
@@ -248,6 +255,7 @@ class PyPICacheRequest(Request):
         if gate is None or self.is_upload or _path_of(self.uri).startswith(b"/api/"):
             super().process()
             return
+        watch_disconnect(self)
         d = defer.ensureDeferred(gate(self))
         d.addCallbacks(self._gate_passed, self._gate_failed)
 

@@ -23,10 +23,13 @@ import errno
 import os
 from typing import Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from pypicache import _twisted
+from pypicache.web.util import request_gone
 
 log = Logger()
 
@@ -63,13 +66,6 @@ class _Source:
         return self.transfer.wait()
 
 
-def _plain_tcp(request: Any) -> Any:
-    transport = getattr(request.channel, "transport", None)
-    if isinstance(transport, tcp.Connection) and hasattr(transport, "socket"):
-        return transport
-    return None
-
-
 def send_body(request: Any, *, offset: int, length: int | None, fd: int | None = None, reader: Any = None,
               transfer: Any = None) -> defer.Deferred[bool]:
     """Send ``length`` bytes from ``offset`` and finish the request.
@@ -90,11 +86,11 @@ def send_body(request: Any, *, offset: int, length: int | None, fd: int | None =
         request.finish()
         done.callback(True)
         return done
-    transport = _plain_tcp(request)
+    transport = _twisted.plain_tcp(getattr(request.channel, "transport", None))
     if length is None:
         length = 2**62
         transport = None  # chunked framing must go through request.write
-    if fd is not None and transport is not None and hasattr(os, "sendfile"):
+    if fd is not None and transport is not None and _twisted.support.sendfile and hasattr(os, "sendfile"):
         _SendfileProducer(request, transport, source, offset, length, done).start()
     else:
         _ChunkProducer(request, source, offset, length, done).start()
@@ -124,25 +120,20 @@ class _SendfileProducer:
     def start(self) -> None:
         t = self.transport
         self.request.write(b"")  # the status line and headers, into the transport's buffer
-        if t.disconnected or self.request._disconnected:
+        if t.disconnected or request_gone(self.request):
             self._end(False)
             return
-        self._saved = (t.producer, t.streamingProducer)
-        t.producer = None
+        self._saved = _twisted.take_producer(t)
         t.registerProducer(self, False)  # calls resumeProducing now
-
-    def _buffered(self) -> bool:
-        t = self.transport
-        return (len(t.dataBuffer) - t.offset) > 0 or t._tempDataLen > 0
 
     def resumeProducing(self) -> None:
         if self._over or self._waiting:
             return
         t = self.transport
-        if self._buffered():
+        if _twisted.write_buffered(t):
             t.startWriting()  # doWrite flushes, then calls us again
             return
-        sock = t.socket.fileno()
+        sock = _twisted.socket_of(t).fileno()
         sent = 0
         while self.offset < self.end:
             if self.source.failed:
@@ -189,12 +180,8 @@ class _SendfileProducer:
 
     def _restore(self) -> None:
         t = self.transport
-        if self._saved is not None and t.producer is self:
-            t.producer = None
-            producer, streaming = self._saved
-            if producer is not None and not t.disconnected:
-                t.registerProducer(producer, streaming)
-                t.producerPaused = False
+        if self._saved is not None and _twisted.holds_producer(t, self):
+            _twisted.give_back_producer(t, self._saved)
         self._saved = None
 
     def _fail(self, why: str) -> None:

@@ -27,8 +27,28 @@ def safe_header(value: str) -> bytes:
     return "".join(ch if 32 <= ord(ch) < 127 or ord(ch) > 159 else "?" for ch in value).encode("utf-8")
 
 
+def watch_disconnect(request: Any) -> None:
+    """Note, as ``request.gone``, a client that goes away before its answer
+    is finished (``notifyFinish`` fails then), so an answer computed after
+    an ``await`` is not written to a lost connection (Twisted raises on
+    ``finish`` then).  Idempotent: one watch per request."""
+    if getattr(request, "gone", None) is not None:
+        return
+    request.gone = False
+
+    def lost(_: Any) -> None:
+        request.gone = True
+
+    request.notifyFinish().addErrback(lost)
+
+
+def request_gone(request: Any) -> bool:
+    """Is the request finished, or its client gone (see :func:`watch_disconnect`)?"""
+    return bool(request.finished or getattr(request, "gone", False))
+
+
 def send_error(request: Any, code: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
-    if request.finished or request._disconnected:
+    if request_gone(request):
         return
     if request.startedWriting:
         request.channel.transport.abortConnection()
@@ -72,13 +92,14 @@ def handle(request: Any, handler: Callable[[], Awaitable[Any]]) -> Any:
         log.failure("error answering {method} {uri}", failure, method=request.method, uri=request.uri)
         send_error(request, 500, "internal server error")
 
+    watch_disconnect(request)
     defer.ensureDeferred(handler()).addErrback(failed)
     return NOT_DONE_YET
 
 
 def finish_bytes(request: Any, body: bytes) -> None:
     """Write a whole in-memory body (with Content-Length) and finish."""
-    if request.finished or request._disconnected:
+    if request_gone(request):
         return
     request.setHeader(b"content-length", str(len(body)).encode())
     if request.method != b"HEAD" and body:
