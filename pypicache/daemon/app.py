@@ -94,8 +94,11 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=config.page_ttl,
                     root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge,
                     not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes)
-    downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
-                            spool_dir=data_dir / "spool")
+    # The mirror follows every write through its index (a CataloguedIndex,
+    # pypicache.services.catalogue): all below get that index, so no write
+    # can leave a served page behind.
+    index = mirror.index
+    downloader = Downloader(storage=storage, index=index, upstream=upstream, spool_dir=data_dir / "spool")
     accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
                         max_failures=config.auth.max_failed_logins, failure_window=config.auth.failed_login_window)
     stats = Stats()
@@ -134,7 +137,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
     rate = getattr(storage, "scrub_rate", 0) if IBlobInventory.providedBy(storage) else 0
     if rate > 0:
-        app.scrubber = Scrubber(storage, index, mirror, rate=rate, reactor=reactor, threadpool=threadpool)
+        app.scrubber = Scrubber(storage, index, rate=rate, reactor=reactor, threadpool=threadpool)
         app.scrubber.start()
 
     app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,

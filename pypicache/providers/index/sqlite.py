@@ -427,6 +427,13 @@ def _q_remove_file(conn: sqlite3.Connection, name: str, filename: str) -> Projec
     return record
 
 
+def _q_unstore(conn: sqlite3.Connection, name: str, filename: str, column: str) -> ProjectRecord | None:
+    """Clear one stored flag (``column``: "stored" or "metadata_stored")."""
+    with _transaction(conn):
+        conn.execute(f"UPDATE files SET {column} = 0 WHERE project = ? AND filename = ?", (name, filename))
+        return _load_project(conn, name)
+
+
 def _q_get_project_list(conn: sqlite3.Connection) -> tuple[ProjectList, float] | None:
     row = conn.execute("SELECT names, etag, last_modified, refreshed_at FROM project_list "
                        "WHERE id = 1").fetchone()
@@ -531,6 +538,12 @@ class SQLiteIndex:
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
         return self._call(_q_mark, with_yanked, name, filename, yanked, reason)
+
+    def mark_unstored(self, name: str, filename: str, metadata: bool = False) -> defer.Deferred:
+        """Optional (``pypicache verify --repair`` and the scrub): the file's
+        bytes (or its METADATA's) are gone.  Deferred firing with the new
+        ProjectRecord, or None for an unknown project."""
+        return self._call(_q_unstore, name, filename, "metadata_stored" if metadata else "stored")
 
     def add_file(self, name: str, record: FileRecord) -> defer.Deferred:
         return self._call(_q_add_file, name, record)
