@@ -118,9 +118,11 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                       spool_dir=downloader.spool_dir, in_thread=in_thread)
 
     def manage() -> Any:
+        from pypicache.services.management import Management
         from pypicache.web.manage import Manage
 
-        return Manage(app=app, accounts=accounts)
+        return Manage(management=Management(index, accounts=accounts, claim=config.uploads.claim),
+                      accounts=accounts)
 
     def jsonapi() -> Any:
         from pypicache.web.jsonapi import JsonAPI
