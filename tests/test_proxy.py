@@ -299,7 +299,7 @@ def test_settle_waits_for_metadata_index_marks(tmp_path):
 
     from pypicache.services.downloads import Downloader
 
-    downloader = Downloader(storage=None, index=None, upstream=None, mirror=None, spool_dir=tmp_path / "spool")
+    downloader = Downloader(storage=None, index=None, upstream=None, spool_dir=tmp_path / "spool")
     mark: defer.Deferred = defer.Deferred()
     downloader._metadata_marks.add(mark)
     clock = Clock()
@@ -551,7 +551,7 @@ def test_settle_gives_up_after_its_timeout(tmp_path):
 
     from pypicache.services.downloads import Downloader
 
-    downloader = Downloader(storage=None, index=None, upstream=None, mirror=None, spool_dir=tmp_path / "spool")
+    downloader = Downloader(storage=None, index=None, upstream=None, spool_dir=tmp_path / "spool")
 
     class Storing:
         verified = True

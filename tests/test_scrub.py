@@ -154,7 +154,7 @@ async def test_scrub_keeps_to_its_rate(tmp_path, provider_context):
     for size in (150_000, 50_000):
         await write_blob(store, os.urandom(size))
     clock = task.Clock()
-    scrubber = Scrubber(store, None, None, rate=store.scrub_rate, reactor=provider_context.reactor,
+    scrubber = Scrubber(store, None, rate=store.scrub_rate, reactor=provider_context.reactor,
                         threadpool=provider_context.threadpool, clock=clock)
     done = scrubber.run_pass()
     waited = 0.0
@@ -188,7 +188,7 @@ async def test_scrub_runs_with_the_app_and_stops_on_close(tmp_path, fake_upstrea
 async def test_stop_ends_a_pass_in_progress(tmp_path, provider_context):
     store = filesystem.factory.create({"path": str(tmp_path / "store")}, provider_context)
     await write_blob(store, os.urandom(10_000))
-    scrubber = Scrubber(store, None, None, rate=1, reactor=provider_context.reactor,
+    scrubber = Scrubber(store, None, rate=1, reactor=provider_context.reactor,
                         threadpool=provider_context.threadpool)  # 1 byte/s: would take hours
     scrubber.start()
     ended = []

@@ -145,8 +145,9 @@ async def test_an_upload_clears_the_cached_404_of_its_name(start, tmp_path, fake
 
 @pytest_twisted.ensureDeferred
 async def test_an_admin_change_clears_the_cached_404(tmp_path, fake_upstream):
-    """What the yank/delete routes do after changing a project (note_changed)
-    forgets the 404, so the next request asks again."""
+    """Taking a project's record from the index (note_changed; the catalogue
+    does the same after every write) forgets the 404, so the next request
+    asks again."""
     server = await start_server(make_config(tmp_path, fake_upstream.url))
     try:
         mirror_clock(server)

@@ -24,7 +24,7 @@ from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.model import FileRecord, InvalidName, normalize
 
-__all__ = ["main", "build_parser", "files_matching", "catalog_action", "verify_command"]
+__all__ = ["main", "build_parser", "catalog_action", "verify_command"]
 
 ACCOUNTS_FILE = "accounts.sqlite3"
 _DONE = {"yank": "yanked", "unyank": "unyanked", "delete": "deleted"}
@@ -257,18 +257,6 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- catalog
 
 
-def files_matching(project: Any, target: str) -> list[FileRecord]:
-    """The uploaded files of ``project`` (a ProjectRecord) that ``target``
-    names, by the rule the HTTP route follows too
-    (:func:`pypicache.providers.index.rules.uploaded_files`); CommandError if none."""
-    from pypicache.providers.index.rules import NoUploadedFile, uploaded_files
-
-    try:
-        return uploaded_files(project, target)
-    except NoUploadedFile as e:
-        raise CommandError(str(e)) from None
-
-
 async def catalog_action(index: Any, action: str, project_name: str, target: str, *,
                          reason: str | None = None,
                          confirm: Callable[[list[FileRecord]], Any] | None = None,
@@ -280,28 +268,26 @@ async def catalog_action(index: Any, action: str, project_name: str, target: str
     """
     from twisted.internet import defer
 
+    from pypicache.services.management import Management, ManageRefused, NoSuchProject, NotPrivate, NoUploadedFile
+
     try:
         name = normalize(project_name)
     except InvalidName as e:
         raise CommandError(str(e)) from None
-    project = await index.get_project(name)
-    if project is None:
-        raise CommandError(f"no project named {name}")
-    if project.origin != "local":
-        raise CommandError(f"{name} is not a private project: only uploaded files can be {_DONE[action]}")
-    files = files_matching(project, target)
-    if action == "delete":
-        if confirm is not None and not await defer.maybeDeferred(confirm, files):
-            out("nothing deleted")
-            return 1
-        for record in files:
-            await index.remove_file(name, record.filename)
-            out(f"deleted {record.filename}")
-    else:
-        yank = action == "yank"
-        for record in files:
-            await index.set_yanked(name, record.filename, yank, reason if yank else None)
-            out(f"{_DONE[action]} {record.filename}")
+    management = Management(index)
+    try:  # the rule the HTTP route follows too
+        files = await management.select(name, target)
+    except NoSuchProject:
+        raise CommandError(f"no project named {name}") from None
+    except NotPrivate:
+        raise CommandError(f"{name} is not a private project: only uploaded files can be {_DONE[action]}") from None
+    except (ManageRefused, NoUploadedFile) as e:
+        raise CommandError(str(e)) from None
+    if action == "delete" and confirm is not None and not await defer.maybeDeferred(confirm, files):
+        out("nothing deleted")
+        return 1
+    await management.apply(action, name, files, reason=reason,
+                           done=lambda f: out(f"{_DONE[action]} {f.filename}"))
     return 0
 
 

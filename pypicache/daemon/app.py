@@ -91,37 +91,43 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     except BaseException:
         threadpool.stop()
         raise
+    # The mirror follows every write through its index (a CataloguedIndex,
+    # pypicache.services.catalogue): all below get that index, so no write
+    # can leave a served page behind.
     mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=config.page_ttl,
                     root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge,
                     not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes)
-    downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror,
-                            spool_dir=data_dir / "spool")
+    index = mirror.index
+    downloader = Downloader(storage=storage, index=index, upstream=upstream, spool_dir=data_dir / "spool")
     accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
                         max_failures=config.auth.max_failed_logins, failure_window=config.auth.failed_login_window)
     stats = Stats()
-    app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
-              upstream=upstream, mirror=mirror, downloader=downloader, site=None, stats=stats,  # type: ignore[arg-type]
-              accounts=accounts)
+
+    def in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
+        return deferToThreadPool(reactor, threadpool, f, *args, **kwargs)
 
     # Routes few servers use are built (and their modules imported) on their
     # first request: start-up time and memory count (docs/performance.md).
     def upload() -> Any:
+        from pypicache.services.publishing import Publisher
         from pypicache.web.upload import Upload
 
-        return Upload(app=app, accounts=accounts, config=config.uploads)
+        publisher = Publisher(storage=storage, index=index, accounts=accounts, mirror=mirror, upstream=upstream,
+                              clock=reactor, claim=config.uploads.claim, in_thread=in_thread)
+        return Upload(publisher=publisher, accounts=accounts, config=config.uploads,
+                      spool_dir=downloader.spool_dir, in_thread=in_thread)
 
     def manage() -> Any:
+        from pypicache.services.management import Management
         from pypicache.web.manage import Manage
 
-        return Manage(app=app, accounts=accounts)
+        return Manage(management=Management(index, accounts=accounts, claim=config.uploads.claim),
+                      accounts=accounts)
 
     def jsonapi() -> Any:
         from pypicache.web.jsonapi import JsonAPI
 
         return JsonAPI(mirror, storage, downloader, public_url=config.public_url)
-
-    def in_thread(f: Any, *args: Any) -> Any:
-        return deferToThreadPool(reactor, threadpool, f, *args)
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
@@ -133,24 +139,25 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         return await authenticate(accounts, request) is not None
 
     rate = storage.scrub_rate if IBlobInventory.providedBy(storage) else 0
-    if rate > 0:
-        app.scrubber = Scrubber(storage, index, mirror, rate=rate, reactor=reactor, threadpool=threadpool)
-        app.scrubber.start()
+    scrubber = Scrubber(storage, index, rate=rate, reactor=reactor, threadpool=threadpool) if rate > 0 else None
 
-    app.site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
-                         read_gate=read_gate if config.auth.read == "authenticated" else None,
-                         upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled),
-                         header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
+    site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
+                     read_gate=read_gate if config.auth.read == "authenticated" else None,
+                     upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled),
+                     header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     # It needs Twisted's internals, as sendfile does: checked once, here.
     twisted_support = _twisted.self_check()
+    factory: Any = site
     if config.fast_path and not config.access_log and twisted_support.fast_path:
-        app.factory = FastPathFactory(app.site, root.views, lambda: app.site.read_gate is not None,
-                                      clock=reactor)
-    else:
-        app.factory = app.site
-    app.factory = ConnectionLimits(app.factory, reactor, max_connections=config.max_connections,
-                                   max_per_client=config.max_connections_per_client,
-                                   header_timeout=config.header_timeout, fast_path=app.factory is not app.site)
+        factory = FastPathFactory(site, root.views, lambda: site.read_gate is not None, clock=reactor)
+    factory = ConnectionLimits(factory, reactor, max_connections=config.max_connections,
+                               max_per_client=config.max_connections_per_client,
+                               header_timeout=config.header_timeout, fast_path=factory is not site)
+    app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
+              upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
+              accounts=accounts, factory=factory, scrubber=scrubber)
+    if scrubber is not None:
+        scrubber.start()
     return app

@@ -107,12 +107,11 @@ class Transfer:
 class Downloader:
     """Starts and tracks transfers; stores what verified."""
 
-    def __init__(self, *, storage: Any, index: Any, upstream: Any, mirror: Any, spool_dir: Path,
+    def __init__(self, *, storage: Any, index: Any, upstream: Any, spool_dir: Path,
                  max_metadata_bytes: int = 16 * 1024 * 1024) -> None:
         self.storage = storage
         self.index = index
         self.upstream = upstream
-        self.mirror = mirror
         self.spool_dir = spool_dir
         self.max_metadata_bytes = max_metadata_bytes
         self._transfers: dict[tuple[str, str], Transfer] = {}
@@ -252,8 +251,7 @@ class Downloader:
         transfer._notify()
         try:
             blob = await self.storage.ingest(transfer.spool, digest)
-            self.mirror.note_record(transfer.project,
-                                    await self.index.mark_stored(transfer.project, record.filename, blob))
+            await self.index.mark_stored(transfer.project, record.filename, blob)
             log.info("cached {project}/{filename} ({size} bytes)", project=transfer.project,
                      filename=record.filename, size=blob.size)
             self._stored_again()
@@ -371,7 +369,7 @@ class Downloader:
     async def _mark_metadata(self, project: str, filename: str, sha256: str) -> None:
         """Record a stored METADATA blob in the index (in the background)."""
         try:
-            self.mirror.note_record(project, await self.index.mark_metadata_stored(project, filename, sha256))
+            await self.index.mark_metadata_stored(project, filename, sha256)
         except Exception as e:
             log.error("indexing {project}/{filename}.metadata failed; it will be fetched again: {error}",
                       project=project, filename=filename, error=repr(e))

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pypicache.services.catalogue import CataloguedIndex
 from pypicache.services.memcache import NotFoundCache, RecordCache
 from pypicache.model import (
     NotModified,
@@ -104,7 +105,12 @@ class UpstreamUnavailable(Exception):
 
 
 class Mirror:
-    """Pages from the index, refreshed from the upstream when too old."""
+    """Pages from the index, refreshed from the upstream when too old.
+
+    ``index`` is wrapped in a :class:`CataloguedIndex` unless it is one
+    already, and the mirror follows it: every write through ``mirror.index``
+    (the index the whole server uses) replaces the in-memory copy.
+    """
 
     def __init__(
         self,
@@ -121,7 +127,8 @@ class Mirror:
         memory_bytes: int = 64 * 1024 * 1024,
         not_found_ttl: float = 60.0,
     ) -> None:
-        self.index = index
+        self.index = index if isinstance(index, CataloguedIndex) else CataloguedIndex(index)
+        self.index.follow(self.note_record)
         self.upstream = upstream
         self.clock = clock
         self.page_ttl = page_ttl
@@ -158,6 +165,26 @@ class Mirror:
         """The in-memory record, without touching the index or upstream."""
         return self._records.get(name)
 
+    def fresh_cached(self, name: str, *, allow_upstream: bool = True) -> ProjectRecord | None:
+        """The in-memory record if it may be served as it is right now, else
+        None: the page fast path's question, answered by the rules of
+        :meth:`load` (a private project is re-read every ``local_recheck``
+        seconds) and :meth:`is_fresh` (``allow_upstream``: the view asks the
+        upstream when the record is too old)."""
+        record = self._records.get(name)
+        if record is None:
+            return None
+        if record.origin == "local" and self._recheck_due(name):
+            return None
+        if allow_upstream and not self.is_fresh(record):
+            return None
+        return record
+
+    def _recheck_due(self, name: str) -> bool:
+        """A private project's copy is older than ``local_recheck``: the
+        admin command may have changed it from another process."""
+        return self.clock.seconds() - self._loaded_at.get(name, 0) >= self.local_recheck
+
     async def load(self, name: str) -> ProjectRecord | None:
         """The record from memory, else from the index (never the upstream).
 
@@ -166,7 +193,7 @@ class Mirror:
         """
         record = self._records.get(name)
         if record is not None:
-            if record.origin != "local" or self.clock.seconds() - self._loaded_at.get(name, 0) < self.local_recheck:
+            if record.origin != "local" or not self._recheck_due(name):
                 return record
             self._records.pop(name, None)
 
@@ -264,9 +291,10 @@ class Mirror:
     def note_record(self, name: str, record: Any) -> None:
         """Take the record an index write returned as the current copy.
 
-        Cheaper than :meth:`note_changed`, which reads the whole project
-        back (601 files for numpy); an index that returns nothing (against
-        the IIndex contract) just makes the next load read it.
+        Called by the :class:`CataloguedIndex` after every write, never by
+        hand.  Cheaper than :meth:`note_changed`, which reads the whole
+        project back (601 files for numpy); an index that returns nothing
+        (against the IIndex contract) just makes the next load read it.
         """
         if isinstance(record, ProjectRecord) and record.name == name:
             self.remember(record)

@@ -10,8 +10,8 @@ most ``[storage] scrub_rate`` bytes per second, a chunk per thread-pool call
 so neither a pool thread nor the disk is held for long.  A blob that fails:
 
 * is moved to quarantine by the storage (never served again);
-* has every index entry naming it marked not stored, and the mirror's copy
-  of the project reloaded, so the next request fetches the file from the
+* has every index entry naming it marked not stored (which updates the
+  served page: :mod:`pypicache.services.catalogue`), so the next request fetches the file from the
   upstream again (its hash checked on the way in, as always);
 * if it was an uploaded file, cannot be fetched again: that is logged as
   critical (upload it again: an identical re-upload restores it), and the
@@ -69,19 +69,19 @@ class ScrubReport:
 class Scrubber:
     """Runs scrub passes over ``storage`` (an IBlobInventory) on ``clock``.
 
-    ``index`` and ``mirror`` may be None (then a bad blob is only moved
-    aside).  ``reactor`` and ``threadpool`` run the blob listing off the
-    reactor thread.
+    ``index`` may be None (then a bad blob is only moved aside); given the
+    server's index (a :class:`~pypicache.services.catalogue.CataloguedIndex`)
+    its marks reach the served pages too.  ``reactor`` and ``threadpool`` run
+    the blob listing off the reactor thread.
     """
 
-    def __init__(self, storage: Any, index: Any, mirror: Any, *, rate: int, reactor: Any, threadpool: Any,
+    def __init__(self, storage: Any, index: Any, *, rate: int, reactor: Any, threadpool: Any,
                  clock: Any = None, start_delay: float = START_DELAY,
                  pass_interval: float = PASS_INTERVAL) -> None:
         if rate <= 0:
             raise ValueError(f"scrub rate must be positive, got {rate!r}")
         self.storage = storage
         self.index = index
-        self.mirror = mirror
         self.rate = rate
         self.start_delay = start_delay
         self.pass_interval = pass_interval
@@ -203,12 +203,10 @@ class Scrubber:
             record = await self.index.get_project(name)
             if record is None:
                 continue
-            changed = False
             for filename, part in entries:
                 f = record.file(filename)
                 if f is None or await mark_unstored(self.index, name, filename, part) is None:
                     continue
-                changed = True
                 entry = (name, filename, part)
                 report.unstored.append(entry)
                 what = filename if part == FILE else f"{filename}.metadata"
@@ -220,5 +218,3 @@ class Scrubber:
                     log.critical("storage scrub: uploaded file {project}/{what} was corrupt and has no "
                                  "upstream copy: upload it again (an identical re-upload restores "
                                  "it); until then it is answered 404", project=name, what=what)
-            if changed and self.mirror is not None:
-                await self.mirror.note_changed(name)

@@ -1,12 +1,9 @@
 """``/api/projects/<project>/<target>[/yank|/unyank]``: yank, unyank, delete.
 
 ``target`` is a filename or a version (then every uploaded file of that
-version).  Only uploaded files of private projects are managed here, by the
-rule the admin command follows (:func:`pypicache.providers.index.rules.uploaded_files`):
-an upstream file's yank state belongs to the upstream and would be
-overwritten by the next refresh.
-Yanked files stay listed, marked (PEP 592); deleted files disappear, and
-their filenames stay used (an upload can never replace a file).
+version).  This route translates HTTP; what may be changed, and the change,
+are :class:`pypicache.services.management.Management`'s, which the admin
+command uses too.
 """
 
 from __future__ import annotations
@@ -18,8 +15,8 @@ from urllib.parse import parse_qs
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from pypicache.providers.index.rules import NoUploadedFile, uploaded_files
 from pypicache.model import InvalidName, normalize
+from pypicache.services.management import Management, NoSuchProject, NotAllowed, NotPrivate, NoUploadedFile
 from pypicache.web.auth import AUTH_CHALLENGE, authenticate
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
@@ -29,9 +26,9 @@ log = Logger()
 class Manage(Resource):
     isLeaf = True
 
-    def __init__(self, *, app: Any, accounts: Any) -> None:
+    def __init__(self, *, management: Management, accounts: Any) -> None:
         super().__init__()
-        self.app = app
+        self.management = management
         self.accounts = accounts
 
     def render_POST(self, request: Any) -> Any:
@@ -68,30 +65,17 @@ class Manage(Resource):
         identity = await authenticate(self.accounts, request)
         if identity is None:
             raise HTTPError(401, "credentials needed", AUTH_CHALLENGE)
-        # The owners a claim names ([uploads.claim]) maintain it too.
-        maintainers = set(await self.accounts.maintainers(name)) | set(self.app.config.uploads.claim.get(name, ()))
-        record = await self.app.mirror.load(name)
-        if record is None:
-            raise HTTPError(404, f"no such project: {name}")
-        if record.origin != "local":
-            raise HTTPError(409, f"{name} is not a private project: its files follow the upstream")
-        if not identity.may_manage(name, maintainers):
-            raise HTTPError(403, f"{identity.user} may not manage {name}")
         try:  # the admin command's rule: only uploaded files, never the upstream's
-            files = uploaded_files(record, target)
+            files = await self.management.select(name, target, identity=identity)
+        except NoSuchProject as e:
+            raise HTTPError(404, e.reason) from None
+        except NotPrivate as e:
+            raise HTTPError(409, e.reason) from None
+        except NotAllowed as e:
+            raise HTTPError(403, e.reason) from None
         except NoUploadedFile as e:
             raise HTTPError(409 if e.upstream else 404, str(e)) from None
-
-        reason = self._reason(request)
-        index = self.app.index
-        for f in files:
-            if action == "yank":
-                await index.set_yanked(name, f.filename, True, reason)
-            elif action == "unyank":
-                await index.set_yanked(name, f.filename, False, None)
-            else:
-                await index.remove_file(name, f.filename)
-        await self.app.mirror.note_changed(name)
+        await self.management.apply(action, name, files, reason=self._reason(request))
         log.info("{user} did {action} on {project} {files}", user=identity.user, action=action, project=name,
                  files=[f.filename for f in files])
         request.setHeader(b"content-type", b"application/json")

@@ -334,15 +334,9 @@ class SimpleIndex(Resource):
         """The answer for ``<prefix>/<name>/`` if it can be given right now
         from memory (fresh record, rendered page), else None: the caller
         then takes the ordinary route, which may ask the upstream."""
-        mirror = self.mirror
-        record = mirror.cached(name)
+        record = self.mirror.fresh_cached(name, allow_upstream=self.allow_upstream)
         if record is None:
-            return self._fast_not_found(name, accept)
-        if record.origin == "local":
-            if mirror.clock.seconds() - mirror._loaded_at.get(name, 0) >= mirror.local_recheck:
-                return None
-        if self.allow_upstream and not mirror.is_fresh(record):
-            return None
+            return self._fast_not_found(name, accept) if self.mirror.cached(name) is None else None
         fmt = choose_format(accept.decode("latin-1") if accept else None, None)
         if fmt is None:
             return None
