@@ -196,7 +196,7 @@ async def test_verify_deletes_quarantined_blobs_through_the_storage(tmp_path, pr
 async def test_scrub_with_and_without_index_repair(provider_context):
     for repairable in (True, False):
         store, index, key = await _corrupt_setup(provider_context)
-        scrubber = Scrubber(store, index if repairable else PlainIndex(index), None, rate=10**9,
+        scrubber = Scrubber(store, index if repairable else PlainIndex(index), rate=10**9,
                             reactor=provider_context.reactor, threadpool=provider_context.threadpool)
         report = await wait(scrubber.run_pass())
         assert report.corrupt == [key] and key not in store.blobs

@@ -52,7 +52,7 @@ def test_it_is_an_index_and_keeps_the_providers_capabilities() -> None:
     assert IExtra.providedBy(wrapped) and wrapped.flavour == "extra"
     assert not IExtra.providedBy(CataloguedIndex(MemoryIndex()))
     with pytest.raises(AttributeError):
-        CataloguedIndex(MemoryIndex()).mark_unstored  # noqa: B018 -- absent stays absent (verify probes it)
+        CataloguedIndex(MemoryIndex()).flavour  # noqa: B018 -- absent stays absent
 
 
 def test_a_mirror_follows_the_index_it_is_given() -> None:
