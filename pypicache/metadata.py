@@ -239,6 +239,14 @@ def _read(text: str, *, lenient: bool) -> dict[str, Any]:
         if lenient:
             return empty_metadata()
         raise MetadataError("METADATA could not be parsed") from None
+    for found in (fields, unparsed):
+        for name in [name for name, value in found.items() if not _all_text(value)]:
+            # A multipart "body" and such: not a METADATA file packaging could read.
+            if not lenient:
+                raise MetadataError("METADATA could not be parsed")
+            value = found[name]  # type: ignore[literal-required]
+            found[name] = ({} if isinstance(value, dict) else  # type: ignore[literal-required]
+                           [v for v in value if isinstance(v, str)] if isinstance(value, list) else [])
 
     def values(field: str, raw_key: str | None) -> list[str]:
         found = fields.get(raw_key) if raw_key is not None else None  # type: ignore[misc]
@@ -280,6 +288,12 @@ def _read(text: str, *, lenient: bool) -> dict[str, Any]:
                 for value in others:
                     _one_line(value, field, lenient)
     return result
+
+
+def _all_text(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
 def _one_line(value: str, field: str, lenient: bool) -> str:

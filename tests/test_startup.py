@@ -114,6 +114,7 @@ import tomllib
 cfg = config.parse(tomllib.loads({MEMORY_CONFIG.format(data=tmp_path / "data", upstream="http://127.0.0.1:9/simple/")!r}))
 app = build(cfg, reactor)
 lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.web.manage",
+        "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
         "pypicache.uploads.multipart"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
