@@ -24,7 +24,10 @@ from twisted.web.resource import Resource
 from pypicache.services.mirror import PageResult
 from pypicache.model import FileRecord, ProjectRecord
 from pypicache.providers.storage.memory import MemoryStorage
-from pypicache.web.jsonapi import JsonAPI, classify, group_releases, latest, parse_metadata
+from pypicache.metadata import read_for_json
+from pypicache.services.projectjson import MAX_METADATA_BYTES
+from pypicache.services.releases import classify, group_releases, latest
+from pypicache.web.jsonapi import JsonAPI
 from tests.builders import wheel_metadata
 from tests.server import proxy  # noqa: F401 (fixture)
 
@@ -515,13 +518,14 @@ def test_parse_metadata_old_style_description(tmp_path):
     raw = (b"Metadata-Version: 1.1\nName: old\nVersion: 1\n"
            b"Description: first line\n        |second line\n        |\n        |fourth\n"
            b"License: line one\n        line two\nPlatform: linux\nPlatform: win32\n")
-    meta = parse_metadata(raw)
+    meta = read_for_json(raw, max_bytes=MAX_METADATA_BYTES)
     assert meta["description"] == "first line\nsecond line\n\nfourth"
     assert meta["license"].split() == ["line", "one", "line", "two"]
     assert meta["platform"] == "linux, win32"
     assert meta["requires_dist"] is None and meta["project_urls"] is None
     # What the strict upload parser refuses (not UTF-8, a repeated field) is read leniently.
-    lenient = parse_metadata(raw.replace(b"Version: 1\n", b"Version: 1\nVersion: 2\nSummary: \xff\n"))
+    lenient = read_for_json(raw.replace(b"Version: 1\n", b"Version: 1\nVersion: 2\nSummary: \xff\n"),
+                            max_bytes=MAX_METADATA_BYTES)
     assert lenient["description"] == "first line\nsecond line\n\nfourth"
     assert lenient["license"] == "line one\nline two"
     assert lenient["version"] == "1" and lenient["summary"] == "\ufffd"
@@ -531,6 +535,6 @@ def test_parse_metadata_of_built_wheel(tmp_path):
     from tests.builders import build_wheel
 
     wheel = build_wheel(tmp_path, "depproj", "1.0", requires_dist=["tinyproj>=1.0"], summary="S")
-    meta = parse_metadata(wheel_metadata(wheel))
+    meta = read_for_json(wheel_metadata(wheel), max_bytes=MAX_METADATA_BYTES)
     assert meta["name"] == "depproj" and meta["version"] == "1.0"
     assert meta["summary"] == "S" and meta["requires_dist"] == ["tinyproj>=1.0"]

@@ -114,7 +114,8 @@ import tomllib
 cfg = config.parse(tomllib.loads({MEMORY_CONFIG.format(data=tmp_path / "data", upstream="http://127.0.0.1:9/simple/")!r}))
 app = build(cfg, reactor)
 lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.web.manage",
-        "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management"]
+        "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management",
+        "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
 from twisted.web.test.requesthelper import DummyRequest

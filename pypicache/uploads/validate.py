@@ -75,8 +75,9 @@ class ValidUpload:
     ``project`` is the normalised name; ``version`` the normalised version
     string; ``metadata_bytes`` the METADATA/PKG-INFO exactly as in the
     archive (served as ``<file>.metadata``); ``metadata`` its parsed fields
-    (see :mod:`pypicache.uploads.metadata`); ``python_version`` what PyPI's
-    JSON API calls it (``source`` for sdists, the wheel's python tag).
+    (see :mod:`pypicache.metadata`, the reader the JSON API shares);
+    ``python_version`` what PyPI's JSON API calls it (``source`` for sdists,
+    the wheel's python tag).
     """
 
     project: str

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import errno
-from typing import Any, Awaitable, Callable
+import json
+from typing import Any, Awaitable, Callable, Mapping
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -47,20 +48,33 @@ def request_gone(request: Any) -> bool:
     return bool(request.finished or getattr(request, "gone", False))
 
 
-def send_error(request: Any, code: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+def send_error(request: Any, code: int, message: str, headers: Mapping[bytes, bytes] | None = None, *,
+               json_body: bool = False) -> None:
+    """Answer ``code`` with a one-line ``message`` (unless the answer has begun:
+    then the connection is cut, which clients see as the failure it is).
+
+    ``json_body``: as PyPI's JSON API answers errors, ``{"message": ...}``
+    under the standard reason phrase; else plain text, the message also in
+    the reason phrase.
+    """
     if request_gone(request):
         return
     if request.startedWriting:
         request.channel.transport.abortConnection()
         return
-    # The reason phrase carries the message too: twine shows the status line,
-    # not the body (as PyPI does: "400 File already exists").
-    phrase = safe_header(message)[:200].decode("utf-8", "replace").encode("latin-1", "replace")
-    request.setResponseCode(code, phrase or None)
+    if json_body:
+        request.setResponseCode(code)
+        body, content_type = json.dumps({"message": message}).encode("utf-8"), b"application/json"
+    else:
+        # The reason phrase carries the message too: twine shows the status line,
+        # not the body (as PyPI does: "400 File already exists").
+        phrase = safe_header(message)[:200].decode("utf-8", "replace").encode("latin-1", "replace")
+        request.setResponseCode(code, phrase or None)
+        body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
+        content_type = b"text/plain; charset=utf-8"
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"content-type", content_type)
     request.setHeader(b"content-length", str(len(body)).encode())
     request.responseHeaders.removeHeader(b"etag")
     request.responseHeaders.removeHeader(b"content-encoding")
