@@ -23,7 +23,6 @@ from typing import Any, Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
 from pypicache.interfaces import IBlobReader, IBlobWriter, IStorage
@@ -43,9 +42,9 @@ def make_context(tmp_path: Path) -> ProviderContext:
     ``provider_context`` fixture does both)."""
     from twisted.internet import reactor
 
-    pool = ThreadPool(minthreads=0, maxthreads=4, name="pypicache-test")
-    pool.start()
-    return ProviderContext(reactor=reactor, threadpool=pool, data_dir=Path(tmp_path))
+    from pypicache.daemon.context import start_context
+
+    return start_context(reactor, Path(tmp_path), threads=4, name="pypicache-test")
 
 
 def stop_context(context: ProviderContext) -> None:
