@@ -176,31 +176,17 @@ async def _check(storage: Any, sha256: str, *, deep: bool, repair: bool) -> _Blo
     return blob
 
 
-def _q_unstore(conn: Any, project: str, filename: str, column: str) -> int:
-    """Clear one stored flag in the SQLite index (runs on its thread)."""
-    cursor = conn.execute(f"UPDATE files SET {column} = 0 WHERE project = ? AND filename = ?",
-                          (project, filename))
-    return cursor.rowcount
-
-
 async def mark_unstored(index: Any, project: str, filename: str, part: str) -> str | None:
     """Tell the index that a file's (or its METADATA's) bytes are gone.
 
     Uses ``index.mark_unstored(project, filename, metadata)`` when the index
-    provides it; the SQLite index of this version does not, so its row is
-    updated directly.  Returns a description of what was done, or None when
-    this index cannot be told (then the server notices on the next request:
-    the blob is gone, so it fetches the file again).
+    provides it (the SQLite index does).  Returns a description of what was
+    done, or None when this index cannot be told (then the server notices on
+    the next request: the blob is gone, so it fetches the file again).
     """
     method = getattr(index, "mark_unstored", None)
     if method is not None:
         await method(project, filename, part == METADATA)
-        return "marked not stored"
-    from pypicache.providers.index.sqlite import SQLiteIndex
-
-    if isinstance(index, SQLiteIndex):
-        column = "metadata_stored" if part == METADATA else "stored"
-        await index._call(_q_unstore, project, filename, column)
         return "marked not stored"
     return None
 

@@ -310,6 +310,12 @@ def _append_file(conn: sqlite3.Connection, project: str, f: FileRecord) -> None:
 # Each runs on the index thread with the connection as first argument.
 
 
+def _q_unstore(conn: sqlite3.Connection, project: str, filename: str, column: str) -> int:
+    cursor = conn.execute(f"UPDATE files SET {column} = 0 WHERE project = ? AND filename = ?",
+                          (project, filename))
+    return cursor.rowcount
+
+
 def _cache_write(query: Callable[..., T]) -> Callable[..., T]:
     """``query`` committed with ``synchronous = NORMAL`` instead of FULL.
 
@@ -527,6 +533,12 @@ class SQLiteIndex:
 
     def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred:
         return self._call(_cache_write(_q_mark), with_metadata_stored, name, filename, sha256)
+
+    def mark_unstored(self, name: str, filename: str, metadata: bool) -> defer.Deferred:
+        """Forget that a file's blob (or, with ``metadata``, its METADATA
+        blob) is stored: verify and the scrub found it missing or corrupt, so
+        the proxy fetches it again.  Fires with the rows changed (0 or 1)."""
+        return self._call(_q_unstore, name, filename, "metadata_stored" if metadata else "stored")
 
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
