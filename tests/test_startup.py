@@ -102,6 +102,29 @@ def test_make_service_only_assembles(tmp_path):
     assert gc.isenabled()
 
 
+def test_under_twistd_make_service_listens_at_once(tmp_path):
+    """twistd imports the reactor (for its first log lines) between
+    makeService and starting the services, so run by twistd (options with a
+    parent) makeService pauses the collector and binds plain TCP ports
+    before that import."""
+    conf = write_config(tmp_path / "c.toml", MEMORY_CONFIG.format(data=tmp_path / "data", upstream="http://127.0.0.1:9/"))
+    script = f"""
+import gc, json, socket, sys
+from pypicache.daemon import tap
+options = tap.Options()
+options.parseOptions(["--config", {str(conf)!r}, "--listen", "tcp:0:interface=127.0.0.1"])
+options.parent = {{"pidfile": "", "nodaemon": True}}  # what twistd's ServerOptions hold
+top = tap.makeService(options)
+client = socket.create_connection(top.listeners[0].early.getsockname(), timeout=2)  # queued by the kernel
+heavy = ["twisted.internet.reactor", "twisted.internet.tcp", "OpenSSL", "pypicache.daemon.app"]
+print(json.dumps({{"collector": gc.isenabled(), "imported": [m for m in heavy if m in sys.modules]}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], env=isolated_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"collector": False, "imported": []}
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_provider_fails_the_start_and_the_ports_close(tmp_path):
     """Inside a running reactor (tests, embedders) a start-up error is raised

@@ -97,9 +97,10 @@ class Server(service.MultiService):
     """``twistd pypicache``: the listeners and the App, started in the
     order that makes start-up fast and its failures plain.
 
-    ``privilegedStartService`` pauses the cycle collector and binds every
-    listener (plain TCP ones with the socket module, before the reactor is
-    imported); ``startService`` then builds the App (the slow imports) and
+    :meth:`start_early` pauses the cycle collector and binds every plain TCP
+    listener with the socket module, before the reactor is imported;
+    ``privilegedStartService`` listens on the rest and hands the sockets to
+    the reactor; ``startService`` then builds the App (the slow imports) and
     hands it the ports.  A port that cannot be had or a provider that is
     wrong stops twistd with one line and exit status 1 (:meth:`abort`).
     Started inside a running reactor (tests, embedders), the error is raised
@@ -117,16 +118,35 @@ class Server(service.MultiService):
         self.listeners = [listening.Listener(endpoint, self.pending) for endpoint in config.listen]
         for listener in self.listeners:  # stopped first (reverse order): no new requests while the app closes
             listener.setServiceParent(self)
+        self._started_early = False
+        self._gc_paused = False
 
-    def privilegedStartService(self) -> None:
-        paused = _pause_gc()
+    def start_early(self) -> None:
+        """The first step of starting, which imports nothing of Twisted's
+        network stack: pause the collector, bind the plain TCP ports.
+
+        :func:`makeService` calls it when twistd runs it, because twistd
+        imports the reactor (to log its first lines) before it starts any
+        service, and listening before that import is a measured start-up win
+        (docs/performance.md).  Otherwise ``privilegedStartService`` does.
+        """
+        if self._started_early:
+            return
+        self._started_early = True
+        self._gc_paused = _pause_gc()
         try:
             for listener in self.listeners:
                 listener.bind_early()
-            from twisted.internet import reactor
+        except listening.ListenError as e:
+            self.abort(str(e), e)
 
-            if paused:
-                reactor.callWhenRunning(_resume_gc)
+    def privilegedStartService(self) -> None:
+        self.start_early()
+        from twisted.internet import reactor
+
+        if self._gc_paused:
+            reactor.callWhenRunning(_resume_gc)
+        try:
             super().privilegedStartService()
         except listening.ListenError as e:
             self.abort(str(e), e)
@@ -221,6 +241,16 @@ def _resume_gc() -> None:
 
 
 def makeService(options: Options) -> service.IService:
-    """Assemble the server's services; nothing is bound, built or imported
-    until twistd starts them (see :class:`Server`)."""
-    return Server(options["config_obj"], twistd=getattr(options, "parent", None))
+    """Assemble the server's services; nothing is built or imported until
+    they are started (see :class:`Server`).
+
+    Run by twistd (the options have twistd's as their parent), the ports are
+    bound here already: twistd imports the reactor before it starts a
+    service (:meth:`Server.start_early`).  Called with options of its own,
+    as in a unit test, it binds nothing.
+    """
+    twistd = getattr(options, "parent", None)
+    server = Server(options["config_obj"], twistd=twistd)
+    if twistd is not None:
+        server.start_early()
+    return server
