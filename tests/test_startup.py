@@ -197,6 +197,13 @@ def test_pending_factory_refuses_connections_until_attached():
     pending.doStop()
     assert target.stopped == 1
 
+    late = listening.PendingFactory()  # attached before a port listens
+    target = Target()
+    late.attach(target)
+    assert target.started == 0
+    late.doStart()
+    assert target.started == 1
+
 
 def test_rare_routes_and_argon2_are_imported_on_first_use(tmp_path):
     """Building the server imports neither the upload, management and JSON

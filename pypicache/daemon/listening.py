@@ -55,6 +55,12 @@ class PendingFactory(protocol.Factory):
             return None
         return self.target.buildProtocol(addr)
 
+    def startFactory(self) -> None:
+        # Attached before any port listened (an embedder that calls only
+        # startService, so the app is built before the listeners start).
+        if self.target is not None:
+            self.target.doStart()
+
     def stopFactory(self) -> None:
         if self.target is not None:
             self.target.doStop()
