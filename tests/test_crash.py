@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest_twisted
 import treq
 from twisted.internet import defer, endpoints, protocol
@@ -110,7 +111,7 @@ async def consistency(data: Path) -> Any:
     daemon may be running: SQLite WAL lets us read meanwhile)."""
     context = make_context(data)
     try:
-        storage = filesystem.factory.create({}, context, clean=False)
+        storage = filesystem.factory.create({}, attrs.evolve(context, exclusive=False))
         return await ask_index(data, lambda index: verifying.verify(index, storage))
     finally:
         stop_context(context)

@@ -454,3 +454,16 @@ async def test_first_read_and_first_write_of_a_new_file_do_not_collide(context: 
         opened(index)
         assert await wait(index.get_project("x")) is None
         assert await wait(index.list_projects()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_mark_unstored_clears_one_flag(index: sqlite.SQLiteIndex) -> None:
+    """What verify and the scrub call when a blob is gone (they no longer
+    reach into the index's connection)."""
+    await wait(index.add_file("mu", local_file("mu-1.tar.gz")))
+    await wait(index.mark_unstored("mu", "mu-1.tar.gz", True))
+    record = (await wait(index.get_project("mu"))).file("mu-1.tar.gz")
+    assert record.stored and not record.metadata_stored
+    await wait(index.mark_unstored("mu", "mu-1.tar.gz", False))
+    record = (await wait(index.get_project("mu"))).file("mu-1.tar.gz")
+    assert not record.stored and not record.metadata_stored

@@ -94,14 +94,20 @@ class _Hello(resource.Resource):
 
 @pytest.mark.parametrize("early", [True, False])
 @pytest_twisted.ensureDeferred
-async def test_adopted_and_parsed_ports_serve_and_close(early):
+async def test_adopted_and_parsed_ports_serve_and_close(early, monkeypatch):
     sock = listening.bind_early("tcp:0:interface=127.0.0.1")
     port_number = sock.getsockname()[1]
     endpoint = f"tcp:{port_number}:interface=127.0.0.1"
+    sock.close()
     if not early:  # the same port through Twisted's parser
-        sock.close()
-        sock = None
-    listener = listening.Listener(endpoint, listening.listen(reactor, endpoint, server.Site(_Hello()), sock))
+        monkeypatch.setattr(listening, "plain_tcp", lambda endpoint: None)
+    listener = listening.Listener(endpoint, server.Site(_Hello()))
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port_number)) != 0  # built, not bound
+    listener.bind_early()
+    assert (listener.early is not None) is early
+    listener.privilegedStartService()
+    assert listener.early is None
     listener.startService()
     try:
         response = await treq.get(f"http://127.0.0.1:{port_number}/")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 import treq
 
@@ -21,7 +23,8 @@ from pypicache.daemon import app as app_module
 from pypicache.daemon import listening
 from pypicache.daemon import tap
 from tests.clients import isolated_env
-from tests.test_daemon import free_port, write_config
+from pypicache.errors import ConfigError
+from tests.test_daemon import TWISTD, free_port, write_config
 
 MEMORY_CONFIG = """
 [server]
@@ -57,10 +60,12 @@ async def test_port_listens_before_the_app_is_built(tmp_path, monkeypatch, fake_
 
     monkeypatch.setattr(app_module, "build", build)
     top = tap.makeService(_options(tmp_path, fake_upstream.url, port))
-    assert seen == [True]
-    assert gc.isenabled()  # inside a running reactor the collector is left alone
+    assert seen == []  # makeService only assembles
     top.privilegedStartService()
+    assert seen == []
+    assert gc.isenabled()  # inside a running reactor the collector is left alone
     top.startService()
+    assert seen == [True]
     try:
         response = await treq.get(f"http://127.0.0.1:{port}/simple/tinyproj/")
         assert response.code == 200
@@ -75,6 +80,97 @@ async def test_port_listens_before_the_app_is_built(tmp_path, monkeypatch, fake_
         assert refused.connect_ex(("127.0.0.1", port)) != 0  # the port was closed
     finally:
         refused.close()
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_make_service_only_assembles(tmp_path):
+    """makeService binds no port, builds no provider, creates no file and
+    leaves the collector alone, so it runs in a unit test (as Twisted's own
+    web/tap.py does); the services do the work when started."""
+    port = free_port()
+    top = tap.makeService(_options(tmp_path, "http://127.0.0.1:9/simple/", port))
+    assert isinstance(top, tap.Server)
+    assert [type(s) for s in top] == [tap.AppService, listening.Listener]
+    assert top.app_service.app is None
+    assert [listener.listening for listener in top.listeners] == [None]
+    assert _refused(port)
+    assert not (tmp_path / "data").exists()
+    assert gc.isenabled()
+
+
+def test_under_twistd_make_service_listens_at_once(tmp_path):
+    """twistd imports the reactor (for its first log lines) between
+    makeService and starting the services, so run by twistd (options with a
+    parent) makeService pauses the collector and binds plain TCP ports
+    before that import."""
+    conf = write_config(tmp_path / "c.toml", MEMORY_CONFIG.format(data=tmp_path / "data", upstream="http://127.0.0.1:9/"))
+    script = f"""
+import gc, json, socket, sys
+from pypicache.daemon import tap
+options = tap.Options()
+options.parseOptions(["--config", {str(conf)!r}, "--listen", "tcp:0:interface=127.0.0.1"])
+options.parent = {{"pidfile": "", "nodaemon": True}}  # what twistd's ServerOptions hold
+top = tap.makeService(options)
+client = socket.create_connection(top.listeners[0].early.getsockname(), timeout=2)  # queued by the kernel
+heavy = ["twisted.internet.reactor", "twisted.internet.tcp", "OpenSSL", "pypicache.daemon.app"]
+print(json.dumps({{"collector": gc.isenabled(), "imported": [m for m in heavy if m in sys.modules]}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], env=isolated_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"collector": False, "imported": []}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_provider_fails_the_start_and_the_ports_close(tmp_path):
+    """Inside a running reactor (tests, embedders) a start-up error is raised
+    to the caller, not turned into an exit; stopping closes what was bound."""
+    port = free_port()
+    conf = write_config(tmp_path / "c.toml", f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+                                             '[storage]\nprovider = "s3"\n')
+    options = tap.Options()
+    options.parseOptions(["--config", str(conf), "--listen", f"tcp:{port}:interface=127.0.0.1"])
+    top = tap.makeService(options)
+    top.privilegedStartService()
+    assert not _refused(port)
+    with pytest.raises(ConfigError, match="'s3'"):
+        top.startService()
+    await top.stopService()
+    assert _refused(port)
+
+
+def test_start_up_error_is_reported_to_twistd(tmp_path):
+    """What twistd does for its own start-up errors: a daemonizing twistd's
+    parent reads the message from its status pipe; the pid file goes."""
+    read, write = os.pipe()
+    pidfile = tmp_path / "twistd.pid"
+    pidfile.write_text("1")
+    server = tap.Server(_options(tmp_path, "http://127.0.0.1:9/simple/", free_port())["config_obj"],
+                        twistd={"statusPipe": write, "pidfile": str(pidfile)})
+    server._tell_twistd("config error: storage.provider: no storage provider named 's3'")
+    try:
+        assert os.read(read, 200) == b"1 config error: storage.provider: no storage provider named 's3'"
+    finally:
+        os.close(read)
+    assert not pidfile.exists()
+
+
+def test_daemonizing_twistd_prints_the_error_and_exits_1(tmp_path):
+    """Without -n twistd forks before the service starts; its parent prints
+    the line the child sent and exits 1, leaving no pid file behind."""
+    conf = write_config(tmp_path / "c.toml", f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+                                             '[storage]\nprovider = "s3"\n')
+    pidfile = tmp_path / "twistd.pid"
+    result = subprocess.run([sys.executable, str(TWISTD), f"--pidfile={pidfile}", f"--logfile={tmp_path / 'log'}",
+                             "pypicache", "--config", str(conf), "--listen", f"tcp:{free_port()}:interface=127.0.0.1"],
+                            env=isolated_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert "'s3'" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not pidfile.exists()
 
 
 def test_pending_factory_refuses_connections_until_attached():
@@ -100,6 +196,13 @@ def test_pending_factory_refuses_connections_until_attached():
     assert pending.buildProtocol("addr") == ("protocol for", "addr")
     pending.doStop()
     assert target.stopped == 1
+
+    late = listening.PendingFactory()  # attached before a port listens
+    target = Target()
+    late.attach(target)
+    assert target.started == 0
+    late.doStart()
+    assert target.started == 1
 
 
 def test_rare_routes_and_argon2_are_imported_on_first_use(tmp_path):
@@ -151,8 +254,9 @@ print(sorted(m for m in sys.modules if m == "treq" or m.startswith("treq.")))
 
 
 def test_collector_paused_during_start_up_and_resumed_with_start_up_frozen(tmp_path, fake_upstream):
-    """The cycle collector is off from makeService until the reactor runs;
-    then it is back on, with what start-up built frozen out of its way."""
+    """The cycle collector is off from the start (the bind) until the reactor
+    runs; then it is back on, with what start-up built frozen out of its way.
+    makeService, which only assembles, leaves it alone."""
     conf = write_config(tmp_path / "c.toml", MEMORY_CONFIG.format(data=tmp_path / "data", upstream=fake_upstream.url))
     script = f"""
 import gc, json
@@ -160,13 +264,16 @@ from pypicache.daemon import tap
 options = tap.Options()
 options.parseOptions(["--config", {str(conf)!r}, "--listen", "tcp:0:interface=127.0.0.1"])
 top = tap.makeService(options)
-seen = {{"building": gc.isenabled()}}
+seen = {{"assembled": gc.isenabled()}}
+top.privilegedStartService()
+seen["listening"] = gc.isenabled()
 from twisted.internet import reactor
 def running():
     seen["running"] = gc.isenabled()
     seen["frozen"] = gc.get_freeze_count() > 10000
     top.stopService().addBoth(lambda _: reactor.stop())
 top.startService()
+seen["building"] = gc.isenabled()
 reactor.callWhenRunning(running)
 reactor.run()
 print(json.dumps(seen))
@@ -175,4 +282,4 @@ print(json.dumps(seen))
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen == {"building": False, "running": True, "frozen": True}
+    assert seen == {"assembled": True, "listening": False, "building": False, "running": True, "frozen": True}

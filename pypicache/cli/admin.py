@@ -330,15 +330,12 @@ def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _open_storage(cfg: Any, context: Any) -> Any:
-    """The configured storage, for a second process: a filesystem store is
-    opened without its start-up clean-up, which would delete a running
-    server's files in progress."""
+    """The configured storage, by name through the registry as the server
+    builds it.  The context is not ``exclusive`` (see :func:`_run_reactor`),
+    so a filesystem store skips its start-up clean-up, which would delete a
+    running server's files in progress."""
     from pypicache import providers
 
-    if cfg.storage.name == "filesystem":
-        from pypicache.providers.storage import filesystem
-
-        return filesystem.factory.create(cfg.storage.options, context, clean=False)
     return providers.create("storage", cfg.storage.name, cfg.storage.options, context)
 
 
@@ -366,22 +363,23 @@ def _run_reactor(cfg: Any, args: argparse.Namespace,
     ``command(cfg, args, index, context)`` (a coroutine returning the exit
     status) and close the index.  ``prepare(reactor, threadpool)`` runs first.
     Everything that can fail in the config fails before the reactor runs,
-    like the daemon's start-up."""
+    like the daemon's start-up.  Providers come from the registry with a
+    context that is not ``exclusive``: a server may be running on the same
+    data."""
     from twisted.internet import defer, reactor, task
-    from twisted.python.threadpool import ThreadPool
 
     from pypicache import providers
+    from pypicache.daemon.context import start_context, stop_context
 
-    threadpool = ThreadPool(minthreads=0, maxthreads=2, name="pypicache-admin")
-    threadpool.start()
+    context = start_context(reactor, cfg.data_dir, threads=2, name="pypicache-admin", http=cfg.http,
+                            exclusive=False)
+    threadpool = context.threadpool
     try:
         if prepare is not None:
             prepare(reactor, threadpool)
-        context = providers.ProviderContext(reactor=reactor, threadpool=threadpool,
-                                            data_dir=cfg.data_dir, http=cfg.http)
         index = providers.create("index", cfg.index.name, cfg.index.options, context)
     except BaseException:
-        threadpool.stop()
+        stop_context(context)
         raise
     outcome: dict[str, Any] = {}
 
@@ -394,7 +392,7 @@ def _run_reactor(cfg: Any, args: argparse.Namespace,
             try:
                 await index.close()
             finally:
-                threadpool.stop()
+                stop_context(context)
 
     try:
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))

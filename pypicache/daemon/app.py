@@ -15,6 +15,7 @@ from twisted.python.threadpool import ThreadPool
 
 from pypicache import _twisted, providers
 from pypicache.daemon.config import Config
+from pypicache.daemon.context import start_context, stop_context
 from pypicache.services.downloads import Downloader
 from pypicache.errors import ConfigError
 from pypicache.interfaces import IBlobInventory, IClosable
@@ -78,10 +79,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         data_dir.mkdir(0o700, parents=True, exist_ok=True)  # private packages: the server's user only
     except OSError as e:
         raise ConfigError(f"server.data_dir: cannot create {data_dir}: {e.strerror or e}") from e
-    threadpool = ThreadPool(minthreads=0, maxthreads=config.threads, name="pypicache")
-    threadpool.start()
-    context = providers.ProviderContext(reactor=reactor, threadpool=threadpool, data_dir=data_dir,
-                                        http=config.http)
+    context = start_context(reactor, data_dir, threads=config.threads, name="pypicache", http=config.http)
+    threadpool = context.threadpool
     try:
         storage = providers.create("storage", config.storage.name, config.storage.options, context)
         index = providers.create("index", config.index.name, config.index.options, context)
@@ -89,7 +88,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
             upstream = providers.create("upstream", config.upstream.name, config.upstream.options, context)
             upstream = with_breaker(upstream, reactor, config.http.breaker_threshold, config.http.breaker_cooldown)
     except BaseException:
-        threadpool.stop()
+        stop_context(context)
         raise
     # The mirror follows every write through its index (a CataloguedIndex,
     # pypicache.services.catalogue): all below get that index, so no write

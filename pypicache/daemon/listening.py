@@ -55,23 +55,70 @@ class PendingFactory(protocol.Factory):
             return None
         return self.target.buildProtocol(addr)
 
+    def startFactory(self) -> None:
+        # Attached before any port listened (an embedder that calls only
+        # startService, so the app is built before the listeners start).
+        if self.target is not None:
+            self.target.doStart()
+
     def stopFactory(self) -> None:
         if self.target is not None:
             self.target.doStop()
 
 
 class Listener(service.Service):
-    """A port listened on during start-up; stopped with the service."""
+    """A port to listen on, bound when the service is privileged-started
+    (before twistd sheds root), stopped with the service.
 
-    def __init__(self, endpoint: str, listening: Any) -> None:
+    Building one opens nothing, so ``makeService`` can assemble listeners in
+    a unit test.  :meth:`bind_early` binds a plain TCP endpoint with the
+    socket module alone; the daemon calls it for every listener before it
+    imports the reactor, so the ports listen before the slow part of
+    start-up (see the module docstring).
+    """
+
+    def __init__(self, endpoint: str, factory: protocol.Factory) -> None:
         self.endpoint = endpoint
-        self.listening = listening  # a Deferred firing with the IListeningPort
+        self.factory = factory
+        #: The socket bind_early opened, until the reactor adopts it.
+        self.early: socket.socket | None = None
+        #: A Deferred firing with the IListeningPort, once listening.
+        self.listening: defer.Deferred | None = None
+
+    def bind_early(self) -> None:
+        """Bind and listen now if the endpoint is plain TCP; ListenError if
+        the port cannot be had.  Imports nothing of Twisted's network stack."""
+        if self.listening is None and self.early is None:
+            self.early = bind_early(self.endpoint)
+
+    def privilegedStartService(self) -> None:
+        """Listen (adopting the early socket, if any); ListenError if the
+        endpoint is wrong or the port cannot be had."""
+        super().privilegedStartService()
+        if self.listening is not None:
+            return
+        self.bind_early()
+        from twisted.internet import reactor
+
+        early, self.early = self.early, None
+        self.listening = listen(reactor, self.endpoint, self.factory, early)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.listening is None:  # started without the privileged step (an embedder)
+            self.privilegedStartService()
 
     def stopService(self) -> Any:
         super().stopService()
-        self.listening.addCallback(lambda port: port.stopListening())
-        self.listening.addErrback(lambda _: None)
-        return self.listening
+        if self.early is not None:
+            self.early.close()
+            self.early = None
+        if self.listening is None:
+            return None
+        listening, self.listening = self.listening, None
+        listening.addCallback(lambda port: port.stopListening())
+        listening.addErrback(lambda _: None)
+        return listening
 
 
 def plain_tcp(endpoint: str) -> tuple[str, int, int] | None:

@@ -49,16 +49,27 @@ class Options(usage.Options):
 
 
 class AppService(service.Service):
-    """Owns the built App: closes the index and thread pool on shutdown, and
-    closes idle fast-path connections every 30 s."""
+    """Builds the App when started (after the listeners are bound, so the
+    slow imports come after listening), hands its factory to the listeners,
+    closes the index and thread pool on shutdown, and closes idle fast-path
+    connections every 30 s."""
 
     REAP_EVERY = 30.0
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, config: Any, pending: listening.PendingFactory) -> None:
+        self.config = config
+        self.pending = pending
+        self.app: Any = None
         self._reaper: Any = None
 
     def startService(self) -> None:
+        """Build the App; ConfigError if a provider is wrong."""
+        from twisted.internet import reactor
+
+        from pypicache.daemon import app as app_module
+
+        self.app = app_module.build(self.config, reactor)
+        self.pending.attach(self.app.factory)
         super().startService()
         cfg = self.app.config
         log.info("pypicache started: config {source}, data in {data_dir}, upstream {upstream}{offline}",
@@ -77,31 +88,125 @@ class AppService(service.Service):
 
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
+        if self.app is None:
+            return None
         return defer.ensureDeferred(self.app.close())
 
 
-def _abort(message: str, app: Any = None) -> NoReturn:
-    """Print one line and exit 1, after releasing what start-up created.
+class Server(service.MultiService):
+    """``twistd pypicache``: the listeners and the App, started in the
+    order that makes start-up fast and its failures plain.
 
-    Providers' thread pools (the SQLite index's, the app's) are not daemonic:
-    exiting with them running would hang the process forever.  Closing them
-    needs the reactor, which twistd has not started yet, so run it once just
-    for that: ``app.close()`` if the app was built, and the "before shutdown"
-    triggers that providers register for exactly this case.
+    :meth:`start_early` pauses the cycle collector and binds every plain TCP
+    listener with the socket module, before the reactor is imported;
+    ``privilegedStartService`` listens on the rest and hands the sockets to
+    the reactor; ``startService`` then builds the App (the slow imports) and
+    hands it the ports.  A port that cannot be had or a provider that is
+    wrong stops twistd with one line and exit status 1 (:meth:`abort`).
+    Started inside a running reactor (tests, embedders), the error is raised
+    instead.
     """
-    from twisted.internet import defer, reactor
 
-    sys.stderr.write(f"pypicache: {message}\n")
-    sys.stderr.flush()
+    def __init__(self, config: Any, twistd: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        #: twistd's own options (pid file, daemon status pipe), if run by it.
+        self.twistd = twistd
+        self.pending = listening.PendingFactory()
+        self.app_service = AppService(config, self.pending)
+        self.app_service.setServiceParent(self)
+        self.listeners = [listening.Listener(endpoint, self.pending) for endpoint in config.listen]
+        for listener in self.listeners:  # stopped first (reverse order): no new requests while the app closes
+            listener.setServiceParent(self)
+        self._started_early = False
+        self._gc_paused = False
 
-    def close() -> None:
-        d = defer.ensureDeferred(app.close()) if app is not None else defer.succeed(None)
-        d.addErrback(lambda f: log.failure("while closing after a start-up error", f))
-        d.addBoth(lambda _: reactor.stop())
+    def start_early(self) -> None:
+        """The first step of starting, which imports nothing of Twisted's
+        network stack: pause the collector, bind the plain TCP ports.
 
-    reactor.callWhenRunning(close)
-    reactor.run(installSignalHandlers=False)
-    raise SystemExit(1)
+        :func:`makeService` calls it when twistd runs it, because twistd
+        imports the reactor (to log its first lines) before it starts any
+        service, and listening before that import is a measured start-up win
+        (docs/performance.md).  Otherwise ``privilegedStartService`` does.
+        """
+        if self._started_early:
+            return
+        self._started_early = True
+        self._gc_paused = _pause_gc()
+        try:
+            for listener in self.listeners:
+                listener.bind_early()
+        except listening.ListenError as e:
+            self.abort(str(e), e)
+
+    def privilegedStartService(self) -> None:
+        self.start_early()
+        from twisted.internet import reactor
+
+        if self._gc_paused:
+            reactor.callWhenRunning(_resume_gc)
+        try:
+            super().privilegedStartService()
+        except listening.ListenError as e:
+            self.abort(str(e), e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ConfigError as e:
+            self.abort(f"config error: {e}", e)
+
+    def abort(self, message: str, error: BaseException | None = None) -> NoReturn:
+        """Print one line and exit 1, after releasing what start-up created.
+
+        Providers' thread pools (the SQLite index's, the app's) are not
+        daemonic: exiting with them running would hang the process forever.
+        Closing them needs the reactor, which twistd has not started yet, so
+        run it once just for that: ``app.close()`` if the app was built, and
+        the "before shutdown" triggers that providers register for exactly
+        this case.  The line goes to stderr, which is twistd's log once it
+        logs; a daemonizing twistd's parent is told through its status pipe,
+        and twistd's pid file is removed, as twistd does for its own errors.
+        """
+        from twisted.internet import defer, reactor
+
+        if reactor.running:  # inside a test or an embedder: theirs to handle
+            raise error if error is not None else RuntimeError(message)
+        sys.stderr.write(f"pypicache: {message}\n")
+        sys.stderr.flush()
+        self._tell_twistd(message)
+        app = self.app_service.app
+
+        def close() -> None:
+            d = defer.ensureDeferred(app.close()) if app is not None else defer.succeed(None)
+            d.addErrback(lambda f: log.failure("while closing after a start-up error", f))
+            d.addBoth(lambda _: reactor.stop())
+
+        reactor.callWhenRunning(close)
+        reactor.run(installSignalHandlers=False)
+        raise SystemExit(1)
+
+    def _tell_twistd(self, message: str) -> None:
+        """What twistd's ``postApplication`` does for an exception: the
+        daemon's parent prints the message; the pid file goes away."""
+        import os
+
+        if self.twistd is None:
+            return
+        pipe = self.twistd.get("statusPipe")
+        if pipe is not None:
+            try:
+                os.write(pipe, b"1 " + message.encode("ascii", "backslashreplace")[:98])
+                os.close(pipe)
+            except OSError:
+                pass
+        pidfile = self.twistd.get("pidfile")
+        if pidfile:
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass
 
 
 def _pause_gc() -> bool:
@@ -136,33 +241,16 @@ def _resume_gc() -> None:
 
 
 def makeService(options: Options) -> service.IService:
-    cfg = options["config_obj"]
-    paused = _pause_gc()
-    try:
-        early = [listening.bind_early(endpoint) for endpoint in cfg.listen]
-    except listening.ListenError as e:
-        _abort(str(e))
+    """Assemble the server's services; nothing is built or imported until
+    they are started (see :class:`Server`).
 
-    from twisted.internet import reactor
-
-    if paused:
-        reactor.callWhenRunning(_resume_gc)
-    pending = listening.PendingFactory()
-    try:
-        listeners = [listening.Listener(endpoint, listening.listen(reactor, endpoint, pending, sock))
-                     for endpoint, sock in zip(cfg.listen, early)]
-    except listening.ListenError as e:
-        _abort(str(e))
-
-    from pypicache.daemon.app import build
-
-    try:
-        app = build(cfg, reactor)
-    except ConfigError as e:
-        _abort(f"config error: {e}")
-    pending.attach(app.factory)
-    top = service.MultiService()
-    AppService(app).setServiceParent(top)
-    for listener in listeners:  # stopped first (reverse order): no new requests while the app closes
-        listener.setServiceParent(top)
-    return top
+    Run by twistd (the options have twistd's as their parent), the ports are
+    bound here already: twistd imports the reactor before it starts a
+    service (:meth:`Server.start_early`).  Called with options of its own,
+    as in a unit test, it binds nothing.
+    """
+    twistd = getattr(options, "parent", None)
+    server = Server(options["config_obj"], twistd=twistd)
+    if twistd is not None:
+        server.start_early()
+    return server

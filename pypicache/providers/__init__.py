@@ -47,12 +47,18 @@ class ProviderContext:
 
     ``threadpool`` is a started ``twisted.python.threadpool.ThreadPool`` for
     blocking work (``deferToThreadPool(reactor, threadpool, f)``).
+    ``exclusive`` is True in the server, which owns its data; False in a
+    second process on the same data (``pypicache verify``, yank, delete),
+    where a provider must leave alone what a running server may be using
+    (the filesystem storage then skips its start-up clean-up of half-written
+    files).  :func:`pypicache.daemon.context.start_context` builds one.
     """
 
     reactor: Any
     threadpool: Any
     data_dir: Path
     http: HTTPSettings = HTTPSettings()
+    exclusive: bool = True
 
 
 def _builtin(kind: str) -> dict[str, str]:

@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import pytest
 from twisted.internet import defer
-from twisted.python.threadpool import ThreadPool
 
 from pypicache.providers import ProviderContext
 
@@ -26,9 +25,9 @@ def make_context(tmp_path: Path) -> ProviderContext:
     ``provider_context`` fixture does both)."""
     from twisted.internet import reactor
 
-    pool = ThreadPool(minthreads=0, maxthreads=4, name="pypicache-test")
-    pool.start()
-    return ProviderContext(reactor=reactor, threadpool=pool, data_dir=Path(tmp_path))
+    from pypicache.daemon.context import start_context
+
+    return start_context(reactor, Path(tmp_path), threads=4, name="pypicache-test")
 
 
 def stop_context(context: ProviderContext) -> None:

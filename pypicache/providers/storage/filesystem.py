@@ -647,9 +647,9 @@ class FilesystemStorageFactory:
 
     kind = "storage"
 
-    def create(self, options: Mapping[str, Any], context: ProviderContext, *,
-               clean: bool = True) -> FilesystemStorage:
-        """``clean=False`` (not a config option): see FilesystemStorage."""
+    def create(self, options: Mapping[str, Any], context: ProviderContext) -> FilesystemStorage:
+        """A store that cleans up ``.tmp`` only when the context is
+        ``exclusive`` (the server's): see FilesystemStorage."""
         check_options("storage", options, {"path": str, "fsync": bool, "verify_reads": bool,
                                            "scrub_rate": int})
         scrub_rate = options.get("scrub_rate", SCRUB_RATE)
@@ -660,7 +660,7 @@ class FilesystemStorageFactory:
             root = Path(context.data_dir) / root
         return FilesystemStorage(root, context.reactor, context.threadpool,
                                  fsync=options.get("fsync", True),
-                                 verify_reads=options.get("verify_reads", True), clean=clean,
+                                 verify_reads=options.get("verify_reads", True), clean=context.exclusive,
                                  scrub_rate=scrub_rate)
 
 
