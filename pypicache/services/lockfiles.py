@@ -344,13 +344,14 @@ def detect_format(name: str | None, text: str) -> str:
         return "pylock"
     if base.endswith(".txt") or base.endswith(".in"):
         return "requirements"
-    head = text[:4096]
-    if re.search(r"^lock-version\s*=", head, re.M):
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return "requirements"
+    if "lock-version" in data and "packages" in data:
         return "pylock"
-    if re.search(r"^\[\[package\]\]", text, re.M):
-        if re.search(r"^(source|wheels|sdist)\s*=", text, re.M) and re.search(r"^version\s*=\s*\d", head, re.M):
-            return "uv.lock"
-        return "poetry.lock"
+    if isinstance(data.get("package"), list):
+        return "uv.lock" if isinstance(data.get("version"), int) else "poetry.lock"
     return "requirements"
 
 
