@@ -330,3 +330,47 @@ async def test_prefilled_server_installs_with_the_upstream_stopped(start: Any, f
     result = await deferToThread(pip_download, server.simple, hashed, tmp_path / "downloads")
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == sorted(f["filename"] for f in pins.values())
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    from pypicache.cli.prefetch import Progress
+    from pypicache.model import FileRecord
+    from pypicache.services.prefetch import FileResult, Report
+
+    out, err = io.StringIO(), io.StringIO()
+    progress = Progress(out, err, bar=True)
+    progress.plan([("a", FileRecord("a-1-py3-none-any.whl", size=2048)), ("b", FileRecord("b-1.tar.gz", size=1024))])
+    results = [FileResult("a", "a-1-py3-none-any.whl", "fetched", size=2048),
+               FileResult("b", "b-1.tar.gz", "failed", "upstream failed", size=1024)]
+    for result in results:
+        progress.file(result)
+    progress.close(Report(files=results, environments=["python 3.12 on native"]))
+    assert "2/2 files" in err.getvalue() and "3.00k" in err.getvalue()  # files and bytes
+    assert "failed   b b-1.tar.gz: upstream failed" in err.getvalue()
+    assert out.getvalue() == "1 fetched (2.0 KiB), 0 already held, 1 failed, for python 3.12 on native in 0.0 s\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pylock_markers_and_files_that_fit_no_environment(server: Any, fake_upstream: Any) -> None:
+    win = "platproj-1.0-cp312-cp312-win_amd64.whl"
+    lock = f"""\
+lock-version = "1.0"
+created-by = "test"
+
+[[packages]]
+name = "platproj"
+version = "1.0"
+wheels = [{{name = "{win}", hashes = {{sha256 = "{fake_upstream.sha256(win)}"}}}}]
+
+[[packages]]
+name = "depproj"
+version = "1.0"
+marker = "sys_platform == 'nonesuch'"
+wheels = [{{name = "depproj-1.0-py3-none-any.whl"}}]
+"""
+    report = await prefetcher(server).run(parse_any(lock, label="pylock.toml"),
+                                          environments(["3.12"], ["manylinux_2_28_x86_64"]))
+    assert by_file(report) == {"platproj": ("failed", "no file of platproj 1.0 fits python 3.12 on "
+                                                      "manylinux_2_28_x86_64")}
+    report = await prefetcher(server).run(parse_any(lock, label="pylock.toml"), environments(["3.12"], ["win_amd64"]))
+    assert by_file(report) == {win: ("fetched", None)}

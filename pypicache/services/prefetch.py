@@ -200,7 +200,7 @@ class Catalog:
                 return _parse_metadata(await self._from_blob(stored))
             except Exception as e:
                 errors.append(f"{f.filename}: {e}")
-            break
+            break  # one download to learn a release's dependencies, not every file
         raise PrefetchError("; ".join(errors) or "no file to read its metadata from")
 
     async def _metadata_file(self, name: str, f: FileRecord) -> bytes:
@@ -384,14 +384,14 @@ class Prefetcher:
         releases: dict[tuple[str, str], list[LockedFile]] = {}
         for f in locked:
             releases.setdefault((f.project, f.version), []).append(f)
-        pages = await defer.gatherResults(
-            [defer.ensureDeferred(catalog.project_files(name)) for name in {p for p, _ in releases}])
-        del pages  # fetched concurrently; read back from the catalog below
+        names = sorted({name for name, _ in releases})
+        pages = dict(zip(names, await defer.gatherResults(  # concurrently: no resolution waits on them
+            [defer.ensureDeferred(catalog.project_files(name)) for name in names])))
         for (name, version), listed in releases.items():
-            files = catalog._files.get(name)
+            files = pages[name]
             if files is None:
-                failures.append(FileResult(name, None, "failed", catalog.errors.get(name, "no such project on "
-                                                                                      "the index")))
+                reason = catalog.errors.get(name, "no such project on the index")
+                failures.append(FileResult(name, None, "failed", reason))
                 continue
             by_name = {f.filename: f for f in files}
             candidates: list[FileRecord] = []
@@ -404,17 +404,13 @@ class Prefetcher:
                                                f"{lf.where}: the lock's hash differs from the index's"))
                 else:
                     candidates.append(record)
-            wanted_somewhere = False
-            for env in envs:
-                if not any(env.marker_true(lf.marker) for lf in listed):
-                    continue
-                wanted_somewhere = True
-                for record in best_files(candidates, env):
-                    plan.setdefault((name, record.filename), _Planned(name, record, version or None))
-            if wanted_somewhere and candidates and not any(k[0] == name and plan[k].version == (version or None)
-                                                           for k in plan):
+            targets = [env for env in envs if any(env.marker_true(lf.marker) for lf in listed)]
+            chosen = {record.filename: record for env in targets for record in best_files(candidates, env)}
+            for record in chosen.values():
+                plan.setdefault((name, record.filename), _Planned(name, record, version or None))
+            if targets and candidates and not chosen:
                 failures.append(FileResult(name, None, "failed", f"no file of {name} {version} fits "
-                                                                 f"{', '.join(e.label for e in envs)}"))
+                                                                 f"{', '.join(e.label for e in targets)}"))
 
     async def _fetch(self, catalog: Catalog, item: _Planned) -> FileResult:
         name, record = item.project, item.record
