@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import tarfile
 import zipfile
 from email.message import Message
@@ -30,7 +31,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 from twisted.internet import defer
-from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -127,7 +128,9 @@ class Catalog:
     for the resolver) block their calling thread on them.
     """
 
-    def __init__(self, *, mirror: Any, downloader: Any, storage: Any, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, *, mirror: Any, downloader: Any, storage: Any, reactor: Any, threadpool: Any,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.stopping = stopping
         self.mirror = mirror
         self.downloader = downloader
         self.storage = storage
@@ -285,17 +288,36 @@ class Catalog:
                 return
 
     # ----------------------------------------------------------- thread side
+    def _blocking(self, work: Callable[[], Any]) -> Any:
+        """Run ``work()`` (a coroutine) on the reactor and wait for it.
+
+        Not blockingCallFromThread: at shutdown the reactor joins its pool's
+        threads, and a thread waiting for a call the reactor will no longer
+        run would hang it; this one gives up once ``stopping`` is set.
+        """
+        answer: queue.Queue[Any] = queue.Queue()
+        self.reactor.callFromThread(lambda: defer.ensureDeferred(work()).addBoth(answer.put))
+        while True:
+            try:
+                result = answer.get(timeout=0.5)
+            except queue.Empty:
+                if self.stopping():
+                    raise PrefetchError("the server is stopping") from None
+                continue
+            if isinstance(result, Failure):
+                result.raiseException()
+            return result
+
     def files(self, name: str) -> Sequence[FileRecord] | None:
         if name in self._files:
             return self._files[name]
-        return blockingCallFromThread(self.reactor, lambda: defer.ensureDeferred(self.project_files(name)))
+        return self._blocking(lambda: self.project_files(name))
 
     def metadata(self, name: str, version: Version, files: Sequence[FileRecord]) -> Message:
         cached = self._metadata.get((name, str(version)))
         if cached is not None:
             return cached
-        return blockingCallFromThread(
-            self.reactor, lambda: defer.ensureDeferred(self.release_metadata(name, version, files)))
+        return self._blocking(lambda: self.release_metadata(name, version, files))
 
     def warm(self, requirements: Iterable[Requirement], env: Environment) -> None:
         self.reactor.callFromThread(self.warm_async, list(requirements), env)
@@ -321,13 +343,19 @@ class Prefetcher:
         #: thread pool the index uses, which they would starve.
         self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self.concurrency = concurrency
+        self._stopping = False
+        if hasattr(reactor, "addSystemEventTrigger"):
+            reactor.addSystemEventTrigger("before", "shutdown", self._stop)
+
+    def _stop(self) -> None:
+        self._stopping = True
 
     async def run(self, inputs: Inputs, envs: Sequence[Environment], *,
                   on_plan: Callable[[list[tuple[str, FileRecord]]], None] | None = None,
                   on_file: Callable[[FileResult], None] | None = None) -> Report:
         started = self.reactor.seconds()
         catalog = Catalog(mirror=self.mirror, downloader=self.downloader, storage=self.storage,
-                          reactor=self.reactor, threadpool=self.threadpool)
+                          reactor=self.reactor, threadpool=self.threadpool, stopping=lambda: self._stopping)
         report = Report(environments=[e.label for e in envs])
         failures: list[FileResult] = [FileResult(p.project, None, "failed", f"{p.where}: {p.reason}")
                                       for p in inputs.problems]
