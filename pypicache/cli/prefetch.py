@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from pypicache.services.lockfiles import FORMATS, Inputs, parse_any
 
@@ -152,11 +152,13 @@ async def prefetch_command(cfg: Any, args: argparse.Namespace, index: Any, conte
         await downloader.settle(reactor, 30.0)
         progress.close(report)
     finally:
-        closer: Callable[[], Any] | None = getattr(upstream, "close", None)
-        if closer is not None:
-            from twisted.internet import defer
+        from twisted.internet import defer
 
-            await defer.maybeDeferred(closer)
+        from pypicache.interfaces import IClosable
+
+        for provider in (upstream, storage):  # as the daemon's App.close does
+            if IClosable.providedBy(provider):
+                await defer.maybeDeferred(provider.close)
         shutil.rmtree(spool, ignore_errors=True)
     if not report.ok:
         err.write("pypicache: some files could not be pre-filled (see above)\n")
