@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fetches them again), fix sizes, re-attach blobs the index lost, empty the "
                         "quarantine")
     p.add_argument("--quick", action="store_true", help="check presence and size only, do not hash")
+    from pypicache.cli import prefetch
+
+    prefetch.add_parser(commands)
     return parser
 
 
@@ -135,6 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_catalog(cfg, args)
         if args.group == "verify":
             return _run_reactor(cfg, args, verify_command)
+        if args.group == "prefetch":
+            from pypicache.cli import prefetch
+            from pypicache.services.environments import InvalidEnvironment
+
+            try:
+                prefetch.prepare(cfg, args)
+            except InvalidEnvironment as e:
+                return _fail(str(e), 2)
+            return _run_reactor(cfg, args, prefetch.prefetch_command)
         return _run_accounts(cfg, args)
     except ConfigError as e:
         return _fail(f"config error: {e}", 2)

@@ -128,9 +128,18 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         return JsonAPI(mirror, storage, downloader, public_url=config.public_url)
 
+    prefetch_route: list[Any] = []  # one resource for /requirements.txt and /requirements/
+
+    def prefetch() -> Any:
+        from pypicache.web.prefetch import PrefetchRoute
+
+        if not prefetch_route:
+            prefetch_route.append(PrefetchRoute(app=app, accounts=accounts, config=config.prefetch))
+        return prefetch_route[0]
+
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
-                      page_bytes=config.page_cache_bytes // 2, in_thread=in_thread)
+                      page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate
@@ -144,6 +153,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                      read_gate=read_gate if config.auth.read == "authenticated" else None,
                      upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled),
                      header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
+    site.body_limits = {b"/requirements.txt": config.prefetch.max_body}
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
     # It needs Twisted's internals, as sendfile does: checked once, here.

@@ -79,6 +79,18 @@ class AuthConfig:
 
 
 @attrs.frozen
+class PrefetchConfig:
+    """Pre-filling (docs/operations.md): target environments, who may ask, bounds."""
+
+    python: tuple[str, ...] = ()  # () and (): the server's own environment
+    platforms: tuple[str, ...] = ()
+    open: bool = False  # True: POST /requirements.txt without credentials
+    max_body: int = 1024 * 1024
+    max_requirements: int = 1000
+    job_threshold: int = 20  # larger sets answer 202 and run as a job
+
+
+@attrs.frozen
 class Config:
     """The whole validated configuration."""
 
@@ -107,6 +119,7 @@ class Config:
     http: HTTPSettings = HTTPSettings()
     uploads: UploadConfig = UploadConfig()
     auth: AuthConfig = AuthConfig()
+    prefetch: PrefetchConfig = PrefetchConfig()
     source: str = "<embedded default>"
 
 
@@ -160,7 +173,7 @@ def _provider(table: Any, section: str, default: str) -> ProviderConfig:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a Config (or raise ConfigError)."""
-    known = {"server", "http", "storage", "index", "upstream", "uploads", "auth"}
+    known = {"server", "http", "storage", "index", "upstream", "uploads", "auth", "prefetch"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -250,6 +263,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         **kwargs,
         uploads=_uploads(data.get("uploads", {})),
         auth=_auth(data.get("auth", {})),
+        prefetch=_prefetch(data.get("prefetch", {})),
         storage=_provider(data.get("storage"), "storage", "filesystem"),
         index=_provider(data.get("index"), "index", "sqlite"),
         upstream=_provider(data.get("upstream"), "upstream", "simple"),
@@ -357,6 +371,39 @@ def _auth(table: Any) -> AuthConfig:
             value = _positive("auth.failed_login_window", value, upper=86400)
         kwargs[key] = value
     return AuthConfig(**kwargs)
+
+
+def _prefetch(table: Any) -> PrefetchConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("prefetch: must be a table")
+    bounds = {"max_body": (1024, 64 * 1024 * 1024), "max_requirements": (1, 100_000),
+              "job_threshold": (0, 100_000)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"prefetch.{key}"
+        if key in ("python", "platforms"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 16:
+                raise ConfigError(f"{where}: expected a list of at most 16 strings")
+            kwargs[key] = tuple(value)
+        elif key == "open":
+            _check_type(where, value, bool)
+            kwargs[key] = value
+        elif key in bounds:
+            _check_type(where, value, int)
+            if not bounds[key][0] <= value <= bounds[key][1]:
+                raise ConfigError(f"{where}: must be between {bounds[key][0]} and {bounds[key][1]}, got {value!r}")
+            kwargs[key] = value
+        else:
+            raise ConfigError(f"{where}: unknown key (known: job_threshold, max_body, max_requirements, "
+                              "open, platforms, python)")
+    if kwargs.get("python") or kwargs.get("platforms"):  # packaging.tags: imported only then
+        from pypicache.services.environments import InvalidEnvironment, environments
+
+        try:
+            environments(kwargs.get("python", ()), kwargs.get("platforms", ()))
+        except InvalidEnvironment as e:
+            raise ConfigError(f"prefetch.{e}") from None
+    return PrefetchConfig(**kwargs)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

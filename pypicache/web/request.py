@@ -112,8 +112,8 @@ class PyPICacheRequest(Request):
         if self.is_upload or head is None:
             self._max_size = getattr(site, "upload_limit", 0)
             self._limit = self._max_size + FORM_ALLOWANCE
-        else:
-            self._max_size = self._limit = SMALL_BODY
+        else:  # a route may have its own bound (pre-filling: [prefetch] max_body)
+            self._max_size = self._limit = getattr(site, "body_limits", {}).get(_path_of(head[1]), SMALL_BODY)
         self._received = 0
         self._too_large = length is not None and length > self._limit
         if self._too_large:

@@ -7,6 +7,7 @@
     /legacy/                      uploads (twine, uv publish)
     /api/projects/...             yank, unyank, delete (private projects)
     /pypi/<project>/json          the PyPI JSON API
+    /requirements.txt             pre-filling (POST); /requirements/jobs/<id>: its jobs
     /stats                        cache counters
 """
 
@@ -100,13 +101,14 @@ class StatsPage(Resource):
 def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
-               in_thread: Callable[..., Any] | None = None) -> Home:
+               in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None) -> Home:
     """The resource tree; ``upload``, ``manage`` and ``jsonapi`` are factories
     called on the first request to their route.  ``page_bytes`` bounds the
     rendered pages; ``in_thread`` renders big ones in the thread pool."""
     pages = PageCache(page_bytes)
     root = Home()
-    for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi)):
+    for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi),
+                       (b"requirements.txt", prefetch), (b"requirements", prefetch)):
         if make is not None:
             root.putLazyChild(name, make)
     proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
