@@ -145,7 +145,8 @@ async def prefetch_command(cfg: Any, args: argparse.Namespace, index: Any, conte
         mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=cfg.page_ttl,
                         root_ttl=cfg.root_ttl, offline=cfg.offline, merge=cfg.uploads.merge,
                         not_found_ttl=cfg.not_found_ttl, memory_bytes=cfg.page_cache_bytes)
-        downloader = Downloader(storage=storage, index=index, upstream=upstream, mirror=mirror, spool_dir=spool)
+        # The mirror's catalogue is the one writer: pages follow what is stored.
+        downloader = Downloader(storage=storage, index=mirror.index, upstream=upstream, spool_dir=spool)
         progress = Progress(out, err, bar=err.isatty())
         prefetcher = Prefetcher(mirror=mirror, downloader=downloader, storage=storage, reactor=reactor)
         report = await prefetcher.run(inputs, envs, on_plan=progress.plan, on_file=progress.file)
