@@ -21,7 +21,7 @@ from pypicache.daemon import app as app_module
 from pypicache.daemon import listening
 from pypicache.daemon import tap
 from tests.clients import isolated_env
-from tests.test_daemon import free_port, write_config
+from tests.daemon import free_port, write_config
 
 MEMORY_CONFIG = """
 [server]

@@ -29,7 +29,7 @@ import pytest
 import pytest_twisted
 
 from tests.clients import isolated_env
-from tests.test_daemon import JSON, free_port, spawn  # noqa: F401  (spawn is a fixture)
+from tests.daemon import JSON, free_port
 
 SUBPROCESS_TIMEOUT = 20
 
