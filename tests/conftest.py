@@ -216,7 +216,7 @@ def pytest_pyfunc_call(pyfuncitem: Any) -> Any:
         raise TestTimeout(message + " while blocking the reactor")
 
     previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds + 5)
+    signal.setitimer(signal.ITIMER_REAL, seconds + min(5.0, seconds / 2))  # after the Deferred's cancel
     try:
         reactor.callLater(0, in_reactor)
         pytest_twisted.blockon(done)
