@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import attrs
+from twisted.internet.threads import deferToThread
 
 
 @attrs.frozen
@@ -120,3 +122,123 @@ def h11_requests(payload: bytes) -> tuple[int, bool]:
             # NEED_DATA after EOF means h11 would reject a truncated request:
             # it is not one more request either way.
             return count, event is h11.NEED_DATA and conn.their_state is not h11.IDLE
+
+
+# ------------------------------------------------- one request, byte-exact
+
+
+@attrs.define
+class RawResponse:
+    """What a byte-level client saw: nothing normalised away."""
+
+    status: int | None
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    #: True only when the body ended as its framing says it must
+    #: (Content-Length reached, or the final chunk of a chunked body).
+    complete: bool
+    error: str | None
+    raw: bytes
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode()
+        values = [v for k, v in self.headers if k.lower() == wanted]
+        return values[-1].decode("latin-1") if values else None
+
+    def header_names(self) -> list[bytes]:
+        return [k.lower() for k, _ in self.headers]
+
+    @property
+    def announced(self) -> int | None:
+        value = self.header("content-length")
+        return int(value) if value is not None else None
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bool]:
+    out, pos = bytearray(), 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            return bytes(out), False
+        try:
+            size = int(data[pos:end].split(b";")[0], 16)
+        except ValueError:
+            return bytes(out), False
+        if size == 0:
+            return bytes(out), True
+        chunk = data[end + 2 : end + 2 + size]
+        out += chunk
+        if len(chunk) < size:
+            return bytes(out), False
+        pos = end + 2 + size + 2
+
+
+def parse_raw(raw: bytes, *, head: bool = False, error: str | None = None) -> RawResponse:
+    sep = raw.find(b"\r\n\r\n")
+    if sep < 0:
+        return RawResponse(None, b"", [], b"", False, error or "no complete head", raw)
+    lines = raw[:sep].split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.append((name.strip(), value.strip()))
+    rest = raw[sep + 4 :]
+    response = RawResponse(status, parts[2] if len(parts) > 2 else b"", headers, rest, False, error, raw)
+    if head or status in (204, 304):
+        response.complete = True
+        return response
+    if (response.header("transfer-encoding") or "").lower() == "chunked":
+        response.body, response.complete = _dechunk(rest)
+    elif response.announced is not None:
+        response.body = rest[: response.announced]
+        response.complete = len(rest) >= response.announced
+    else:
+        response.complete = error is None
+    return response
+
+
+def _exchange(port: int, data: bytes, timeout: float, rcvbuf: int | None) -> tuple[bytes, str | None]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    chunks: list[bytes] = []
+    error = None
+    try:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(data)
+        while True:
+            chunk = sock.recv(256 * 1024)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except ConnectionResetError:
+        error = "reset"
+    except socket.timeout:
+        error = "timeout"
+    except OSError as e:
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        sock.close()
+    return b"".join(chunks), error
+
+
+async def raw_request(server: Any, method: str, path: str | bytes, *, headers: dict[str, str] | None = None,
+                      body: bytes = b"", timeout: float = 10.0, rcvbuf: int | None = None,
+                      raw: bytes | None = None) -> RawResponse:
+    """One HTTP/1.1 request on a fresh socket (in a thread, so the in-process
+    server keeps running), path bytes sent exactly as given."""
+    port = server.port.getHost().port
+    if raw is None:
+        target = path if isinstance(path, bytes) else path.encode("latin-1")
+        lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}".encode("latin-1"))
+        if body:
+            lines.append(b"Content-Length: " + str(len(body)).encode())
+        raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    data, error = await deferToThread(_exchange, port, raw, timeout, rcvbuf)
+    return parse_raw(data, head=method == "HEAD", error=error)

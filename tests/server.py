@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest_twisted
 
 from pypicache.daemon import config as configuration
 
@@ -75,10 +74,3 @@ async def start_server(config: configuration.Config) -> RunningServer:
     _TrackingSite(app.site)
     port = reactor.listenTCP(0, app.factory, interface="127.0.0.1")
     return RunningServer(app, port, f"http://127.0.0.1:{port.getHost().port}")
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy(tmp_path: Path, fake_upstream: Any):
-    server = await start_server(make_config(tmp_path, fake_upstream.url))
-    yield server
-    await server.stop()

@@ -124,7 +124,13 @@ def test_invalid_user_names(store: AccountStore, name: str) -> None:
 
 
 def test_longest_name_accepted(store: AccountStore) -> None:
-    store.add_user("a" * 64, PASSWORD)
+    """64 characters is the limit (65 is refused above): the user exists, whole, and can log in."""
+    name = "a" * 64
+    user = store.add_user(name, PASSWORD)
+    assert user.name == name
+    assert [u.name for u in store.list_users()] == [name]
+    assert store.get_user(name) == user
+    assert store.verify_password(name, PASSWORD) == user
 
 
 def test_duplicate_user_case_insensitive(store: AccountStore) -> None:

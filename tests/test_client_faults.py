@@ -22,18 +22,8 @@ from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.builders import build_wheel
-from tests.test_faults import (  # noqa: F401  (fixtures)
-    WHEEL,
-    blobs,
-    get,
-    logs,
-    raw_request,
-    sleep,
-    spool,
-    srv,
-    start,
-    stored,
-)
+from tests.faults import WHEEL, blobs, get, sleep, spool, stored
+from tests.rawhttp import raw_request
 
 BIG = 40 * 1024 * 1024
 #: How much the server's Python heap may grow while a 40 MB file is held

@@ -32,7 +32,7 @@ from pypicache.services.accounts import AccountStore
 from pypicache.providers.storage import filesystem
 from pypicache.testing import make_context, stop_context
 from tests.builders import build_wheel, wheel_metadata
-from tests.test_daemon import free_port, sleep, spawn, twistd_argv, write_config  # noqa: F401 (fixture)
+from tests.daemon import free_port, sleep, twistd_argv, write_config
 
 TIMEOUT = 15.0
 PROJECT = "acme-crash"

@@ -18,7 +18,7 @@ from twisted.internet import defer
 
 from tests.builders import build_wheel
 from tests.server import RunningServer, make_config, start_server
-from tests.test_upload_rules import PASSWORD, cheap_accounts, form, post, state
+from tests.uploads import PASSWORD, cheap_accounts, form, post, state
 
 JSON = "application/vnd.pypi.simple.v1+json"
 PUBLIC = "tinyproj"

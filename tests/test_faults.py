@@ -6,26 +6,22 @@ hangs and black holes cost well under a second.  Each test asserts three
 things: the status the client gets, what the index and storage hold
 afterwards, and what the server logged.
 
-The raw HTTP helpers and the log capture defined here are shared by
-tests/test_client_faults.py and tests/test_hostile.py.
+The servers and helpers are in tests/faults.py, raw HTTP in tests/rawhttp.py,
+the ``srv`` and ``logs`` fixtures in conftest.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 from zope.interface.verify import verifyObject
 
 from pypicache.daemon import config as configuration
@@ -36,249 +32,25 @@ from pypicache.errors import CircuitOpen
 from pypicache.providers.upstream.breaker import CLOSED, HALF_OPEN, OPEN, BreakerUpstream, with_breaker
 from pypicache.providers.upstream.simple import SimpleUpstream
 from tests.builders import build_wheel
-from tests.server import RunningServer, _TrackingSite
-
-JSON = "application/vnd.pypi.simple.v1+json"
-WHEEL = "tinyproj-1.0-py3-none-any.whl"
-
-#: The timeouts every server in these tests runs with (seconds).
-CONNECT, READ, PAGE = 0.5, 0.5, 1.0
-#: Scheduling slack on a loaded 2-core CI machine.
-SLACK = 1.5
-MAX_PAGE = 256 * 1024
-
-
-# ------------------------------------------------------------ raw HTTP
-
-
-@attrs.define
-class RawResponse:
-    """What a byte-level client saw: nothing normalised away."""
-
-    status: int | None
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    #: True only when the body ended as its framing says it must
-    #: (Content-Length reached, or the final chunk of a chunked body).
-    complete: bool
-    error: str | None
-    raw: bytes
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower().encode()
-        values = [v for k, v in self.headers if k.lower() == wanted]
-        return values[-1].decode("latin-1") if values else None
-
-    def header_names(self) -> list[bytes]:
-        return [k.lower() for k, _ in self.headers]
-
-    @property
-    def announced(self) -> int | None:
-        value = self.header("content-length")
-        return int(value) if value is not None else None
-
-
-def _dechunk(data: bytes) -> tuple[bytes, bool]:
-    out, pos = bytearray(), 0
-    while True:
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            return bytes(out), False
-        try:
-            size = int(data[pos:end].split(b";")[0], 16)
-        except ValueError:
-            return bytes(out), False
-        if size == 0:
-            return bytes(out), True
-        chunk = data[end + 2 : end + 2 + size]
-        out += chunk
-        if len(chunk) < size:
-            return bytes(out), False
-        pos = end + 2 + size + 2
-
-
-def parse_raw(raw: bytes, *, head: bool = False, error: str | None = None) -> RawResponse:
-    sep = raw.find(b"\r\n\r\n")
-    if sep < 0:
-        return RawResponse(None, b"", [], b"", False, error or "no complete head", raw)
-    lines = raw[:sep].split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.append((name.strip(), value.strip()))
-    rest = raw[sep + 4 :]
-    response = RawResponse(status, parts[2] if len(parts) > 2 else b"", headers, rest, False, error, raw)
-    if head or status in (204, 304):
-        response.complete = True
-        return response
-    if (response.header("transfer-encoding") or "").lower() == "chunked":
-        response.body, response.complete = _dechunk(rest)
-    elif response.announced is not None:
-        response.body = rest[: response.announced]
-        response.complete = len(rest) >= response.announced
-    else:
-        response.complete = error is None
-    return response
-
-
-def _exchange(port: int, data: bytes, timeout: float, rcvbuf: int | None) -> tuple[bytes, str | None]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(timeout)
-    chunks: list[bytes] = []
-    error = None
-    try:
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(data)
-        while True:
-            chunk = sock.recv(256 * 1024)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except ConnectionResetError:
-        error = "reset"
-    except socket.timeout:
-        error = "timeout"
-    except OSError as e:
-        error = f"{type(e).__name__}: {e}"
-    finally:
-        sock.close()
-    return b"".join(chunks), error
-
-
-async def raw_request(server: RunningServer, method: str, path: str | bytes, *, headers: dict[str, str] | None = None,
-                      body: bytes = b"", timeout: float = 10.0, rcvbuf: int | None = None,
-                      raw: bytes | None = None) -> RawResponse:
-    """One HTTP/1.1 request on a fresh socket (in a thread, so the in-process
-    server keeps running), path bytes sent exactly as given."""
-    port = server.port.getHost().port
-    if raw is None:
-        target = path if isinstance(path, bytes) else path.encode("latin-1")
-        lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}".encode("latin-1"))
-        if body:
-            lines.append(b"Content-Length: " + str(len(body)).encode())
-        raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
-    data, error = await deferToThread(_exchange, port, raw, timeout, rcvbuf)
-    return parse_raw(data, head=method == "HEAD", error=error)
-
-
-# ---------------------------------------------------------------- logs
-
-
-class LogCapture:
-    """Every twisted.logger event emitted while installed."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-    def lines(self, min_level: LogLevel = LogLevel.info) -> list[str]:
-        out = []
-        for event in self.events:
-            level = event.get("log_level")
-            if level is not None and level >= min_level:
-                out.append(f"[{level.name}] {formatEvent(event)}")
-        return out
-
-    def has(self, *needles: str, min_level: LogLevel = LogLevel.info) -> bool:
-        return any(all(n in line for n in needles) for line in self.lines(min_level))
-
-    def clear(self) -> None:
-        self.events.clear()
-
-
-@pytest.fixture
-def logs():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    try:
-        yield capture
-    finally:
-        globalLogPublisher.removeObserver(capture)
-
-
-# -------------------------------------------------------------- servers
-
-
-def fault_config(tmp_path: Path, upstream_url: str, **server: Any) -> configuration.Config:
-    data = {
-        "server": {"data_dir": str(tmp_path / "data"), "access_log": False, "page_ttl": 0, **server},
-        "http": {"connect_timeout": CONNECT, "read_timeout": READ, "page_timeout": PAGE,
-                 "max_page_bytes": MAX_PAGE},
-        "upstream": {"provider": "simple", "url": upstream_url},
-    }
-    return configuration.parse(data, source="<test>")
-
-
-async def start(config: configuration.Config, upstream: Any = None) -> RunningServer:
-    from twisted.internet import reactor
-
-    from pypicache.daemon.app import build
-
-    app = build(config, reactor, upstream=upstream)
-    _TrackingSite(app.site)
-    port = reactor.listenTCP(0, app.site, interface="127.0.0.1")
-    return RunningServer(app, port, f"http://127.0.0.1:{port.getHost().port}")
-
-
-def simple_upstream(config: configuration.Config, url: str) -> SimpleUpstream:
-    from twisted.internet import reactor
-
-    context = ProviderContext(reactor=reactor, threadpool=None, data_dir=config.data_dir, http=config.http)
-    return SimpleUpstream(context, url)
-
-
-@pytest_twisted.async_yield_fixture
-async def srv(tmp_path, fake_upstream):
-    server = await start(fault_config(tmp_path, fake_upstream.url))
-    yield server
-    await server.stop()
-
-
-async def get(url: str, **headers: str) -> tuple[Any, bytes]:
-    h = {k.replace("_", "-"): [v] for k, v in headers.items()}
-    response = await treq.get(url, headers=h, allow_redirects=False)
-    return response, await treq.content(response)
-
-
-def hdr(response: Any, name: str) -> str | None:
-    values = response.headers.getRawHeaders(name)
-    return values[-1] if values else None
-
-
-async def sleep(seconds: float) -> None:
-    from twisted.internet import reactor
-
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def stored(server: RunningServer, project: str, filename: str, *, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        record = await server.app.index.get_project(project)
-        if record is not None and record.file(filename) is not None and record.file(filename).stored:
-            return
-        await sleep(0.02)
-    raise AssertionError(f"{filename} was never stored")
-
-
-def blobs(server: RunningServer) -> list[str]:
-    """Every committed blob in storage (file names under the fan-out dirs)."""
-    root = Path(server.app.storage.root)
-    return sorted(p.name for p in root.glob("??/??/*") if p.is_file())
-
-
-def spool(server: RunningServer) -> list[str]:
-    return sorted(p.name for p in server.app.downloader.spool_dir.iterdir())
-
+from tests.server import RunningServer
+from tests.faults import (
+    CONNECT,
+    JSON,
+    MAX_PAGE,
+    PAGE,
+    READ,
+    SLACK,
+    WHEEL,
+    blobs,
+    fault_config,
+    get,
+    hdr,
+    simple_upstream,
+    spool,
+    start,
+    stored,
+)
+from tests.rawhttp import raw_request
 
 # ---------------------------------------------------------------- faults
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest_twisted
 
 from tests.server import make_config, start_server
-from tests.test_storage_faults import WHEEL_1, get, later_ctime_tick, rot_in_place, sha, wait_stored
-from tests.test_upload_rules import NAME, PASSWORD, WHEEL_NAME, cheap_accounts, form, good_wheel, post
+from tests.blobs import WHEEL_1, get, later_ctime_tick, rot_in_place, sha, wait_stored
+from tests.uploads import NAME, PASSWORD, WHEEL_NAME, cheap_accounts, form, good_wheel, post
 
 
 def too_open(root: Path) -> list[str]:

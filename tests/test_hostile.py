@@ -22,13 +22,8 @@ from argon2 import PasswordHasher
 
 from pypicache.services.accounts import AccountStore
 from tests.builders import build_wheel
-from tests.test_faults import (  # noqa: F401  (fixtures)
-    JSON,
-    RawResponse,
-    fault_config,
-    raw_request,
-    start,
-)
+from tests.faults import JSON, fault_config, start
+from tests.rawhttp import RawResponse, raw_request
 
 PASSWORD = "correct horse battery"
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=8)
@@ -288,7 +283,7 @@ async def test_hostile_upload_filenames_never_split_a_header(hsrv, tmp_path):
 
 
 def _anchors_attrs(body: bytes) -> list[dict[str, str]]:
-    from tests.test_proxy import anchors
+    from tests.anchors import anchors
 
     return anchors(body)
 

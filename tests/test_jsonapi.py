@@ -29,7 +29,6 @@ from pypicache.services.projectjson import MAX_METADATA_BYTES
 from pypicache.services.releases import classify, group_releases, latest
 from pypicache.web.jsonapi import JsonAPI
 from tests.builders import wheel_metadata
-from tests.server import proxy  # noqa: F401 (fixture)
 
 INFO_KEYS = {
     "author", "author_email", "bugtrack_url", "classifiers", "description", "description_content_type",
@@ -441,7 +440,7 @@ SPOOFED = {"Host": "evil.example", "X-Forwarded-Proto": "https", "X-Forwarded-Ho
 
 
 async def spoofed_get(server: Any, path: str, headers: dict[str, str]) -> Any:
-    from tests.test_faults import raw_request
+    from tests.rawhttp import raw_request
 
     lines = [f"GET {path} HTTP/1.1", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
     if "Host" not in headers:

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThread
 from pypicache.services.accounts import AccountStore
 from tests.builders import build_wheel
 from tests.server import make_config, start_server
-from tests.test_faults import logs, parse_raw, raw_request  # noqa: F401  (fixture)
+from tests.rawhttp import parse_raw, raw_request
 
 PASSWORD = "correct horse battery"
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=8)

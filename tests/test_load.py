@@ -48,7 +48,7 @@ from tests.builders import build_wheel
 from tests.clients import isolated_env
 from tests.conftest import populate
 from tests.fakeupstream import FakeUpstream
-from tests.test_daemon import Daemon, _Collector, free_port, sleep, twistd_argv
+from tests.daemon import Daemon, _Collector, free_port, sleep, twistd_argv
 
 JSON = "application/vnd.pypi.simple.v1+json"
 CACHED_PROJECTS = ("tinyproj", "depproj", "yanked-proj")

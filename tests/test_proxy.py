@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from html.parser import HTMLParser
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
 
-from tests.server import make_config, proxy, start_server  # noqa: F401 (fixture)
+from tests.anchors import anchors
+from tests.server import make_config, start_server
 
 JSON = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
-
-
-class Anchors(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[dict] = []
-        self._current: dict | None = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            self._current = dict(attrs)
-            self._current["text"] = ""
-            self.links.append(self._current)
-
-    def handle_data(self, data):
-        if self._current is not None:
-            self._current["text"] += data
-
-    def handle_endtag(self, tag):
-        if tag == "a":
-            self._current = None
-
-
-def anchors(body: bytes) -> list[dict]:
-    p = Anchors()
-    p.feed(body.decode())
-    return p.links
 
 
 async def get(url: str, **headers: str):

@@ -32,17 +32,8 @@ from pypicache.providers.storage import filesystem, memory
 from pypicache.testing import provider_context, write_blob, wait  # noqa: F401 (fixture)
 from tests.builders import wheel_metadata
 from tests.server import make_config, start_server
-from tests.test_storage_faults import (
-    WHEEL_1,
-    WHEEL_2,
-    deferred_sleep,
-    get,
-    later_ctime_tick,
-    logs,  # noqa: F401 (fixture)
-    rot,
-    wait_stored,
-)
-from tests.test_upload_rules import NAME, WHEEL_NAME, cheap_accounts, form, good_wheel, post
+from tests.blobs import WHEEL_1, WHEEL_2, deferred_sleep, get, later_ctime_tick, rot, wait_stored
+from tests.uploads import NAME, WHEEL_NAME, cheap_accounts, form, good_wheel, post
 
 
 def sha(data: bytes) -> str:

@@ -24,7 +24,7 @@ from pypicache.daemon import listening
 from pypicache.daemon import tap
 from tests.clients import isolated_env
 from pypicache.errors import ConfigError
-from tests.test_daemon import TWISTD, free_port, write_config
+from tests.daemon import TWISTD, free_port, write_config
 
 MEMORY_CONFIG = """
 [server]

@@ -19,7 +19,6 @@ looks from inside: no mounts or root needed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import subprocess
@@ -33,7 +32,6 @@ import pytest_twisted
 import treq
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from pypicache.services import verify as verifying
 from pypicache.services import downloads
@@ -45,15 +43,21 @@ from pypicache.testing import provider_context, read_blob, wait, write_blob  # n
 from tests.builders import build_wheel, wheel_metadata
 from tests.clients import isolated_env
 from tests.server import make_config, start_server
+from tests.blobs import (
+    SDIST_1,
+    TIMEOUT,
+    WHEEL_1,
+    WHEEL_2,
+    deferred_sleep,
+    get,
+    later_ctime_tick,
+    rot,
+    rot_in_place,
+    sha,
+    stored,
+    wait_stored,
+)
 
-TIMEOUT = 10.0
-WHEEL_1 = "tinyproj-1.0-py3-none-any.whl"
-WHEEL_2 = "tinyproj-2.0-py3-none-any.whl"
-SDIST_1 = "tinyproj-1.0.tar.gz"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def enospc(*_: Any, **__: Any) -> Any:
@@ -61,35 +65,6 @@ def enospc(*_: Any, **__: Any) -> Any:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-class LogCapture:
-    """Every log event while the test runs, formatted."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-    def lines(self, level: Any = None) -> list[str]:
-        return [formatEvent(e) for e in self.events
-                if level is None or e.get("log_level") == level]
-
-    def errors_about(self, needle: str) -> list[str]:
-        return [line for line in self.lines(LogLevel.error) + self.lines(LogLevel.critical) if needle in line]
-
-    @property
-    def tracebacks(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("log_failure") is not None]
-
-
-@pytest.fixture
-def logs():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 @pytest_twisted.async_yield_fixture
@@ -101,35 +76,8 @@ async def server(tmp_path, fake_upstream):
         await srv.stop()
 
 
-async def get(url: str, headers: dict[str, list[str]] | None = None) -> tuple[int, bytes | Exception, Any]:
-    """GET on a fresh connection: (status, body or the exception reading it, headers)."""
-    from twisted.internet import reactor
-
-    response = await treq.get(url, headers=headers, persistent=False, timeout=TIMEOUT)
-    try:
-        body: bytes | Exception = await treq.content(response).addTimeout(TIMEOUT, reactor)
-    except Exception as e:  # aborted mid-body
-        body = e
-    return response.code, body, response.headers
-
-
 def files_under(root: Path) -> list[Path]:
     return sorted(Path(d, f) for d, _, names in os.walk(root) for f in names)
-
-
-async def stored(server: Any, filename: str, project: str = "tinyproj") -> bool:
-    record = await server.app.index.get_project(project)
-    found = record.file(filename) if record is not None else None
-    return bool(found and found.stored)
-
-
-async def wait_stored(server: Any, filename: str, project: str = "tinyproj") -> None:
-    """Storing runs after the last byte went out: give it a moment."""
-    for _ in range(100):
-        if await stored(server, filename, project):
-            return
-        await deferred_sleep(0.02)
-    raise AssertionError(f"{project}/{filename} was not stored")
 
 
 # ------------------------------------------------------ verify on read, unit
@@ -143,17 +91,6 @@ def store(tmp_path, provider_context):
 def reopen(store: Any, provider_context: Any, **options: Any) -> Any:
     """The same root as a new process would see it (nothing remembered)."""
     return filesystem.factory.create({"path": str(store.root), **options}, provider_context)
-
-
-def rot(path: Path, offset: int = 0) -> None:
-    """Flip one byte in place, keeping size and mtime: silent decay."""
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -306,13 +243,6 @@ async def test_full_disk_keeps_serving_and_logs_once_per_file(server, fake_upstr
     code, body, _ = await get(server.root + f"/files/tinyproj/{WHEEL_2}")
     assert code == 200 and body == expected
     await wait_stored(server, WHEEL_2)
-
-
-def deferred_sleep(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 class _OsWithFullDisk(types.ModuleType):
@@ -604,28 +534,6 @@ def test_verify_reads_option_is_checked(provider_context):
 
 
 # ------------------------------------------- bit rot in a running process
-
-
-def rot_in_place(path: Path, offset: int = 0) -> None:
-    """Flip one byte through the same inode with pwrite, then put size and
-    mtime back: everything a reader can set looks unchanged.  Only the
-    inode's change time (which no writer can set back) moves."""
-    st = os.stat(path)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        byte = os.pread(fd, 1, offset)
-        os.pwrite(fd, bytes([byte[0] ^ 0x01]), offset)
-    finally:
-        os.close(fd)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    after = os.stat(path)
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-async def later_ctime_tick() -> None:
-    """The kernel stamps ctime from a coarse clock: let one tick pass so a
-    rewrite right after a store gets a different change time."""
-    await deferred_sleep(0.05)
 
 
 @pytest_twisted.ensureDeferred

@@ -34,7 +34,7 @@ import pytest_twisted
 from pypicache.testing import StorageContract, UpstreamContract
 
 from tests.clients import isolated_env
-from tests.test_daemon import JSON, free_port, spawn  # noqa: F401  (spawn is a fixture)
+from tests.daemon import JSON, free_port
 
 SUBPROCESS_TIMEOUT = 20
 

@@ -22,7 +22,7 @@ from twisted.internet import task
 from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from tests.server import make_config, start_server
-from tests.test_upload_rules import NAME, WHEEL_NAME, form, good_wheel, post, start  # noqa: F401 (fixture)
+from tests.uploads import NAME, WHEEL_NAME, form, good_wheel, post
 
 JSON = "application/vnd.pypi.simple.v1+json"
 

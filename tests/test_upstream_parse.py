@@ -191,8 +191,16 @@ def test_json_non_bytes_is_value_error():
 
 
 def test_json_minor_versions_accepted():
+    """Any 1.x page is read (later minor versions only add keys); the api-version itself is not kept."""
+    entry = {"filename": "demo-1.0-py3-none-any.whl", "url": "https://files.example/demo-1.0-py3-none-any.whl",
+             "hashes": {"sha256": SHA}}
     for version in ("1.0", "1.1", "1.4", "1.99", "1"):
-        parse_project_json(_json([], version=version), PAGE)
+        page = parse_project_json(_json([entry], version=version, versions=["1.0"]), PAGE)
+        assert page.name == "demo", version
+        assert [f.filename for f in page.files] == ["demo-1.0-py3-none-any.whl"], version
+        assert page.files[0].sha256 == SHA, version
+        assert page.versions == ("1.0",), version
+        assert "api-version" not in page.meta, version
 
 
 # ---------------------------------------------------------------------- HTML

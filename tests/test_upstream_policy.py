@@ -31,7 +31,7 @@ from tests.clients import pip_install
 from tests.conftest import populate
 from tests.fakeupstream import FakeUpstream
 from tests.server import RunningServer
-from tests.test_faults import blobs, get, logs, start  # noqa: F401  (logs: a fixture)
+from tests.faults import blobs, get, start
 
 WHEEL = "tinyproj-1.0-py3-none-any.whl"
 FILE = f"/files/tinyproj/{WHEEL}"
