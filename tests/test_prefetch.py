@@ -26,7 +26,7 @@ from pypicache.services.prefetch import Prefetcher
 from tests.builders import build_sdist, build_wheel
 from tests.clients import isolated_env, pip_install
 from tests.server import make_config, start_server
-from tests.test_hostile import PASSWORD, cheap_accounts
+from tests.uploads import PASSWORD, cheap_accounts
 
 TIMEOUT = 60
 
@@ -207,7 +207,7 @@ async def start(tmp_path: Path, fake_upstream: Any):
         config = make_config(tmp_path, fake_upstream.url)
         config = attrs.evolve(config, prefetch=attrs.evolve(config.prefetch, **prefetch))
         running = await start_server(config)
-        cheap_accounts(running)
+        cheap_accounts(running).add_user("alice", PASSWORD)
         started.append(running)
         return running
 

@@ -17,7 +17,7 @@ from pypicache import _twisted
 from pypicache.web import sending
 from pypicache.web.fastpath import FastPathFactory
 from tests.server import make_config, start_server
-from tests.test_upload_rules import NAME, PASSWORD, WHEEL_NAME, cheap_accounts, form, good_wheel, post
+from tests.uploads import NAME, PASSWORD, WHEEL_NAME, cheap_accounts, form, good_wheel, post
 
 
 class BareTransport:
