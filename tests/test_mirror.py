@@ -332,8 +332,6 @@ def test_a_merged_private_project_survives_an_upstream_404():
     assert len(w.upstream.asked) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the 404 of a merged private project is kept in memory only: "
-                   "the index re-read every local_recheck has no refreshed_at, so it is asked again")
 def test_a_merged_private_projects_upstream_404_lasts_page_ttl():
     w = world(merge=frozenset({"acme"}))
     upload(w, "acme", "1.0")

@@ -271,7 +271,10 @@ class Mirror:
             return self.remember(record) if record is not None else None
         except UpstreamNotFound:
             if current is not None and current.origin == "local":  # merged private project
-                return self.remember(attrs.evolve(current, refreshed_at=now))
+                # Kept in the index too: the record is re-read every
+                # local_recheck, and must not ask again before page_ttl.
+                record = await self.index.mark_refreshed(name, now, None)
+                return self.remember(record if record is not None else attrs.evolve(current, refreshed_at=now))
             log.info("upstream does not know {project}", project=name)
             self._records.pop(name, None)
             self.not_found.add(name)
