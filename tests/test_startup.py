@@ -218,7 +218,8 @@ cfg = config.parse(tomllib.loads({MEMORY_CONFIG.format(data=tmp_path / "data", u
 app = build(cfg, reactor)
 lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.web.manage",
         "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management",
-        "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata"]
+        "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
+        "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
 from twisted.web.test.requesthelper import DummyRequest

@@ -137,9 +137,24 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
             prefetch_route.append(PrefetchRoute(app=app, accounts=accounts, config=config.prefetch))
         return prefetch_route[0]
 
+    def ready() -> Any:
+        from pypicache.services.health import Readiness
+        from pypicache.web.monitoring import Ready
+
+        return Ready(Readiness(index=index, storage=storage, clock=reactor))
+
+    def metrics() -> Any:
+        # prometheus_client is imported here, on the first scrape.
+        from pypicache.services import metrics as prometheus
+        from pypicache.web.monitoring import Metrics
+
+        collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
+        return Metrics(prometheus.make_registry(collector), prometheus.scrape, prometheus.CONTENT_TYPE_LATEST)
+
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
-                      page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch)
+                      page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch,
+                      ready=ready, metrics=metrics)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate

@@ -44,6 +44,8 @@ DISCARD_SLACK = 16 * 1024 * 1024
 FORM_ALLOWANCE = 1024 * 1024
 
 UPLOAD_PATHS = (b"/legacy", b"/legacy/")
+#: Routes that show no package data (pypicache.web.monitoring): never behind the read gate.
+UNGATED_PATHS = (b"/health", b"/ready", b"/metrics")
 
 
 def _path_of(raw: bytes) -> bytes:
@@ -252,7 +254,8 @@ class PyPICacheRequest(Request):
             return
         site = self.channel.site
         gate = getattr(site, "read_gate", None)
-        if gate is None or self.is_upload or _path_of(self.uri).startswith(b"/api/"):
+        path = _path_of(self.uri)
+        if gate is None or self.is_upload or path.startswith(b"/api/") or path in UNGATED_PATHS:
             super().process()
             return
         watch_disconnect(self)

@@ -113,6 +113,9 @@ class PageCache:
             _, page = self._pages.popitem(last=False)
             self.used -= page.cost
 
+    def __len__(self) -> int:
+        return len(self._pages)
+
 
 def etag_matches(header: bytes | None, *etags: str) -> bool:
     if not header:

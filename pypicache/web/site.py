@@ -9,6 +9,7 @@
     /pypi/<project>/json          the PyPI JSON API
     /requirements.txt             pre-filling (POST); /requirements/jobs/<id>: its jobs
     /stats                        cache counters
+    /health, /ready, /metrics     liveness, readiness, Prometheus metrics (never behind the read gate)
 """
 
 from __future__ import annotations
@@ -101,19 +102,23 @@ class StatsPage(Resource):
 def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
-               in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None) -> Home:
-    """The resource tree; ``upload``, ``manage`` and ``jsonapi`` are factories
-    called on the first request to their route.  ``page_bytes`` bounds the
-    rendered pages; ``in_thread`` renders big ones in the thread pool."""
+               in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None,
+               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None) -> Home:
+    """The resource tree; ``upload``, ``manage``, ``jsonapi``, ``prefetch``,
+    ``ready`` and ``metrics`` are factories called on the first request to
+    their route.  ``page_bytes`` bounds the rendered pages; ``in_thread``
+    renders big ones in the thread pool."""
     pages = PageCache(page_bytes)
     root = Home()
     for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi),
-                       (b"requirements.txt", prefetch), (b"requirements", prefetch)):
+                       (b"requirements.txt", prefetch), (b"requirements", prefetch),
+                       (b"health", _health), (b"ready", ready), (b"metrics", metrics)):
         if make is not None:
             root.putLazyChild(name, make)
     proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
     local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread)
     root.views = (proxy_view, local_view)  # for the fast path
+    root.pages = pages  # for /metrics
     root.putChild(b"simple", proxy_view)
     root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
     root.putChild(b"stats", StatsPage(stats))
@@ -122,6 +127,12 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
     local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
     root.putChild(b"local", local)
     return root
+
+
+def _health() -> Resource:
+    from pypicache.web.monitoring import Health
+
+    return Health()
 
 
 class QuietSite(Site):

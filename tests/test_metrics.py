@@ -1,0 +1,182 @@
+"""``/metrics``, ``/health`` and ``/ready`` over real HTTP.
+
+The scrape is parsed with prometheus_client's own text parser, so the
+answer is what a Prometheus server reads, not what a regex finds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+
+from pypicache.daemon import config as configuration
+from tests.server import make_config, start_server
+
+TIMEOUT = 15
+WHEEL = "tinyproj-1.0-py3-none-any.whl"
+
+
+async def get(url: str, method: str = "GET", **headers: str) -> tuple[Any, bytes]:
+    h = {k.replace("_", "-"): [v] for k, v in headers.items()}
+    response = await treq.request(method, url, headers=h, allow_redirects=False, timeout=TIMEOUT)
+    return response, await treq.content(response)
+
+
+async def scrape(root: str) -> dict[str, float]:
+    """Every sample of ``/metrics`` by name (labels ignored: ours have none but the build info)."""
+    response, body = await get(root + "/metrics")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain; version=")
+    return {sample.name: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples}
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_pages_and_files(proxy, fake_upstream):
+    from twisted.internet import reactor
+
+    before = await scrape(proxy.root)
+    assert before["pypicache_pages_served_total"] == 0
+    assert before["pypicache_file_cache_misses_total"] == 0
+    assert before["pypicache_upstream_circuit_open"] == 0
+    assert before["pypicache_build_info"] == 1
+    assert before["pypicache_memory_pages"] == 0
+
+    first, _ = await get(proxy.simple + "tinyproj/", accept="text/html")
+    assert first.code == 200
+    again, _ = await get(proxy.simple + "tinyproj/", accept="text/html")  # the fast path's answer
+    etag = again.headers.getRawHeaders("etag")[0]
+    same, _ = await get(proxy.simple + "tinyproj/", accept="text/html", if_none_match=etag)
+    assert same.code == 304
+    size = fake_upstream.files[WHEEL].stat().st_size
+    response, body = await get(proxy.root + f"/files/tinyproj/{WHEEL}")
+    assert response.code == 200 and len(body) == size
+    await proxy.app.downloader.settle(reactor, 10)
+    response, body = await get(proxy.root + f"/files/tinyproj/{WHEEL}")
+    assert response.code == 200 and len(body) == size
+
+    found = await scrape(proxy.root)
+    assert found["pypicache_pages_served_total"] == 3
+    assert found["pypicache_pages_not_modified_total"] == 1
+    assert found["pypicache_pages_stale_total"] == 0
+    assert found["pypicache_file_cache_misses_total"] == 1
+    assert found["pypicache_file_cache_hits_total"] == 1
+    assert found["pypicache_upstream_fetched_bytes_total"] == size
+    assert found["pypicache_cache_served_bytes_total"] == size
+    assert found["pypicache_memory_pages"] == 1
+    assert 0 < found["pypicache_memory_pages_bytes"] <= found["pypicache_memory_pages_limit_bytes"]
+    # The counters are the /stats ones, read at scrape time.
+    stats = proxy.app.stats
+    assert found["pypicache_pages_served_total"] == stats.pages
+    assert found["pypicache_file_cache_hits_total"] == stats.file_hits
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_names_follow_the_conventions(proxy):
+    response, body = await get(proxy.root + "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert families, body
+    for name, family in families.items():
+        assert name.startswith("pypicache_")
+        assert family.documentation
+        assert family.type in ("counter", "gauge"), name
+        for sample in family.samples:
+            if family.type == "counter":
+                assert sample.name.endswith("_total") or sample.name.endswith("_created")
+    assert b"# TYPE pypicache_cache_served_bytes_total counter" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_pages_and_the_open_breaker_show(tmp_path, fake_upstream):
+    config = configuration.parse({
+        "server": {"data_dir": str(tmp_path / "data"), "access_log": False, "page_ttl": 0},
+        "http": {"connect_timeout": 2, "read_timeout": 2, "page_timeout": 3, "breaker_threshold": 1,
+                 "breaker_cooldown": 600},
+        "upstream": {"provider": "simple", "url": fake_upstream.url},
+    }, source="<test>")
+    server = await start_server(config)
+    try:
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 200
+        fake_upstream.fail("status", "/simple/")
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 200  # stale, and the one failure opened the circuit
+        found = await scrape(server.root)
+        assert found["pypicache_pages_stale_total"] == 1
+        assert found["pypicache_upstream_circuit_open"] == 1
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_head(proxy):
+    response, body = await get(proxy.root + "/metrics", method="HEAD")
+    assert response.code == 200 and body == b""
+    assert int(response.headers.getRawHeaders("content-length")[0]) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_ready(proxy):
+    for method in ("GET", "HEAD"):
+        response, body = await get(proxy.root + "/health", method=method)
+        assert response.code == 200
+        assert body == (b"ok\n" if method == "GET" else b"")
+        assert response.headers.getRawHeaders("cache-control") == ["no-store"]
+        response, body = await get(proxy.root + "/ready", method=method)
+        assert response.code == 200
+        assert body == (b"ready\n" if method == "GET" else b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ready_says_what_failed_once_the_index_is_closed(tmp_path, fake_upstream):
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    try:
+        await server.app.index.close()
+        response, body = await get(server.root + "/ready")
+        assert response.code == 503
+        lines = body.decode().splitlines()
+        assert lines[0] == "not ready"
+        assert [line.split(":")[0] for line in lines[1:]] == ["index"]
+        response, _ = await get(server.root + "/health")
+        assert response.code == 200  # the process still answers
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ready_times_out_on_a_hung_storage(proxy):
+    from twisted.internet import defer
+
+    from pypicache.services.health import Readiness
+
+    class Hung:
+        def exists(self, sha256: str) -> Any:
+            return defer.Deferred()
+
+    readiness = Readiness(index=proxy.app.index, storage=Hung(), clock=proxy.app.reactor, timeout=0.05)
+    assert await readiness.problems() == ["storage: no answer within 0.05s"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_monitoring_needs_no_credentials_when_reads_do(tmp_path, fake_upstream):
+    config = make_config(tmp_path, fake_upstream.url)
+    config = attrs.evolve(config, auth=attrs.evolve(config.auth, read="authenticated"))
+    server = await start_server(config)
+    try:
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 401  # the gate is on
+        response, _ = await get(server.root + "/stats")
+        assert response.code == 401
+        for path in ("/health", "/ready", "/metrics"):
+            response, _ = await get(server.root + path)
+            assert response.code == 200, path
+            response, _ = await get(server.root + path + "?x=1")
+            assert response.code == 200, path
+    finally:
+        await server.stop()
