@@ -18,6 +18,7 @@ from tests.builders import build_sdist, build_wheel
 from tests.clients import isolated_env
 from tests.daemon import STOP_TIMEOUT, Daemon, _Collector
 from tests.fakeupstream import FakeUpstream
+from tests import loopback_only
 from tests.logcapture import LogCapture
 from tests.server import RunningServer, make_config, start_server
 
@@ -163,6 +164,7 @@ class TestTimeout(Exception):
 
 
 def pytest_configure(config: Any) -> None:
+    loopback_only.install()
     config.addinivalue_line("markers", "timeout(seconds): the test's time limit (default 60 s; integration 180 s)")
     config.addinivalue_line("markers", "dirty_reactor_ok(reason): the test may leave things in the reactor")
     config._reactor_leaks = []  # type: ignore[attr-defined]
