@@ -392,3 +392,23 @@ def test_request_limit_keys():
 ])
 def test_request_limit_errors_name_the_key(document, key):
     assert _error(document).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0, 0), (1234, 1234), ("1234", 1234), ("500 MB", 500_000_000), ("20 GiB", 20 * 1024**3),
+    ("1.5TB", 1_500_000_000_000), ("64kib", 65536),
+])
+def test_sizes_take_decimal_and_binary_units(value, expected):
+    assert configuration.parse_size("cache.max_size", value) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "5 XB", "", True, 1.5, [1]])
+def test_a_bad_size_names_the_key(value):
+    with pytest.raises(ConfigError, match=r"^cache\.max_size: expected a size"):
+        configuration.parse_size("cache.max_size", value)
+
+
+@pytest.mark.parametrize("section", ["cache", "monitoring", "policy"])
+def test_new_sections_refuse_unknown_keys(section):
+    with pytest.raises(ConfigError, match=rf"^{section}\.nonsense: unknown key"):
+        configuration.parse({section: {"nonsense": 1}})

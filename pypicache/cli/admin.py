@@ -24,7 +24,7 @@ from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.model import FileRecord, InvalidName, normalize
 
-__all__ = ["main", "build_parser", "catalog_action", "verify_command"]
+__all__ = ["main", "build_parser", "catalog_action", "verify_command", "run_reactor", "CommandError"]
 
 ACCOUNTS_FILE = "accounts.sqlite3"
 _DONE = {"yank": "yanked", "unyank": "unyanked", "delete": "deleted"}
@@ -115,7 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
     from pypicache.cli import prefetch
 
     prefetch.add_parser(commands)
+    for module in _command_modules():
+        module.add_parser(commands)
     return parser
+
+
+#: Commands that live in a module of their own under pypicache.cli: each has
+#: ``add_parser(commands)`` (adds its sub-commands)
+#: and ``run(cfg, args) -> int`` (the exit status); ``COMMANDS`` names the
+#: sub-commands it adds.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(f"pypicache.cli.{name}") for name in COMMAND_MODULES]
+
+
+def _module_for(group: str) -> Any:
+    """The command module that added the sub-command ``group``, or None."""
+    for module in _command_modules():
+        if group in getattr(module, "COMMANDS", ()):
+            return module
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(f"config error: {e}", 2)
     try:
+        module = _module_for(args.group)
+        if module is not None:
+            return module.run(cfg, args)
         if args.group in ("yank", "unyank", "delete"):
             return _run_catalog(cfg, args)
         if args.group == "verify":
@@ -417,3 +443,8 @@ def _run_reactor(cfg: Any, args: argparse.Namespace,
 
 if __name__ == "__main__":  # python -m pypicache.cli.admin
     raise SystemExit(main())
+
+
+#: For command modules: run ``command(cfg, args, index, context)`` with the
+#: configured index on a reactor of its own (see ``_run_reactor``).
+run_reactor = _run_reactor

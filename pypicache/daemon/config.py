@@ -91,6 +91,21 @@ class PrefetchConfig:
 
 
 @attrs.frozen
+class CacheConfig:
+    """The size limit on cached upstream files and its eviction (docs/operations.md)."""
+
+
+@attrs.frozen
+class MonitoringConfig:
+    """Metrics, health and access logs (docs/operations.md, "Monitoring")."""
+
+
+@attrs.frozen
+class PolicyConfig:
+    """Supply-chain policy for upstream files (docs/security.md, "Supply chain")."""
+
+
+@attrs.frozen
 class Config:
     """The whole validated configuration."""
 
@@ -120,6 +135,9 @@ class Config:
     uploads: UploadConfig = UploadConfig()
     auth: AuthConfig = AuthConfig()
     prefetch: PrefetchConfig = PrefetchConfig()
+    cache: CacheConfig = CacheConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    policy: PolicyConfig = PolicyConfig()
     source: str = "<embedded default>"
 
 
@@ -173,7 +191,8 @@ def _provider(table: Any, section: str, default: str) -> ProviderConfig:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a Config (or raise ConfigError)."""
-    known = {"server", "http", "storage", "index", "upstream", "uploads", "auth", "prefetch"}
+    known = {"server", "http", "storage", "index", "upstream", "uploads", "auth", "prefetch",
+             "cache", "monitoring", "policy"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -264,6 +283,9 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         uploads=_uploads(data.get("uploads", {})),
         auth=_auth(data.get("auth", {})),
         prefetch=_prefetch(data.get("prefetch", {})),
+        cache=_cache(data.get("cache", {})),
+        monitoring=_monitoring(data.get("monitoring", {})),
+        policy=_policy(data.get("policy", {})),
         storage=_provider(data.get("storage"), "storage", "filesystem"),
         index=_provider(data.get("index"), "index", "sqlite"),
         upstream=_provider(data.get("upstream"), "upstream", "simple"),
@@ -404,6 +426,65 @@ def _prefetch(table: Any) -> PrefetchConfig:
         except InvalidEnvironment as e:
             raise ConfigError(f"prefetch.{e}") from None
     return PrefetchConfig(**kwargs)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+               "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2,
+               "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(where: str, value: Any) -> int:
+    """A byte count: an integer, or a string with a unit ("500 MB", "20 GiB", "1.5TB").
+
+    Decimal units (kB, MB, GB, TB) are powers of 1000 and binary ones (KiB,
+    MiB, GiB, TiB) of 1024, as in IEC 80000-13; units are case-insensitive.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size such as 500000000 or \"20 GiB\", got {value!r}")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip()
+        split = len(text) - len(text.lstrip("0123456789._"))
+        number_text, unit = text[:split], text[split:].strip().lower()
+        try:
+            number = float(number_text)
+        except ValueError:
+            number = -1.0
+        if number < 0 or unit not in _SIZE_UNITS:
+            raise ConfigError(f"{where}: expected a size such as 500000000 or \"20 GiB\", got {value!r}")
+    else:
+        raise ConfigError(f"{where}: expected a size such as 500000000 or \"20 GiB\", got {value!r}")
+    if number < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value!r}")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def _table(section: str, table: Any, known: Mapping[str, Any]) -> dict[str, Any]:
+    """A section as a dict, after checking it is a table with only known keys of the right types."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{section}: must be a table")
+    for key, value in table.items():
+        if key not in known:
+            names = ", ".join(sorted(known)) or "none yet"
+            raise ConfigError(f"{section}.{key}: unknown key (known: {names})")
+        _check_type(f"{section}.{key}", value, known[key])
+    return dict(table)
+
+
+def _cache(table: Any) -> CacheConfig:
+    _table("cache", table, {})
+    return CacheConfig()
+
+
+def _monitoring(table: Any) -> MonitoringConfig:
+    _table("monitoring", table, {})
+    return MonitoringConfig()
+
+
+def _policy(table: Any) -> PolicyConfig:
+    _table("policy", table, {})
+    return PolicyConfig()
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:
