@@ -412,3 +412,29 @@ def test_a_bad_size_names_the_key(value):
 def test_new_sections_refuse_unknown_keys(section):
     with pytest.raises(ConfigError, match=rf"^{section}\.nonsense: unknown key"):
         configuration.parse({section: {"nonsense": 1}})
+
+
+def test_policy_table_is_validated_into_seconds_and_names():
+    cfg = parse({"policy": {"min_age": "3d", "min_age_exempt": ["Foo_Bar"],
+                            "min_age_overrides": {"Slow.Pkg": "12h"}, "missing_upload_time": "hide",
+                            "block": ["evil", "requests>=2,<2.3"], "allow_only": ["Requests"]}})
+    assert cfg.policy.min_age == 3 * 86400
+    assert cfg.policy.min_age_exempt == {"foo-bar"}
+    assert dict(cfg.policy.min_age_overrides) == {"slow-pkg": 12 * 3600}
+    assert cfg.policy.missing_upload_time == "hide"
+    assert cfg.policy.block == ("evil", "requests>=2,<2.3")
+    assert cfg.policy.allow_only == {"requests"}
+    assert Config().policy.allow_only is None and Config().policy.min_age == 0
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"min_age": "3 days"}, r"^policy\.min_age: expected a duration"),
+    ({"min_age": -1}, r"^policy\.min_age: expected a duration"),
+    ({"min_age_overrides": {"x": "soon"}}, r"^policy\.min_age_overrides\.x: expected a duration"),
+    ({"missing_upload_time": "maybe"}, r"^policy\.missing_upload_time: expected"),
+    ({"block": ["not a requirement!!"]}, r"^policy\.block: 'not a requirement!!' is not a requirement"),
+    ({"allow_only": "requests"}, r"^policy\.allow_only: expected"),
+])
+def test_a_bad_policy_names_the_key(table, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"policy": table})

@@ -102,7 +102,26 @@ class MonitoringConfig:
 
 @attrs.frozen
 class PolicyConfig:
-    """Supply-chain policy for upstream files (docs/security.md, "Supply chain")."""
+    """Supply-chain policy for upstream files (docs/security.md, "Supply chain").
+
+    Replaced as a whole when the config is reloaded (SIGHUP): code reads the
+    current one from the app at request time, never keeps its own copy.
+    """
+
+    #: Seconds an upstream file must have been public (PEP 700 upload time)
+    #: before it is served; 0: no cooldown.
+    min_age: float = 0.0
+    #: Projects the cooldown does not apply to (normalized names).
+    min_age_exempt: frozenset[str] = frozenset()
+    #: Per-project cooldowns (normalized name -> seconds), overriding min_age.
+    min_age_overrides: Mapping[str, float] = attrs.field(factory=dict, converter=MappingProxyType)
+    #: What the cooldown does with a file the upstream gives no upload time:
+    #: "allow" serves it, "hide" holds it back.
+    missing_upload_time: str = "allow"
+    #: Requirement specifiers ("name", "name==1.1", "name>=2,<2.3") never served.
+    block: tuple[str, ...] = ()
+    #: When set, only these projects (normalized names) are proxied.
+    allow_only: frozenset[str] | None = None
 
 
 @attrs.frozen
@@ -482,9 +501,63 @@ def _monitoring(table: Any) -> MonitoringConfig:
     return MonitoringConfig()
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(where: str, value: Any) -> float:
+    """Seconds: a number, or a string with a unit ("90s", "30m", "12h", "3d", "1w")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip()[-1:].lower() in _DURATION_UNITS:
+        text = value.strip()
+        try:
+            seconds = float(text[:-1]) * _DURATION_UNITS[text[-1].lower()]
+        except ValueError:
+            seconds = -1.0
+    else:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"{where}: expected a duration such as 3600 or \"3d\" (s, m, h, d, w), got {value!r}")
+    return seconds
+
+
 def _policy(table: Any) -> PolicyConfig:
-    _table("policy", table, {})
-    return PolicyConfig()
+    table = _table("policy", table, {"min_age": (int, float, str), "min_age_exempt": list,
+                                     "min_age_overrides": dict, "missing_upload_time": str,
+                                     "block": list, "allow_only": list})
+    kwargs: dict[str, Any] = {}
+    if "min_age" in table:
+        kwargs["min_age"] = parse_duration("policy.min_age", table["min_age"])
+    if "min_age_exempt" in table:
+        kwargs["min_age_exempt"] = _names("policy.min_age_exempt", table["min_age_exempt"])
+    if "min_age_overrides" in table:
+        from pypicache.model import normalize
+
+        overrides = table["min_age_overrides"]
+        _names("policy.min_age_overrides", list(overrides))  # every key is a valid name
+        kwargs["min_age_overrides"] = {
+            normalize(name): parse_duration(f"policy.min_age_overrides.{name}", value)
+            for name, value in overrides.items()}
+    if "missing_upload_time" in table:
+        if table["missing_upload_time"] not in ("allow", "hide"):
+            raise ConfigError(f"policy.missing_upload_time: expected \"allow\" or \"hide\", "
+                              f"got {table['missing_upload_time']!r}")
+        kwargs["missing_upload_time"] = table["missing_upload_time"]
+    if "block" in table:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        block = table["block"]
+        for spec in block:
+            if not isinstance(spec, str):
+                raise ConfigError(f"policy.block: expected requirement strings, got {spec!r}")
+            try:
+                Requirement(spec)
+            except InvalidRequirement as e:
+                raise ConfigError(f"policy.block: {spec!r} is not a requirement specifier: {e}") from None
+        kwargs["block"] = tuple(block)
+    if "allow_only" in table:
+        kwargs["allow_only"] = _names("policy.allow_only", table["allow_only"])
+    return PolicyConfig(**kwargs)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:
