@@ -306,6 +306,15 @@ async def test_dependency_confusion_clashes_are_refused(pair: Any, tmp_path: Pat
     # mixed into it.
     await target.app.index.create_project("depproj", "local")
     await refused(target, pack(tmp_path / "mixed.tar", members), tmp_path, "private here")
+    # No filename comes back with other bytes: one still listed, or one used and deleted since.
+    from pypicache.model import FileRecord
+
+    await target.app.index.create_project("depproj", "upstream")
+    other = FileRecord(PRIVATE_WHEEL, hashes={"sha256": "1" * 64}, size=1, origin="local")
+    await target.app.index.add_file(PRIVATE, other)
+    await refused(target, pack(tmp_path / "listed.tar", members), tmp_path, "other bytes under that filename")
+    await target.app.index.remove_file(PRIVATE, PRIVATE_WHEEL)
+    await refused(target, pack(tmp_path / "used.tar", members), tmp_path, "was used here for other bytes")
 
 
 @pytest_twisted.ensureDeferred
@@ -337,3 +346,42 @@ def test_progress_bar_on_a_terminal() -> None:
     progress.close("of 2 project(s) to x.tar", 0.0)
     assert "2/2 files" in err.getvalue() and "3.00k" in err.getvalue()
     assert out.getvalue() == "2 exported (3.0 KiB) of 2 project(s) to x.tar in 0.0 s\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_round_trip_through_memory_providers(tmp_path: Path) -> None:
+    """Storages without a file descriptor (read through their Deferreds) and
+    the memory index: the imported catalog equals the exported one."""
+    from twisted.internet import reactor
+
+    from pypicache.model import FileRecord
+    from pypicache.providers.index.memory import MemoryIndex
+    from pypicache.providers.storage.memory import MemoryStorage
+    from tests.builders import build_wheel
+
+    source, catalog = MemoryStorage(), MemoryIndex()
+    blobs = []
+    for data in (build_wheel(tmp_path, "memproj", "1.0").read_bytes(), b"Metadata-Version: 2.1\nName: memproj\n"):
+        writer = source.open_write(None)
+        writer.write(data)
+        blobs.append(await writer.commit())
+    wheel, meta = blobs
+    await catalog.add_file("memproj", FileRecord(
+        "memproj-1.0-py3-none-any.whl", hashes={"sha256": wheel.sha256}, size=wheel.size, stored=True,
+        core_metadata={"sha256": meta.sha256}, metadata_stored=True, origin="local", yanked=True,
+        yanked_reason="old", upload_time="2026-01-02T03:04:05.000000Z", requires_python=">=3.9"))
+    await catalog.create_project("empty-private", "local")
+    path = tmp_path / "m.tgz"
+    pool = reactor.getThreadPool()
+    exported = await bundles.export_bundle(await bundles.select_all(catalog), source, path, reactor=reactor,
+                                           threadpool=pool, created="2026-01-01T00:00:00Z")
+    assert [i.filename for i in exported] == ["memproj-1.0-py3-none-any.whl"]
+    target, copy = MemoryStorage(), MemoryIndex()
+    seen: list[Any] = []
+    await bundles.import_bundle(path, target, copy, reactor=reactor, threadpool=pool, staging=tmp_path / "s",
+                                on_manifest=seen.append, on_blob=lambda sha, size: seen.append(sha))
+    assert target.blobs == source.blobs
+    assert sorted(seen[1:]) == sorted(source.blobs) and len(seen[0].projects) == 2
+    for name in ("memproj", "empty-private"):
+        assert await copy.get_project(name) == await catalog.get_project(name)
+    assert await copy.used_filename("memproj-1.0-py3-none-any.whl") == wheel.sha256

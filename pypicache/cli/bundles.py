@@ -101,7 +101,12 @@ class Progress:
             self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=self.err,
                             desc=f"0/{files} files", dynamic_ncols=True)
 
-    def item(self, item: Any) -> None:
+    def verified(self, sha256: str, size: int) -> None:
+        """A blob of the bundle read and checked (import: the bar's bytes)."""
+        if self.bar is not None:
+            self.bar.update(size)
+
+    def item(self, item: Any, *, advance: bool = True) -> None:
         self.counts[item.status] = self.counts.get(item.status, 0) + 1
         self.bytes += item.size or 0
         line = f"{item.status:8} {item.project} {item.filename}"
@@ -113,7 +118,8 @@ class Progress:
             return
         self.done += 1
         self.bar.set_description(f"{self.done}/{self.files} files")
-        self.bar.update(item.size or 0)
+        if advance:
+            self.bar.update(item.size or 0)
 
     def close(self, what: str, seconds: float) -> None:
         if self.bar is not None:
@@ -179,12 +185,12 @@ async def import_command(cfg: Any, args: argparse.Namespace, index: Any, context
     storage = _open_storage(cfg, context)
     staging = Path(cfg.data_dir) / f".import-{secrets.token_hex(4)}"
     try:
-        size = Path(args.bundle).stat().st_size
-        progress.plan(0, size)
-        items = await bundles.import_bundle(Path(args.bundle), storage, index, reactor=context.reactor,
-                                            threadpool=context.threadpool, staging=staging,
-                                            claim=cfg.uploads.claim, merge=cfg.uploads.merge,
-                                            on_item=progress.item)
+        # The bar counts bytes verified while the bundle is read, then files written.
+        items = await bundles.import_bundle(
+            Path(args.bundle), storage, index, reactor=context.reactor, threadpool=context.threadpool,
+            staging=staging, claim=cfg.uploads.claim, merge=cfg.uploads.merge,
+            on_manifest=lambda m: progress.plan(sum(len(p.files) for p in m.projects), sum(m.blobs.values())),
+            on_blob=progress.verified, on_item=lambda item: progress.item(item, advance=False))
     except bundles.BundleError as e:
         raise CommandError(f"{args.bundle} refused, nothing imported: {e}") from None
     finally:

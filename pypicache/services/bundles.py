@@ -428,7 +428,8 @@ def _bytes_reader(data: bytes) -> Callable[[int], bytes]:
 # --------------------------------------------------------------------- import
 
 
-def _stage(path: Path, staging: Path, on_blob: Callable[[str, int], None]) -> Manifest:
+def _stage(path: Path, staging: Path, on_manifest: Callable[[Manifest], None],
+           on_blob: Callable[[str, int], None]) -> Manifest:
     """Read the bundle once (blocking: a thread): the manifest first, then
     every blob copied under its digest into ``staging`` while hashed.
 
@@ -445,6 +446,7 @@ def _stage(path: Path, staging: Path, on_blob: Callable[[str, int], None]) -> Ma
                 raise BundleError(f"the manifest is {first.size} bytes: too large")
             data = tar.extractfile(first).read()  # type: ignore[union-attr]
             manifest = parse_manifest(data)
+            on_manifest(manifest)
             need = sum(manifest.blobs.values())
             free = shutil.disk_usage(staging).free
             if need > free:
@@ -514,7 +516,9 @@ async def _check_rules(index: Any, manifest: Manifest, claim: Any, merge: frozen
 
 async def import_bundle(path: Path, storage: Any, index: Any, *, reactor: Any, threadpool: Any, staging: Path,
                         claim: Any = frozenset(), merge: frozenset[str] = frozenset(),
-                        on_item: Callable[[Item], None] = lambda item: None) -> list[Item]:
+                        on_item: Callable[[Item], None] = lambda item: None,
+                        on_manifest: Callable[[Manifest], None] = lambda manifest: None,
+                        on_blob: Callable[[str, int], None] = lambda sha, size: None) -> list[Item]:
     """Verify the whole bundle, then store its blobs and write its index entries.
 
     ``staging`` must not exist; it is made (on the storage's file system,
@@ -522,10 +526,15 @@ async def import_bundle(path: Path, storage: Any, index: Any, *, reactor: Any, t
     cached files of upstream origin (their page refreshed when the upstream
     is next asked); private ones stay private.  Raises BundleError, having
     changed nothing, for anything wrong with the bundle or against the rules.
+    ``on_manifest(manifest)`` and ``on_blob(sha256, size)`` (each blob
+    verified) are called on the reactor while the bundle is read; then
+    ``on_item`` for each file written.
     """
     staging.mkdir(0o700)
     try:
-        manifest = await deferToThreadPool(reactor, threadpool, _stage, Path(path), staging, lambda s, n: None)
+        manifest = await deferToThreadPool(reactor, threadpool, _stage, Path(path), staging,
+                                           lambda m: reactor.callFromThread(on_manifest, m),
+                                           lambda sha, n: reactor.callFromThread(on_blob, sha, n))
         current = await _check_rules(index, manifest, claim, merge)
         for sha in manifest.blobs:
             if await storage.exists(sha):
