@@ -27,7 +27,7 @@ from pypicache.services.lockfiles import parse_requirements
 from pypicache.services.prefetch import Prefetcher
 from tests.clients import isolated_env, pip_install, uv_pip_install
 from tests.server import make_config, start_server
-from tests.uploads import NAME as PRIVATE, WHEEL_NAME as PRIVATE_WHEEL, blob_files, form, good_wheel, post
+from tests.uploads import NAME as PRIVATE, WHEEL_NAME as PRIVATE_WHEEL, form, good_wheel, post
 
 TIMEOUT = 60
 SET = "depproj\nyanked-proj==1.0\n"
@@ -163,8 +163,9 @@ async def test_static_tree_served_by_http_server_installs_with_pip_and_uv(start:
     finally:
         http.terminate()
         _, log = await deferToThread(http.communicate, timeout=10)
-    for filename in ("depproj-1.0-py3-none-any.whl", "tinyproj-2.0-py3-none-any.whl", PRIVATE_WHEEL):
-        assert f"GET /files/" in log and filename in log  # the files came through that web server
+    for path in ("depproj/depproj-1.0-py3-none-any.whl", "tinyproj/tinyproj-2.0-py3-none-any.whl",
+                 f"{PRIVATE}/{PRIVATE_WHEEL}"):
+        assert log.count(f'"GET /files/{path} HTTP/1.1" 200') == 2  # pip's and uv's, through that web server
 
 
 # -------------------------------------------------------------- refusals

@@ -120,10 +120,12 @@ async def select_for(index: Any, storage: Any, inputs: Any, envs: Sequence[Any],
     offline: it never asks the upstream), so the set is what this server can
     hand over.  Raises BundleError naming what is missing.
     """
+    from pypicache.services.catalogue import CataloguedIndex
     from pypicache.services.mirror import Mirror
     from pypicache.services.prefetch import Prefetcher
 
-    mirror = Mirror(index=index, upstream=None, clock=reactor, offline=True, merge=merge)
+    # A wrapper of its own: this mirror must not follow a running server's index.
+    mirror = Mirror(index=CataloguedIndex(index), upstream=None, clock=reactor, offline=True, merge=merge)
     prefetcher = Prefetcher(mirror=mirror, downloader=None, storage=storage, reactor=reactor)
     report = await prefetcher.run(inputs, envs)
     failed = [f for f in report.files if f.status == "failed"]
