@@ -252,7 +252,7 @@ async def test_tampered_bundles_are_refused_and_change_nothing(pair: Any, tmp_pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_hostile_archives_are_refused(pair: Any, tmp_path: Path) -> None:
+async def test_hostile_archives_are_refused(pair: Any, tmp_path: Path, fake_upstream: Any) -> None:
     _, members, target = pair
     manifest, blobs = members[0], members[1:]
     name = blobs[0][0]
@@ -267,6 +267,7 @@ async def test_hostile_archives_are_refused(pair: Any, tmp_path: Path) -> None:
         ("manifest a link", pack(tmp_path / "t7.tar", [manifest], links={"manifest.json": "/etc/passwd"}),
          "first member"),
         ("garbage", _write(tmp_path / "t8.tar.gz", b"\x1f\x8b" + b"junk" * 100), "not a readable bundle"),
+        ("huge manifest", pack(tmp_path / "t11.tar", [manifest], declared={"manifest.json": 1 << 40}), "too large"),
     ]:
         await refused(target, path, tmp_path, match)
     doc = json.loads(manifest[1])
@@ -277,6 +278,13 @@ async def test_hostile_archives_are_refused(pair: Any, tmp_path: Path) -> None:
     doc["blobs"][next(iter(doc["blobs"]))] = 1 << 50
     await refused(target, pack(tmp_path / "t10.tar", [("manifest.json", redigest(doc)), *blobs]), tmp_path,
                   "blob")
+    # The command says so in one line, exit 1, and leaves no staging directory behind.
+    before = await state(target.app)
+    config = write_config(tmp_path / "b.toml", tmp_path / "b" / "data", fake_upstream.url)
+    result = await run_command("--config", str(config), "import", str(tmp_path / "t1.tar"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "t1.tar refused, nothing imported: unexpected member '../../evil'" in result.stderr
+    assert await state(target.app) == before and not list((tmp_path / "b" / "data").glob(".import-*"))
 
 
 def _write(path: Path, data: bytes) -> Path:
