@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,20 +22,22 @@ TIMEOUT = 15
 WHEEL = "tinyproj-1.0-py3-none-any.whl"
 
 
-async def get(url: str, method: str = "GET", **headers: str) -> tuple[Any, bytes]:
+async def get(url: str, method: str = "GET", persistent: bool = True, **headers: str) -> tuple[Any, bytes]:
+    """``persistent=False``: a new connection (a page's second request then takes the fast path)."""
     h = {k.replace("_", "-"): [v] for k, v in headers.items()}
-    response = await treq.request(method, url, headers=h, allow_redirects=False, timeout=TIMEOUT)
+    response = await treq.request(method, url, headers=h, allow_redirects=False, timeout=TIMEOUT,
+                                  persistent=persistent)
     return response, await treq.content(response)
 
 
 async def scrape(root: str) -> dict[str, float]:
-    """Every sample of ``/metrics`` by name (labels ignored: ours have none but the build info)."""
+    """Every unlabelled sample of ``/metrics`` by name (see :func:`labelled` for the others)."""
     response, body = await get(root + "/metrics")
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain; version=")
     return {sample.name: sample.value
             for family in text_string_to_metric_families(body.decode())
-            for sample in family.samples}
+            for sample in family.samples if not sample.labels or family.name == "pypicache_build_info"}
 
 
 @pytest_twisted.ensureDeferred
@@ -85,10 +88,12 @@ async def test_metrics_names_follow_the_conventions(proxy):
     for name, family in families.items():
         assert name.startswith("pypicache_")
         assert family.documentation
-        assert family.type in ("counter", "gauge"), name
+        assert family.type in ("counter", "gauge", "histogram"), name
         for sample in family.samples:
             if family.type == "counter":
                 assert sample.name.endswith("_total") or sample.name.endswith("_created")
+            if family.type == "histogram":
+                assert name.endswith("_seconds")
     assert b"# TYPE pypicache_cache_served_bytes_total counter" in body
 
 
@@ -180,3 +185,149 @@ async def test_monitoring_needs_no_credentials_when_reads_do(tmp_path, fake_upst
             assert response.code == 200, path
     finally:
         await server.stop()
+
+
+# ------------------------------------------- requests, upstream, coalescing
+
+async def labelled(root: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of ``/metrics`` by (name, labels)."""
+    response, body = await get(root + "/metrics")
+    assert response.code == 200
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_counted_by_route_and_status_on_both_paths(proxy, fake_upstream):
+    from twisted.internet import reactor
+
+    first, _ = await get(proxy.simple + "tinyproj/", accept="text/html")
+    assert first.code == 200 and first.headers.getRawHeaders("server") != ["pypicache"]
+    fast, _ = await get(proxy.simple + "tinyproj/", accept="text/html", persistent=False)
+    assert fast.headers.getRawHeaders("server") == ["pypicache"]  # the fast path answered
+    etag = fast.headers.getRawHeaders("etag")[0]
+    same, _ = await get(proxy.simple + "tinyproj/", accept="text/html", if_none_match=etag, persistent=False)
+    assert same.code == 304 and same.headers.getRawHeaders("server") == ["pypicache"]
+    response, _ = await get(proxy.simple, accept="text/html")
+    assert response.code == 200
+    response, _ = await get(proxy.local + "tinyproj/")
+    assert response.code == 404  # nothing uploaded: the standalone view does not know it
+    response, _ = await get(proxy.root + f"/files/tinyproj/{WHEEL}")
+    assert response.code == 200
+    await proxy.app.downloader.settle(reactor, 10)
+    response, _ = await get(proxy.root + f"/files/tinyproj/{WHEEL}.metadata")
+    assert response.code == 200
+    response, _ = await get(proxy.root + "/pypi/tinyproj/json")
+    assert response.code == 200
+    for path in ("/no/such/route", "/etc/passwd%00", "/random-" + "x" * 50):
+        response, _ = await get(proxy.root + path)
+        assert response.code == 404
+
+    found = await labelled(proxy.root)
+    requests = "pypicache_http_requests_total"
+    assert value(found, requests, route="simple_page", status="200") == 2
+    assert value(found, requests, route="simple_page", status="304") == 1
+    assert value(found, requests, route="simple_index", status="200") == 1
+    assert value(found, requests, route="local_page", status="404") == 1
+    assert value(found, requests, route="file", status="200") == 1
+    assert value(found, requests, route="metadata", status="200") == 1
+    assert value(found, requests, route="json_api", status="200") == 1
+    assert value(found, requests, route="other", status="404") == 3  # raw paths never become labels
+    routes = {dict(labels)["route"] for name, labels in found if name == requests}
+    assert routes <= {"simple_page", "simple_index", "local_page", "file", "metadata", "json_api", "other",
+                      "monitoring"}
+    # The histogram saw every request of the route, the fast path's too.
+    duration = "pypicache_http_request_duration_seconds"
+    assert value(found, duration + "_count", route="simple_page") == 3
+    assert value(found, duration + "_bucket", route="simple_page", le="+Inf") == 3
+    assert 0 < value(found, duration + "_sum", route="simple_page") < 30
+    # The scrape itself shows on the next one.
+    again = await labelled(proxy.root)
+    assert value(again, requests, route="monitoring", status="200") == 1
+    # Upstream latency: the page and the file (the file's .metadata too).
+    upstream = "pypicache_upstream_request_duration_seconds_count"
+    assert value(found, upstream, kind="page") >= 2  # tinyproj and the project list
+    assert value(found, upstream, kind="file") >= 2  # the JSON API may read METADATA too
+    assert value(found, "pypicache_upstream_downloads_in_flight") == 0
+    assert not [k for k in found if k[0] == "pypicache_upstream_errors_total"]
+
+
+def fault_server_config(tmp_path: Path, url: str, timeout: float = 0.5) -> configuration.Config:
+    """Short timeouts, pages always refreshed, no breaker (every fault reaches the upstream)."""
+    return configuration.parse({
+        "server": {"data_dir": str(tmp_path / "data"), "access_log": False, "page_ttl": 0},
+        "http": {"connect_timeout": timeout, "read_timeout": timeout, "page_timeout": 2 * timeout,
+                 "breaker_threshold": 0},
+        "upstream": {"provider": "simple", "url": url},
+    }, source="<test>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_errors_by_kind_and_reason(tmp_path, fake_upstream):
+    from twisted.internet import reactor
+
+    server = await start_server(fault_server_config(tmp_path, fake_upstream.url))
+    try:
+        fake_upstream.fail("status", "/simple/", code=503)
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 503  # nothing cached yet
+        fake_upstream.fail("hang", "/simple/")
+        response, _ = await get(server.simple + "depproj/")
+        assert response.code in (502, 503, 504)
+        fake_upstream.heal()
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 200
+        fake_upstream.fail("wrong_bytes", "/files/")  # the upstream lies about the file's bytes
+        from twisted.web.client import ResponseFailed
+
+        with pytest.raises(ResponseFailed):  # aborted before the last byte: never a whole wrong file
+            await get(server.root + f"/files/tinyproj/{WHEEL}")
+        await server.app.downloader.settle(reactor, 10)
+        fake_upstream.fail("status", "/files/", code=500)
+        response, _ = await get(server.root + f"/files/tinyproj/{WHEEL}")
+        assert response.code >= 500
+        found = await labelled(server.root)
+    finally:
+        fake_upstream.heal()
+        await server.stop()
+    errors = "pypicache_upstream_errors_total"
+    assert value(found, errors, kind="page", reason="status_5xx") == 1
+    assert value(found, errors, kind="page", reason="timeout") == 1
+    assert value(found, errors, kind="file", reason="hash_mismatch") == 1
+    assert value(found, errors, kind="file", reason="status_5xx") == 1
+    reasons = {dict(labels)["reason"] for name, labels in found if name == errors}
+    from pypicache.services.traffic import ERROR_REASONS
+
+    assert reasons <= set(ERROR_REASONS)
+    # Failed calls that got an answer show in the latency histogram too.
+    assert value(found, "pypicache_upstream_request_duration_seconds_count", kind="page") >= 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_coalesced_requests_are_counted(tmp_path, fake_upstream):
+    from twisted.internet import defer, reactor
+
+    server = await start_server(fault_server_config(tmp_path, fake_upstream.url, timeout=5))
+    try:
+        fake_upstream.fail("delay", "/simple/tinyproj/", seconds=0.5)
+        answers = await defer.gatherResults([defer.ensureDeferred(get(server.simple + "tinyproj/"))
+                                             for _ in range(3)])
+        assert [r.code for r, _ in answers] == [200] * 3
+        fake_upstream.heal()
+        fake_upstream.fail("delay", "/files/", seconds=0.5)
+        answers = await defer.gatherResults([defer.ensureDeferred(get(server.root + f"/files/tinyproj/{WHEEL}"))
+                                             for _ in range(3)])
+        assert [r.code for r, _ in answers] == [200] * 3
+        await server.app.downloader.settle(reactor, 10)
+        found = await labelled(server.root)
+    finally:
+        fake_upstream.heal()
+        await server.stop()
+    assert fake_upstream.count("/files/" + WHEEL, "GET") == 1
+    assert value(found, "pypicache_coalesced_requests_total", kind="page") == 2
+    assert value(found, "pypicache_coalesced_requests_total", kind="file") == 2
