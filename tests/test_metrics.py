@@ -331,3 +331,187 @@ async def test_coalesced_requests_are_counted(tmp_path, fake_upstream):
     assert fake_upstream.count("/files/" + WHEEL, "GET") == 1
     assert value(found, "pypicache_coalesced_requests_total", kind="page") == 2
     assert value(found, "pypicache_coalesced_requests_total", kind="file") == 2
+
+
+def busy_traffic() -> Any:
+    """Traffic with every route, six statuses each, and every upstream error: a big realistic scrape."""
+    from pypicache.services.traffic import ERROR_REASONS, ROUTES, Traffic
+
+    traffic = Traffic()
+    for route in ROUTES:
+        for status in (200, 304, 401, 404, 500, 503):
+            traffic.request(route, status, 0.004)
+    for kind in ("page", "file"):
+        traffic.upstream_call(kind, 0.2)
+        traffic.joined(kind)
+        for reason in ERROR_REASONS:
+            traffic.upstream_errors[(kind, reason)] = 2
+    traffic.in_flight = lambda: 3
+    return traffic
+
+
+def best_of(repeat: int, number: int, call: Any) -> float:
+    """Seconds per call, the best of ``repeat`` rounds (the least disturbed by other load)."""
+    import timeit
+
+    return min(timeit.repeat(call, repeat=repeat, number=number)) / number
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_scrape_costs_the_reactor_well_under_a_millisecond():
+    """Formatting some 400 lines takes milliseconds, so it runs in a thread;
+    what the reactor does (collect the few server numbers, copy the traffic
+    dicts) stays far below 1 ms."""
+    from twisted.internet import defer
+
+    from pypicache.services import metrics as prometheus
+    from pypicache.services.stats import Stats
+
+    traffic = busy_traffic()
+    registry = prometheus.make_registry(prometheus.ServerCollector(Stats()))
+    on_reactor = best_of(5, 50, lambda: (list(registry.collect()), traffic.snapshot()))
+    print(f"reactor share of a scrape: {on_reactor * 1e6:.0f} µs")
+    assert on_reactor < 0.001
+    body = await prometheus.scrape_in_thread(registry, traffic, lambda f: defer.succeed(f()))
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    requests = families["pypicache_http_requests"]
+    assert len(requests.samples) == 12 * 6
+    assert len(families["pypicache_upstream_errors"].samples) == 2 * 12
+    traffic.request("simple_page", 200, 0.1)  # after the snapshot: not in it
+    assert sum(s.value for s in requests.samples) == 72
+
+
+def test_counting_a_request_costs_less_than_prometheus_client_objects():
+    """The hot path's count (a dict increment and a bisect) against the
+    prometheus_client Counter and Histogram it replaces."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from pypicache.services.traffic import BUCKETS, Traffic
+
+    traffic = Traffic()
+    ours = best_of(5, 20000, lambda: traffic.request("simple_page", 200, 0.0004))
+    registry = CollectorRegistry()
+    counter = Counter("requests", "r", ["route", "status"], registry=registry)
+    histogram = Histogram("duration_seconds", "d", ["route"], buckets=BUCKETS, registry=registry)
+    theirs = best_of(5, 20000, lambda: (counter.labels("simple_page", "200").inc(),
+                                        histogram.labels("simple_page").observe(0.0004)))
+    print(f"per request: Traffic.request {ours * 1e6:.2f} µs, prometheus_client {theirs * 1e6:.2f} µs")
+    assert ours < theirs
+
+
+# ---------------------------------------------------- the monitoring listener
+
+def listener_config(tmp_path: Path, url: str, main: int, monitoring: int, **more: Any) -> configuration.Config:
+    return configuration.parse({
+        "server": {"data_dir": str(tmp_path / "data"), "access_log": False,
+                   "listen": f"tcp:{main}:interface=127.0.0.1"},
+        "http": {"connect_timeout": 2, "read_timeout": 2, "page_timeout": 3},
+        "upstream": {"provider": "simple", "url": url},
+        "auth": {"read": "authenticated"},
+        "uploads": {"enabled": True},
+        "monitoring": {"listen": [f"tcp:{monitoring}:interface=127.0.0.1"], **more},
+    }, source="<test>")
+
+
+async def run_daemon(config: configuration.Config) -> Any:
+    """The whole ``twistd pypicache`` service tree, started in this process."""
+    from pypicache.daemon import tap
+
+    top = tap.Server(config)
+    top.privilegedStartService()
+    top.startService()
+    return top
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_monitoring_listener_serves_only_monitoring_without_credentials(tmp_path, fake_upstream):
+    from tests.daemon import free_port
+
+    main, monitoring = free_port(), free_port()
+    top = await run_daemon(listener_config(tmp_path, fake_upstream.url, main, monitoring))
+    try:
+        there = f"http://127.0.0.1:{monitoring}"
+        for path in ("/health", "/ready", "/metrics", "/metrics?x=1"):
+            response, body = await get(there + path)
+            assert response.code == 200, path
+            assert response.headers.getRawHeaders("www-authenticate") is None
+        for path in ("/", "/simple/", "/simple/tinyproj/", "/stats", "/legacy/", f"/files/tinyproj/{WHEEL}",
+                     "/pypi/tinyproj/json", "/api/projects/x", "/local/simple/"):
+            response, _ = await get(there + path)
+            assert response.code == 404, path
+        response, _ = await get(there + "/legacy/", method="POST")
+        assert response.code in (404, 405)
+        assert fake_upstream.count("/simple/") == 0  # nothing there reached the proxy
+        # The main listener: the read gate is on, and /metrics still answers (on_main_listener).
+        response, _ = await get(f"http://127.0.0.1:{main}/simple/tinyproj/")
+        assert response.code == 401
+        response, body = await get(f"http://127.0.0.1:{main}/metrics")
+        assert response.code == 200
+        # Both listeners count into one set of metrics.
+        found = await labelled(there)
+        assert value(found, "pypicache_http_requests_total", route="simple_page", status="401") == 1
+        assert value(found, "pypicache_http_requests_total", route="other", status="404") == 9  # not simple_page
+    finally:
+        await top.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_monitoring_can_leave_the_main_listener(tmp_path, fake_upstream):
+    from tests.daemon import free_port
+
+    main, monitoring = free_port(), free_port()
+    top = await run_daemon(listener_config(tmp_path, fake_upstream.url, main, monitoring, on_main_listener=False))
+    try:
+        for path in ("/health", "/ready", "/metrics"):
+            response, _ = await get(f"http://127.0.0.1:{main}{path}")
+            assert response.code in (401, 404), path  # the gate, then nothing there
+            response, _ = await get(f"http://127.0.0.1:{monitoring}{path}")
+            assert response.code == 200, path
+    finally:
+        await top.stopService()
+
+
+# ------------------------------------------------------------ JSON access log
+
+@pytest_twisted.ensureDeferred
+async def test_json_access_log_lines(tmp_path, fake_upstream, logs):
+    import base64
+    import json
+
+    from tests.uploads import PASSWORD, cheap_accounts
+
+    config = configuration.parse({
+        "server": {"data_dir": str(tmp_path / "data"), "access_log": True},
+        "http": {"connect_timeout": 2, "read_timeout": 2, "page_timeout": 3},
+        "upstream": {"provider": "simple", "url": fake_upstream.url},
+        "auth": {"read": "authenticated"},
+        "monitoring": {"access_log_format": "json"},
+    }, source="<test>")
+    server = await start_server(config)
+    try:
+        assert server.app.factory is not None
+        cheap_accounts(server).add_user("alice", PASSWORD)
+        token = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+        response, body = await get(server.simple + "tinyproj/?x=\u00e9", authorization=f"Basic {token}",
+                                   user_agent="pip/25.0 \"quoted\"")
+        assert response.code == 200
+        response, _ = await get(server.simple + "tinyproj/")
+        assert response.code == 401
+        response, _ = await get(server.root + "/metrics")
+        assert response.code == 200
+    finally:
+        await server.stop()
+    # twisted.web's access log goes through twisted.logger: the line is the event's text.
+    lines = [event["log_io"] for event in logs.events if str(event.get("log_io", "")).startswith("{")]
+    entries = [json.loads(line) for line in lines]
+    assert [(e["route"], e["status"]) for e in entries] == [("simple_page", 200), ("simple_page", 401),
+                                                            ("monitoring", 200)]
+    first, second, third = entries
+    assert set(first) == {"time", "client", "method", "path", "protocol", "status", "bytes", "duration",
+                          "user_agent", "referrer", "route", "user"}
+    assert first["user"] == "alice" and "user" not in second
+    assert first["client"] == "127.0.0.1" and first["method"] == "GET"
+    assert first["path"].startswith("/simple/tinyproj/?x=")
+    assert first["user_agent"] == 'pip/25.0 "quoted"' and first["protocol"] == "HTTP/1.1"
+    assert 0 < first["bytes"] <= len(body) and 0 <= first["duration"] < 15
+    assert first["time"].endswith("Z")

@@ -157,9 +157,9 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         if not metrics_route:
             collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
-            registry = prometheus.make_registry(collector)
-            registry.register(prometheus.TrafficCollector(traffic))
-            metrics_route.append(Metrics(registry, prometheus.scrape, prometheus.CONTENT_TYPE_LATEST))
+            metrics_route.append(Metrics(prometheus.make_registry(collector),
+                                         lambda registry: prometheus.scrape_in_thread(registry, traffic, in_thread),
+                                         prometheus.CONTENT_TYPE_LATEST))
         return metrics_route[0]
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
@@ -197,11 +197,12 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
               accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic)
     if config.monitoring.listen:  # its own listener: no gates, the same counters
-        from pypicache.web.site import build_monitoring_root
+        from pypicache.web.site import build_monitoring_root, monitoring_route_of
 
         app.monitoring = QuietSite(build_monitoring_root(ready, metrics), access_log=config.access_log,
                                    traffic=traffic, access_log_format=config.monitoring.access_log_format,
                                    header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
+        app.monitoring.route_of = monitoring_route_of
     if scrubber is not None:
         scrubber.start()
     return app

@@ -106,7 +106,7 @@ def _histogram(name: str, help_text: str, label: str, timings: dict[str, Any]) -
 class TrafficCollector:
     """Reads a :class:`pypicache.services.traffic.Traffic`: requests by route
     and status, upstream latency and errors, coalesced waiters, downloads
-    in flight.  The dicts are copied first (a few hundred entries at most)."""
+    in flight.  Give it a ``Traffic.snapshot()`` to collect off the reactor."""
 
     def __init__(self, traffic: Any) -> None:
         self.traffic = traffic
@@ -139,3 +139,36 @@ class TrafficCollector:
         if t.in_flight is not None:
             yield GaugeMetricFamily("pypicache_upstream_downloads_in_flight",
                                     "File downloads from the upstream running now.", value=t.in_flight())
+
+
+class _Replay:
+    """A collector giving back families collected earlier."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def scrape_in_thread(registry: CollectorRegistry, traffic: Any, in_thread: Any) -> Any:
+    """The text exposition of ``registry`` and ``traffic``, formatted in the
+    thread pool; a Deferred firing with bytes.
+
+    With every route, status and upstream error seen, a scrape is some 400
+    lines, and building and formatting them costs the CPU 2–10 ms
+    (docs/operations.md): too long for the reactor.  So the reactor only
+    collects ``registry`` (a handful of numbers) and snapshots ``traffic``
+    (copies of a few small dicts, tens of µs); the thread does the rest on
+    data nobody else touches.
+    """
+    families = list(registry.collect())
+    frozen = TrafficCollector(traffic.snapshot())
+
+    def text() -> bytes:
+        out = CollectorRegistry(auto_describe=False)
+        out.register(_Replay(families))
+        out.register(frozen)
+        return generate_latest(out)
+
+    return in_thread(text)

@@ -102,6 +102,12 @@ class Timings:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.total = 0.0
 
+    def copy(self) -> "Timings":
+        other = Timings()
+        other.counts = self.counts[:]
+        other.total = self.total
+        return other
+
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
@@ -122,6 +128,20 @@ class Traffic:
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.coalesced: dict[str, int] = {}
         self.in_flight: Callable[[], int] | None = None
+
+    def snapshot(self) -> "Traffic":
+        """A copy that later requests do not change (for formatting a scrape
+        in another thread); its ``in_flight`` is the number now."""
+        copy = Traffic(self.now)
+        copy.requests = dict(self.requests)
+        copy.durations = {k: t.copy() for k, t in self.durations.items()}
+        copy.upstream_durations = {k: t.copy() for k, t in self.upstream_durations.items()}
+        copy.upstream_errors = dict(self.upstream_errors)
+        copy.coalesced = dict(self.coalesced)
+        if self.in_flight is not None:
+            running = self.in_flight()
+            copy.in_flight = lambda: running
+        return copy
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """One answered request (the site's finish path and the fast path)."""

@@ -44,7 +44,7 @@ def json_line(timestamp: Any, request: Any) -> str:
         "duration": round(time.monotonic() - started, 6) if started is not None else None,
         "user_agent": _text(request.getHeader(b"user-agent")),
         "referrer": _text(request.getHeader(b"referer")),
-        "route": route_of(path),
+        "route": getattr(request.channel.site, "route_of", route_of)(path),
     }
     if identity is not None:
         entry["user"] = identity.user

@@ -151,6 +151,12 @@ def build_monitoring_root(ready: Callable[[], Resource], metrics: Callable[[], R
     return root
 
 
+def monitoring_route_of(path: bytes) -> str:
+    """Route labels on the monitoring listener: what it does not serve is "other"."""
+    route = route_of(path)
+    return route if route == "monitoring" else "other"
+
+
 def _health() -> Resource:
     from pypicache.web.monitoring import Health
 
@@ -172,6 +178,8 @@ class QuietSite(Site):
     #: Requests by route and status (pypicache.services.traffic), counted
     #: whether or not the access log is on.
     traffic: Any = None
+    #: A request path's route label (the monitoring listener's differs).
+    route_of = staticmethod(route_of)
 
     def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
                  read_gate: Any = None, upload_gate: Any = None, header_timeout: float | None = None,
@@ -195,6 +203,6 @@ class QuietSite(Site):
         traffic = self.traffic
         if traffic is not None:
             path = getattr(request, "path", None) or request.uri.split(b"?", 1)[0]
-            traffic.request(route_of(path), request.code, time.monotonic() - request.started_at)
+            traffic.request(self.route_of(path), request.code, time.monotonic() - request.started_at)
         if self.access_log:
             super().log(request)
