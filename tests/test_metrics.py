@@ -515,3 +515,52 @@ async def test_json_access_log_lines(tmp_path, fake_upstream, logs):
     assert first["user_agent"] == 'pip/25.0 "quoted"' and first["protocol"] == "HTTP/1.1"
     assert 0 < first["bytes"] <= len(body) and 0 <= first["duration"] < 15
     assert first["time"].endswith("Z")
+
+
+@pytest.mark.parametrize("path, route", [
+    (b"/simple/", "simple_index"), (b"/simple", "simple_index"), (b"/local/simple/", "simple_index"),
+    (b"/simple/tinyproj/", "simple_page"), (b"/simple/Tiny_Proj", "simple_page"),
+    (b"/local/simple/tinyproj/", "local_page"), (b"/files/tinyproj/t-1.0-py3-none-any.whl", "file"),
+    (b"/local/files/p/p-1.0.tar.gz", "file"), (b"/files/p/p-1.0-py3-none-any.whl.metadata", "metadata"),
+    (b"/pypi/p/json", "json_api"), (b"/pypi/p/1.0/json", "json_api"), (b"/legacy/", "upload"),
+    (b"/api/projects/p/yank", "manage"), (b"/requirements.txt", "prefetch"), (b"/requirements/jobs/1", "prefetch"),
+    (b"/health", "monitoring"), (b"/ready", "monitoring"), (b"/metrics", "monitoring"), (b"/stats", "monitoring"),
+    (b"/", "ui"), (b"", "ui"), (b"/local/", "other"), (b"/local/x", "other"), (b"/etc/passwd", "other"),
+    (b"//simple/x/", "other"), (b"/\xff\x00", "other"), (b"*", "other"),
+])
+def test_route_labels_come_from_a_fixed_set(path, route):
+    from pypicache.services.traffic import ROUTES, route_of
+
+    assert route_of(path) == route and route in ROUTES
+
+
+@pytest.mark.parametrize("message, reason", [
+    ("http://u/simple/x/: timed out after 3s", "timeout"),
+    ("http://u/files/a.whl: stalled: no data for 2s after 10 bytes", "timeout"),
+    ("http://u/simple/x/: ConnectionRefusedError: Connection was refused by other side", "connect"),
+    ("http://u/simple/x/: DNSLookupError: no such host", "connect"),
+    ("http://u/files/a.whl: truncated after 5 bytes: ConnectionLost", "reset"),
+    ("http://u/simple/x/: ResponseNeverReceived", "reset"),
+    ("a.whl: upstream sent 5 of 10 bytes", "size_mismatch"),
+    ("timeout-1.0.whl: upstream sent more than 10 bytes", "size_mismatch"),  # the file's name is no reason
+    ("http://u/simple/x/: malformed page: bad JSON", "malformed"),
+    ("http://u/simple/x/: something new", "other"),
+])
+def test_upstream_error_reasons(message, reason):
+    from pypicache.model import UpstreamError
+    from pypicache.services.traffic import ERROR_REASONS, error_reason
+
+    assert error_reason(UpstreamError(message)) == reason and reason in ERROR_REASONS
+
+
+def test_upstream_error_reasons_by_type():
+    from pypicache.errors import CircuitOpen
+    from pypicache.model import HashMismatch
+    from pypicache.providers.upstream.simple import UpstreamStatusError
+    from pypicache.services.traffic import error_reason
+
+    assert error_reason(UpstreamStatusError("http://u/timeout/", 502)) == "status_5xx"
+    assert error_reason(UpstreamStatusError("http://u/", 429)) == "status_429"
+    assert error_reason(UpstreamStatusError("http://u/", 403)) == "status_4xx"
+    assert error_reason(HashMismatch("x")) == "hash_mismatch"
+    assert error_reason(CircuitOpen("open", 30)) == "circuit_open"

@@ -32,13 +32,15 @@ ERROR_REASONS = ("timeout", "connect", "reset", "status_4xx", "status_5xx", "sta
 #: First path segment -> route (the ``/simple/`` families are split further).
 _FIRST = {b"files": "file", b"pypi": "json_api", b"legacy": "upload", b"api": "manage",
           b"requirements.txt": "prefetch", b"requirements": "prefetch", b"health": "monitoring",
-          b"ready": "monitoring", b"metrics": "monitoring", b"stats": "monitoring", b"": "ui",
-          b"ui": "ui", b"static": "ui"}
+          b"ready": "monitoring", b"metrics": "monitoring", b"stats": "monitoring", b"ui": "ui",
+          b"static": "ui"}
 
 
 def route_of(path: bytes) -> str:
     """The route label of a request path (without its query): a few bytes
     operations, whatever the path."""
+    if path == b"/" or path == b"":
+        return "ui"
     parts = path.split(b"/", 4)
     first = parts[1] if len(parts) > 1 else b""
     local = first == b"local"
