@@ -564,3 +564,42 @@ def test_upstream_error_reasons_by_type():
     assert error_reason(UpstreamStatusError("http://u/", 403)) == "status_4xx"
     assert error_reason(HashMismatch("x")) == "hash_mismatch"
     assert error_reason(CircuitOpen("open", 30)) == "circuit_open"
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_a_real_install_shows_in_the_json_log_and_the_metrics(tmp_path, fake_upstream, logs):
+    """uv installs through the server: each of its requests is one JSON log
+    line, and the counters by route agree with the lines."""
+    import json
+
+    from twisted.internet.threads import deferToThread
+
+    from tests.clients import uv_pip_install
+
+    config = configuration.parse({
+        "server": {"data_dir": str(tmp_path / "data"), "access_log": True},
+        "http": {"connect_timeout": 2, "read_timeout": 2, "page_timeout": 3},
+        "upstream": {"provider": "simple", "url": fake_upstream.url},
+        "monitoring": {"access_log_format": "json"},
+    }, source="<test>")
+    server = await start_server(config)
+    try:
+        result = await deferToThread(uv_pip_install, server.simple, "depproj", target=tmp_path / "env")
+        assert result.returncode == 0, result.stderr
+        assert {p.name.split("-")[0] for p in (tmp_path / "env").glob("*.dist-info")} == {"depproj", "tinyproj"}
+        found = await labelled(server.root)
+    finally:
+        await server.stop()
+    entries = [json.loads(e["log_io"]) for e in logs.events if str(e.get("log_io", "")).startswith("{")]
+    ours = [e for e in entries if e["route"] != "monitoring"]
+    assert ours and all(e["user_agent"].startswith("uv/") for e in ours)
+    by_route: dict[tuple[str, str], int] = {}
+    for e in ours:
+        key = (e["route"], str(e["status"]))
+        by_route[key] = by_route.get(key, 0) + 1
+    assert by_route[("simple_page", "200")] >= 2  # depproj and tinyproj
+    assert by_route.get(("file", "200"), 0) >= 2  # the two wheels, through this server
+    counted = {(dict(labels)["route"], dict(labels)["status"]): n for (name, labels), n in found.items()
+               if name == "pypicache_http_requests_total" and dict(labels)["route"] != "monitoring"}
+    assert counted == by_route
