@@ -95,6 +95,8 @@ def _histogram(name: str, help_text: str, label: str, timings: dict[str, Any]) -
     family = HistogramMetricFamily(name, help_text, labels=[label])
     bounds = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
     for value, t in sorted(timings.items()):
+        if not any(t.counts):
+            continue  # a route never asked for: no series
         running, buckets = 0, []
         for bound, count in zip(bounds, t.counts):
             running += count

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections import defaultdict
 from typing import Any, Callable
 
 from pypicache.errors import CircuitOpen
@@ -124,8 +125,9 @@ class Traffic:
 
     def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self.now = now
-        self.requests: dict[tuple[str, int], int] = {}
-        self.durations: dict[str, Timings] = {}
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        #: One per route from the start: the hot path never checks for it.
+        self.durations: dict[str, Timings] = {route: Timings() for route in ROUTES}
         self.upstream_durations: dict[str, Timings] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.coalesced: dict[str, int] = {}
@@ -135,7 +137,7 @@ class Traffic:
         """A copy that later requests do not change (for formatting a scrape
         in another thread); its ``in_flight`` is the number now."""
         copy = Traffic(self.now)
-        copy.requests = dict(self.requests)
+        copy.requests = self.requests.copy()
         copy.durations = {k: t.copy() for k, t in self.durations.items()}
         copy.upstream_durations = {k: t.copy() for k, t in self.upstream_durations.items()}
         copy.upstream_errors = dict(self.upstream_errors)
@@ -146,13 +148,10 @@ class Traffic:
         return copy
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        """One answered request (the site's finish path and the fast path)."""
-        key = (route, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        timings = self.durations.get(route)
-        if timings is None:
-            timings = self.durations[route] = Timings()
+        """One answered request (the site's finish path and the fast path);
+        ``route`` is one of :data:`ROUTES`."""
+        self.requests[route, status] += 1
+        timings = self.durations[route]
         timings.counts[bisect_left(BUCKETS, seconds)] += 1
         timings.total += seconds
 
