@@ -220,9 +220,9 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management",
         "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
         "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring"]
-lazy += ["pypicache.web.accesslog"]  # JSON access log lines: only with access_log_format = "json"
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
+before += [m for m in ["pypicache.web.accesslog"] if m in sys.modules]  # only with access_log_format = "json"
 from twisted.web.test.requesthelper import DummyRequest
 for name in (b"legacy", b"api", b"pypi"):
     root.getChildWithDefault(name, DummyRequest([name]))
