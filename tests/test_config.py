@@ -438,3 +438,25 @@ def test_policy_table_is_validated_into_seconds_and_names():
 def test_a_bad_policy_names_the_key(table, message):
     with pytest.raises(ConfigError, match=message):
         parse({"policy": table})
+
+
+def test_monitoring_table():
+    assert Config().monitoring.listen == () and Config().monitoring.on_main_listener
+    assert Config().monitoring.access_log_format == "combined"
+    cfg = parse({"monitoring": {"listen": "tcp:9141:interface=127.0.0.1", "access_log_format": "json"}})
+    assert cfg.monitoring.listen == ("tcp:9141:interface=127.0.0.1",)
+    assert cfg.monitoring.access_log_format == "json"
+    cfg = parse({"monitoring": {"listen": ["tcp:9141", "unix:/run/m.sock"], "on_main_listener": False}})
+    assert cfg.monitoring.listen == ("tcp:9141", "unix:/run/m.sock") and not cfg.monitoring.on_main_listener
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"listen": 9141}, r"^monitoring\.listen: expected str or list"),
+    ({"listen": ["tcp:9141", ""]}, r"^monitoring\.listen: expected an endpoint string"),
+    ({"access_log_format": "xml"}, r"^monitoring\.access_log_format: expected \"combined\" or \"json\""),
+    ({"on_main_listener": "no"}, r"^monitoring\.on_main_listener: expected bool"),
+    ({"on_main_listener": False}, r"^monitoring\.on_main_listener: false needs monitoring\.listen"),
+])
+def test_a_bad_monitoring_key_is_named(table, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"monitoring": table})

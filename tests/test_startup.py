@@ -223,6 +223,7 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "pypicache.services.bundles", "pypicache.web.static", "pypicache.cli.bundles"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
+before += [m for m in ["pypicache.web.accesslog"] if m in sys.modules]  # only with access_log_format = "json"
 from twisted.web.test.requesthelper import DummyRequest
 for name in (b"legacy", b"api", b"pypi"):
     root.getChildWithDefault(name, DummyRequest([name]))

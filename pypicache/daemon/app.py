@@ -22,6 +22,7 @@ from pypicache.interfaces import IBlobInventory, IClosable
 from pypicache.services.mirror import Mirror
 from pypicache.services.scrub import Scrubber
 from pypicache.services.stats import Stats
+from pypicache.services.traffic import Traffic
 from pypicache.providers.upstream.breaker import with_breaker
 from pypicache.services.accounts import Accounts, AccountStore
 from pypicache.web.fastpath import FastPathFactory
@@ -47,6 +48,8 @@ class App:
     accounts: Any = None
     factory: Any = None  # what listeners serve: the fast path in front of the Site
     scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
+    traffic: Traffic | None = None  # requests, upstream latency and errors (/metrics)
+    monitoring: Any = None  # the Site for [monitoring] listen; None when not configured
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -93,11 +96,13 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     # The mirror follows every write through its index (a CataloguedIndex,
     # pypicache.services.catalogue): all below get that index, so no write
     # can leave a served page behind.
+    traffic = Traffic()
     mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=config.page_ttl,
                     root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge,
-                    not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes)
+                    not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes, traffic=traffic)
     index = mirror.index
-    downloader = Downloader(storage=storage, index=index, upstream=upstream, spool_dir=data_dir / "spool")
+    downloader = Downloader(storage=storage, index=index, upstream=upstream, spool_dir=data_dir / "spool",
+                            traffic=traffic)
     accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
                         max_failures=config.auth.max_failed_logins, failure_window=config.auth.failed_login_window)
     stats = Stats()
@@ -143,23 +148,30 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         return Ready(Readiness(index=index, storage=storage, clock=reactor))
 
+    metrics_route: list[Any] = []  # one registry for the main and the monitoring listener
+
     def metrics() -> Any:
         # prometheus_client is imported here, on the first scrape.
         from pypicache.services import metrics as prometheus
         from pypicache.web.monitoring import Metrics
 
-        collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
-        return Metrics(prometheus.make_registry(collector), prometheus.scrape, prometheus.CONTENT_TYPE_LATEST)
+        if not metrics_route:
+            collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
+            metrics_route.append(Metrics(prometheus.make_registry(collector),
+                                         lambda registry: prometheus.scrape_in_thread(registry, traffic, in_thread),
+                                         prometheus.CONTENT_TYPE_LATEST))
+        return metrics_route[0]
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
                       page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch,
-                      ready=ready, metrics=metrics)
+                      ready=ready, metrics=metrics, monitoring=config.monitoring.on_main_listener)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate
 
-        return await authenticate(accounts, request) is not None
+        request.identity = await authenticate(accounts, request)  # the access log's user
+        return request.identity is not None
 
     rate = storage.scrub_rate if IBlobInventory.providedBy(storage) else 0
     scrubber = Scrubber(storage, index, rate=rate, reactor=reactor, threadpool=threadpool) if rate > 0 else None
@@ -167,7 +179,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     site = QuietSite(root, access_log=config.access_log, upload_limit=config.uploads.max_size,
                      read_gate=read_gate if config.auth.read == "authenticated" else None,
                      upload_gate=UploadGate(accounts, config.uploads.max_concurrent, config.uploads.enabled),
-                     header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
+                     header_timeout=config.header_timeout, min_body_rate=config.min_body_rate,
+                     traffic=traffic, access_log_format=config.monitoring.access_log_format)
     site.body_limits = {b"/requirements.txt": config.prefetch.max_body}
     # The fast path answers fresh cached pages without twisted.web; it logs
     # nothing, so an access log means every request takes the ordinary route.
@@ -175,13 +188,21 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     twisted_support = _twisted.self_check()
     factory: Any = site
     if config.fast_path and not config.access_log and twisted_support.fast_path:
-        factory = FastPathFactory(site, root.views, lambda: site.read_gate is not None, clock=reactor)
+        factory = FastPathFactory(site, root.views, lambda: site.read_gate is not None, clock=reactor,
+                                  traffic=traffic)
     factory = ConnectionLimits(factory, reactor, max_connections=config.max_connections,
                                max_per_client=config.max_connections_per_client,
                                header_timeout=config.header_timeout, fast_path=factory is not site)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
-              accounts=accounts, factory=factory, scrubber=scrubber)
+              accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic)
+    if config.monitoring.listen:  # its own listener: no gates, the same counters
+        from pypicache.web.site import build_monitoring_root, monitoring_route_of
+
+        app.monitoring = QuietSite(build_monitoring_root(ready, metrics), access_log=config.access_log,
+                                   traffic=traffic, access_log_format=config.monitoring.access_log_format,
+                                   header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
+        app.monitoring.route_of = monitoring_route_of
     if scrubber is not None:
         scrubber.start()
     return app

@@ -99,6 +99,13 @@ class CacheConfig:
 class MonitoringConfig:
     """Metrics, health and access logs (docs/operations.md, "Monitoring")."""
 
+    #: Endpoints of a listener serving only /metrics, /health and /ready.
+    listen: tuple[str, ...] = ()
+    #: Whether the main listener still serves them (only matters with ``listen``).
+    on_main_listener: bool = True
+    #: "combined" (Apache's combined format) or "json" (one object per line).
+    access_log_format: str = "combined"
+
 
 @attrs.frozen
 class PolicyConfig:
@@ -497,8 +504,20 @@ def _cache(table: Any) -> CacheConfig:
 
 
 def _monitoring(table: Any) -> MonitoringConfig:
-    _table("monitoring", table, {})
-    return MonitoringConfig()
+    found = _table("monitoring", table, {"listen": (str, list), "on_main_listener": bool,
+                                         "access_log_format": str})
+    if "listen" in found:
+        listen = [found["listen"]] if isinstance(found["listen"], str) else found["listen"]
+        if not all(isinstance(x, str) and x for x in listen):
+            raise ConfigError("monitoring.listen: expected an endpoint string or a list of them")
+        found["listen"] = tuple(listen)
+    if found.get("access_log_format", "combined") not in ("combined", "json"):
+        raise ConfigError(f"monitoring.access_log_format: expected \"combined\" or \"json\", "
+                          f"got {found['access_log_format']!r}")
+    if found.get("on_main_listener") is False and not found.get("listen"):
+        raise ConfigError("monitoring.on_main_listener: false needs monitoring.listen, "
+                          "or /metrics, /health and /ready would be served nowhere")
+    return MonitoringConfig(**found)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -59,6 +59,8 @@ class AppService(service.Service):
     def __init__(self, config: Any, pending: listening.PendingFactory) -> None:
         self.config = config
         self.pending = pending
+        #: What the [monitoring] listeners serve, once the app is built.
+        self.monitoring = listening.PendingFactory()
         self.app: Any = None
         self._reaper: Any = None
 
@@ -70,6 +72,8 @@ class AppService(service.Service):
 
         self.app = app_module.build(self.config, reactor)
         self.pending.attach(self.app.factory)
+        if self.app.monitoring is not None:
+            self.monitoring.attach(self.app.monitoring)
         super().startService()
         cfg = self.app.config
         log.info("pypicache started: config {source}, data in {data_dir}, upstream {upstream}{offline}",
@@ -116,6 +120,8 @@ class Server(service.MultiService):
         self.app_service = AppService(config, self.pending)
         self.app_service.setServiceParent(self)
         self.listeners = [listening.Listener(endpoint, self.pending) for endpoint in config.listen]
+        self.listeners += [listening.Listener(endpoint, self.app_service.monitoring)
+                           for endpoint in config.monitoring.listen]
         for listener in self.listeners:  # stopped first (reverse order): no new requests while the app closes
             listener.setServiceParent(self)
         self._started_early = False

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from pypicache.errors import DiskFull
 from pypicache.services.mirror import Coalescer
+from pypicache.services.traffic import Traffic
 from pypicache.model import BlobInfo, FileRecord, HashMismatch, UpstreamError
 
 log = Logger()
@@ -108,15 +109,18 @@ class Downloader:
     """Starts and tracks transfers; stores what verified."""
 
     def __init__(self, *, storage: Any, index: Any, upstream: Any, spool_dir: Path,
-                 max_metadata_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_metadata_bytes: int = 16 * 1024 * 1024, traffic: Traffic | None = None) -> None:
         self.storage = storage
         self.index = index
         self.upstream = upstream
         self.spool_dir = spool_dir
         self.max_metadata_bytes = max_metadata_bytes
         self._transfers: dict[tuple[str, str], Transfer] = {}
-        self._starting: Coalescer[Transfer] = Coalescer()
-        self._metadata: Coalescer[str] = Coalescer()
+        #: Upstream latency, errors and coalesced downloads (``/metrics``).
+        self.traffic = traffic if traffic is not None else Traffic()
+        self.traffic.in_flight = lambda: len(self._transfers)
+        self._starting: Coalescer[Transfer] = Coalescer(lambda: self.traffic.joined("file"))
+        self._metadata: Coalescer[str] = Coalescer(lambda: self.traffic.joined("file"))
         #: METADATA blobs stored and answered whose index mark has not landed
         #: yet: their sha256 (so a repeat request needs no second fetch) and
         #: the marks in flight (so shutdown can wait for them).
@@ -175,15 +179,18 @@ class Downloader:
         key = (project, record.filename)
         existing = self._transfers.get(key)
         if existing is not None:
+            self.traffic.joined("file")
             return existing
         return await self._starting.run(key, lambda: self._open(project, record))
 
     async def _open(self, project: str, record: FileRecord) -> Transfer:
-        download = await self.upstream.open_file(record.url)
+        download = await self.traffic.timed("file", lambda: self.upstream.open_file(record.url))
         if record.size is not None and download.length is not None and download.length != record.size:
             download.cancel()
-            raise UpstreamError(f"{record.filename}: upstream sends {download.length} bytes, "
-                                f"the page says {record.size}")
+            error = UpstreamError(f"{record.filename}: upstream sends {download.length} bytes, "
+                                  f"the page says {record.size}")
+            self.traffic.upstream_error("file", error)
+            raise error
         spool = self.spool_dir / f"{uuid.uuid4().hex}.part"
         transfer = Transfer(project, record, spool)
         if transfer.length is None:
@@ -234,6 +241,8 @@ class Downloader:
             if expected is not None and digest != expected:
                 raise HashMismatch(f"{record.filename}: sha256 {digest} differs from the page's {expected}")
         except Exception as e:
+            if not isinstance(e, OSError):  # our spool's failure is not the upstream's
+                self.traffic.upstream_error("file", e)
             if isinstance(e, HashMismatch):
                 log.error("not caching {project}/{filename}: {error}", project=transfer.project,
                           filename=record.filename, error=str(e))
@@ -320,7 +329,7 @@ class Downloader:
         return await self._metadata.run(key, lambda: self._fetch_metadata(project, record))
 
     async def _fetch_metadata(self, project: str, record: FileRecord) -> str:
-        download = await self.upstream.open_file(record.url + ".metadata")
+        download = await self.traffic.timed("file", lambda: self.upstream.open_file(record.url + ".metadata"))
         if download.length is not None and download.length > self.max_metadata_bytes:
             download.cancel()
             raise UpstreamError(f"{record.filename}.metadata: {download.length} bytes is too large")
@@ -346,6 +355,7 @@ class Downloader:
             blob = await writer.commit()
         except HashMismatch as e:
             writer.abort()
+            self.traffic.upstream_error("file", e)
             log.error("not caching {project}/{filename}.metadata: {error}", project=project,
                       filename=record.filename, error=str(e))
             raise

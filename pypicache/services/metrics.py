@@ -80,3 +80,97 @@ def make_registry(collector: ServerCollector) -> CollectorRegistry:
 def scrape(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition of ``registry``."""
     return generate_latest(registry)
+
+
+# -------------------------------------------------- requests and the upstream
+# (pypicache.services.traffic counts; this turns its dicts into families)
+
+
+def _histogram(name: str, help_text: str, label: str, timings: dict[str, Any]) -> Metric:
+    from prometheus_client.core import HistogramMetricFamily
+    from prometheus_client.utils import floatToGoString
+
+    from pypicache.services.traffic import BUCKETS
+
+    family = HistogramMetricFamily(name, help_text, labels=[label])
+    bounds = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
+    for value, t in sorted(timings.items()):
+        if not any(t.counts):
+            continue  # a route never asked for: no series
+        running, buckets = 0, []
+        for bound, count in zip(bounds, t.counts):
+            running += count
+            buckets.append((bound, running))
+        family.add_metric([value], buckets, t.total)
+    return family
+
+
+class TrafficCollector:
+    """Reads a :class:`pypicache.services.traffic.Traffic`: requests by route
+    and status, upstream latency and errors, coalesced waiters, downloads
+    in flight.  Give it a ``Traffic.snapshot()`` to collect off the reactor."""
+
+    def __init__(self, traffic: Any) -> None:
+        self.traffic = traffic
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.traffic
+        requests = CounterMetricFamily("pypicache_http_requests", "HTTP requests answered, by route and status "
+                                       "(the page fast path included).", labels=["route", "status"])
+        for (route, status), n in sorted(dict(t.requests).items()):
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        yield _histogram("pypicache_http_request_duration_seconds",
+                         "Time from a request's first line to its last byte handed to the socket, by route.",
+                         "route", dict(t.durations))
+        yield _histogram("pypicache_upstream_request_duration_seconds",
+                         "Time until the upstream answered (a page's whole body; a file's headers), by kind.",
+                         "kind", dict(t.upstream_durations))
+        errors = CounterMetricFamily("pypicache_upstream_errors", "Upstream requests that failed, by kind "
+                                     "and reason (timeout, connect, reset, status_5xx, hash_mismatch, ...).",
+                                     labels=["kind", "reason"])
+        for (kind, reason), n in sorted(dict(t.upstream_errors).items()):
+            errors.add_metric([kind, reason], n)
+        yield errors
+        coalesced = CounterMetricFamily("pypicache_coalesced_requests", "Requests that joined an upstream page "
+                                        "fetch or file download in flight instead of starting their own.",
+                                        labels=["kind"])
+        for kind, n in sorted(dict(t.coalesced).items()):
+            coalesced.add_metric([kind], n)
+        yield coalesced
+        if t.in_flight is not None:
+            yield GaugeMetricFamily("pypicache_upstream_downloads_in_flight",
+                                    "File downloads from the upstream running now.", value=t.in_flight())
+
+
+class _Replay:
+    """A collector giving back families collected earlier."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def scrape_in_thread(registry: CollectorRegistry, traffic: Any, in_thread: Any) -> Any:
+    """The text exposition of ``registry`` and ``traffic``, formatted in the
+    thread pool; a Deferred firing with bytes.
+
+    With every route, status and upstream error seen, a scrape is some 400
+    lines, and building and formatting them costs the CPU 2–10 ms
+    (docs/operations.md): too long for the reactor.  So the reactor only
+    collects ``registry`` (a handful of numbers) and snapshots ``traffic``
+    (copies of a few small dicts, tens of µs); the thread does the rest on
+    data nobody else touches.
+    """
+    families = list(registry.collect())
+    frozen = TrafficCollector(traffic.snapshot())
+
+    def text() -> bytes:
+        out = CollectorRegistry(auto_describe=False)
+        out.register(_Replay(families))
+        out.register(frozen)
+        return generate_latest(out)
+
+    return in_thread(text)

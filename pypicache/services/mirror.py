@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from pypicache.services.catalogue import CataloguedIndex
 from pypicache.services.memcache import NotFoundCache, RecordCache
+from pypicache.services.traffic import Traffic
 from pypicache.model import (
     NotModified,
     ProjectList,
@@ -61,13 +62,17 @@ class Coalescer(Generic[T]):
     finishing it fills the cache.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_join: Callable[[], None] | None = None) -> None:
         self._pending: dict[Hashable, list[defer.Deferred[T]]] = {}
+        #: Called when a caller joins a call in flight (metrics: coalesced waiters).
+        self.on_join = on_join
 
     def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> defer.Deferred[T]:
         waiter: defer.Deferred[T] = defer.Deferred()
         if key in self._pending:
             self._pending[key].append(waiter)
+            if self.on_join is not None:
+                self.on_join()
             return waiter
         self._pending[key] = [waiter]
 
@@ -126,6 +131,7 @@ class Mirror:
         memory_projects: int = 4096,
         memory_bytes: int = 64 * 1024 * 1024,
         not_found_ttl: float = 60.0,
+        traffic: Traffic | None = None,
     ) -> None:
         self.index = index if isinstance(index, CataloguedIndex) else CataloguedIndex(index)
         self.index.follow(self.note_record)
@@ -141,7 +147,9 @@ class Mirror:
         self._records = RecordCache(memory_bytes, memory_projects)
         #: Unknown names, answered 404 without the upstream for a while.
         self.not_found = NotFoundCache(lambda: self.clock.seconds(), not_found_ttl)
-        self._refreshes: Coalescer[ProjectRecord | None] = Coalescer()
+        #: Upstream latency, errors and coalesced refreshes (``/metrics``).
+        self.traffic = traffic if traffic is not None else Traffic()
+        self._refreshes: Coalescer[ProjectRecord | None] = Coalescer(lambda: self.traffic.joined("page"))
         self._loads: Coalescer[ProjectRecord | None] = Coalescer()
         self._root: tuple[ProjectList, float] | None = None
         self._root_refresh: Coalescer[tuple[ProjectList, float] | None] = Coalescer()
@@ -262,7 +270,7 @@ class Mirror:
         validators = current.validators if current is not None and current.files else Validators()
         now = self.clock.seconds()
         try:
-            page = await self.upstream.fetch_project(name, validators)
+            page = await self.traffic.timed("page", lambda: self.upstream.fetch_project(name, validators))
         except NotModified:
             record = await self.index.mark_refreshed(name, now, validators)
             if current is not None:
@@ -344,7 +352,8 @@ class Mirror:
         now = self.clock.seconds()
         current = self._root
         try:
-            plist = await self.upstream.fetch_project_list(current[0].validators if current else Validators())
+            plist = await self.traffic.timed("page", lambda: self.upstream.fetch_project_list(
+                current[0].validators if current else Validators()))
         except NotModified:
             assert current is not None
             plist = current[0]

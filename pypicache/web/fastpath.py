@@ -36,6 +36,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from pypicache import _twisted
+from pypicache.services.traffic import Traffic
 
 log = Logger()
 
@@ -157,7 +158,8 @@ class FastHTTP(protocol.Protocol):
         close = _CONNECTION.get(headers.get(b"connection", b"").lower())
         if close is None:
             return None
-        view = self.factory.views[1 if m.group(2) else 0]
+        local = m.group(2) is not None
+        view = self.factory.views[1 if local else 0]
         found = view.fast_page(m.group(3).decode("ascii"), headers.get(b"accept"), headers.get(b"accept-encoding"),
                                headers.get(b"if-none-match"))
         if found is None:
@@ -175,6 +177,9 @@ class FastHTTP(protocol.Protocol):
         parts = [b"".join(out)]
         if status != 304 and method == b"GET" and body:
             parts.append(body)
+        # A dict increment and a bisect (pypicache.services.traffic), read at scrape time.
+        self.factory.traffic.request("local_page" if local else "simple_page", status,
+                                     time.monotonic() - self.last_activity)
         return not close, parts
 
     def _send(self, parts: list[bytes]) -> None:
@@ -214,12 +219,14 @@ class FastHTTP(protocol.Protocol):
 class FastPathFactory(protocol.Factory):
     """Wraps a twisted.web Site: its connections start on the fast path.
 
-    ``clock`` (the reactor) dates the answers.
+    ``clock`` (the reactor) dates the answers; ``traffic`` counts them
+    (the Site's, so ``/metrics`` shows both paths as one).
     """
 
     def __init__(self, site: Any, views: tuple[Any, Any], read_gate_on: Callable[[], bool], *,
-                 clock: Any, idle_timeout: float = 120.0) -> None:
+                 clock: Any, idle_timeout: float = 120.0, traffic: Traffic | None = None) -> None:
         self.site = site
+        self.traffic = traffic if traffic is not None else Traffic()
         self.dates = _DateCache(clock)
         self.views = views  # (proxy view, local view): SimpleIndex resources
         self.read_gate_on = read_gate_on

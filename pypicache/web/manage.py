@@ -62,7 +62,7 @@ class Manage(Resource):
             raise HTTPError(404, "not a valid project name") from None
         target = post[2]
 
-        identity = await authenticate(self.accounts, request)
+        identity = request.identity = await authenticate(self.accounts, request)  # the access log's user
         if identity is None:
             raise HTTPError(401, "credentials needed", AUTH_CHALLENGE)
         try:  # the admin command's rule: only uploaded files, never the upstream's

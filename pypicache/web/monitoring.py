@@ -79,19 +79,35 @@ class Ready(Resource):
 
 class Metrics(Resource):
     """``/metrics``: the Prometheus text format, generated from a private
-    registry (pypicache.services.metrics) on each scrape."""
+    registry (pypicache.services.metrics) on each scrape.  ``scrape``
+    returns the bytes, or a Deferred of them (formatted in a thread)."""
 
     isLeaf = True
 
-    def __init__(self, registry: Any, scrape: Callable[[Any], bytes], content_type: str) -> None:
+    def __init__(self, registry: Any, scrape: Callable[[Any], Any], content_type: str) -> None:
         super().__init__()
         self.registry = registry
         self.scrape = scrape
         self.content_type = content_type.encode()
 
-    def render_GET(self, request: Any) -> bytes:
-        return _plain(request, 200, self.scrape(self.registry), self.content_type)
+    def render_GET(self, request: Any) -> Any:
+        watch_disconnect(request)
+        d = defer.maybeDeferred(self.scrape, self.registry)
+        d.addCallback(self._answer, request)
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
 
-    def render_HEAD(self, request: Any) -> bytes:
-        self.render_GET(request)
-        return b""
+    render_HEAD = render_GET  # twisted.web sends no body for HEAD
+
+    def _answer(self, text: bytes, request: Any) -> None:
+        if request_gone(request):
+            return
+        request.write(_plain(request, 200, text, self.content_type))
+        request.finish()
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        log.failure("scraping the metrics failed", failure)
+        if request_gone(request):
+            return
+        request.write(_plain(request, 500, b"metrics unavailable\n"))
+        request.finish()

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import attrs
@@ -98,6 +99,8 @@ class PyPICacheRequest(Request):
         # body into memory and parse it a second time.
         kw["parsePOSTFormSubmission"] = False
         super().__init__(channel, *args, **kw)
+        #: When the request line arrived (monotonic): durations in metrics and the access log.
+        self.started_at = time.monotonic()
 
     def write(self, data: bytes) -> None:
         if self.private and not self.startedWriting:

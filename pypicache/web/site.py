@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Callable
 
 from twisted.web.resource import Resource
@@ -22,6 +23,7 @@ from twisted.web.server import Site
 
 from pypicache import __version__
 from pypicache.services.stats import Stats
+from pypicache.services.traffic import route_of
 from pypicache.web.files import Files
 from pypicache.web.limits import LimitedChannel
 from pypicache.web.request import PyPICacheRequest
@@ -103,16 +105,18 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
                in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None,
-               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None) -> Home:
+               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None,
+               monitoring: bool = True) -> Home:
     """The resource tree; ``upload``, ``manage``, ``jsonapi``, ``prefetch``,
     ``ready`` and ``metrics`` are factories called on the first request to
     their route.  ``page_bytes`` bounds the rendered pages; ``in_thread``
-    renders big ones in the thread pool."""
+    renders big ones in the thread pool.  ``monitoring=False`` leaves out
+    ``/health``, ``/ready`` and ``/metrics`` (served on their own listener)."""
     pages = PageCache(page_bytes)
     root = Home()
+    watch = ((b"health", _health), (b"ready", ready), (b"metrics", metrics)) if monitoring else ()
     for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi),
-                       (b"requirements.txt", prefetch), (b"requirements", prefetch),
-                       (b"health", _health), (b"ready", ready), (b"metrics", metrics)):
+                       (b"requirements.txt", prefetch), (b"requirements", prefetch), *watch):
         if make is not None:
             root.putLazyChild(name, make)
     proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
@@ -127,6 +131,30 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
     local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
     root.putChild(b"local", local)
     return root
+
+
+class MonitoringRoot(Home):
+    """The root of the monitoring listener (``[monitoring] listen``): only
+    ``/health``, ``/ready`` and ``/metrics``; 404 for every other path."""
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"not found\n"
+
+
+def build_monitoring_root(ready: Callable[[], Resource], metrics: Callable[[], Resource]) -> MonitoringRoot:
+    """The monitoring listener's resource tree (each route built on first use)."""
+    root = MonitoringRoot()
+    for name, make in ((b"health", _health), (b"ready", ready), (b"metrics", metrics)):
+        root.putLazyChild(name, make)
+    return root
+
+
+def monitoring_route_of(path: bytes) -> str:
+    """Route labels on the monitoring listener: what it does not serve is "other"."""
+    route = route_of(path)
+    return route if route == "monitoring" else "other"
 
 
 def _health() -> Resource:
@@ -147,10 +175,22 @@ class QuietSite(Site):
     header_timeout: float | None = None
     min_body_rate: float | None = None
 
+    #: Requests by route and status (pypicache.services.traffic), counted
+    #: whether or not the access log is on.
+    traffic: Any = None
+    #: A request path's route label (the monitoring listener's differs).
+    route_of = staticmethod(route_of)
+
     def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
                  read_gate: Any = None, upload_gate: Any = None, header_timeout: float | None = None,
-                 min_body_rate: float | None = None, **kw: Any) -> None:
+                 min_body_rate: float | None = None, traffic: Any = None, access_log_format: str = "combined",
+                 **kw: Any) -> None:
+        if access_log_format == "json":
+            from pypicache.web.accesslog import json_line
+
+            kw.setdefault("logFormatter", json_line)
         super().__init__(resource, **kw)
+        self.traffic = traffic
         self.header_timeout = header_timeout
         self.min_body_rate = min_body_rate
         self.access_log = access_log
@@ -159,5 +199,10 @@ class QuietSite(Site):
         self.upload_gate = upload_gate
 
     def log(self, request: Any) -> None:
+        """Called as each request finishes: count it, then log it if asked."""
+        traffic = self.traffic
+        if traffic is not None:
+            path = getattr(request, "path", None) or request.uri.split(b"?", 1)[0]
+            traffic.request(self.route_of(path), request.code, time.monotonic() - request.started_at)
         if self.access_log:
             super().log(request)
