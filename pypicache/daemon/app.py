@@ -24,6 +24,8 @@ from pypicache.services.scrub import Scrubber
 from pypicache.services.stats import Stats
 from pypicache.providers.upstream.breaker import with_breaker
 from pypicache.services.accounts import Accounts, AccountStore
+from pypicache.services.audit import FILENAME as AUDIT_FILE, AuditLog
+from pypicache.daemon.reload import apply_policy
 from pypicache.web.fastpath import FastPathFactory
 from pypicache.web.limits import ConnectionLimits
 from pypicache.web.request import UploadGate
@@ -47,6 +49,8 @@ class App:
     accounts: Any = None
     factory: Any = None  # what listeners serve: the fast path in front of the Site
     scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
+    policy: Any = None  # the current PolicyConfig: replaced on reload (pypicache.daemon.reload)
+    audit: Any = None  # the audit log (pypicache.services.audit)
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -105,6 +109,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     def in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
         return deferToThreadPool(reactor, threadpool, f, *args, **kwargs)
 
+    audit = AuditLog(data_dir / AUDIT_FILE, in_thread)
+
     # Routes few servers use are built (and their modules imported) on their
     # first request: start-up time and memory count (docs/performance.md).
     def upload() -> Any:
@@ -113,6 +119,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         publisher = Publisher(storage=storage, index=index, accounts=accounts, mirror=mirror, upstream=upstream,
                               clock=reactor, claim=config.uploads.claim, in_thread=in_thread)
+        publisher.audit = audit
         return Upload(publisher=publisher, accounts=accounts, config=config.uploads,
                       spool_dir=downloader.spool_dir, in_thread=in_thread)
 
@@ -120,7 +127,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         from pypicache.services.management import Management
         from pypicache.web.manage import Manage
 
-        return Manage(management=Management(index, accounts=accounts, claim=config.uploads.claim),
+        return Manage(management=Management(index, accounts=accounts, claim=config.uploads.claim, audit=audit),
                       accounts=accounts)
 
     def jsonapi() -> Any:
@@ -181,7 +188,12 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                header_timeout=config.header_timeout, fast_path=factory is not site)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
-              accounts=accounts, factory=factory, scrubber=scrubber)
+              accounts=accounts, factory=factory, scrubber=scrubber, audit=audit)
+    try:
+        apply_policy(app, config.policy)  # the config's block and allow lists, and pypicache policy's
+    except ValueError as e:
+        stop_context(context)
+        raise ConfigError(str(e)) from None
     if scrubber is not None:
         scrubber.start()
     return app
