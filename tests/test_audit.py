@@ -54,6 +54,10 @@ async def test_server_and_command_changes_are_audited(start, tmp_path, capsys):
     await treq.content(response)
     await sleep(0.1)
 
+    from pypicache.cli.admin import catalog_action  # what `pypicache delete` runs, on this reactor
+
+    assert await catalog_action(server.app.index, "delete", "acme-tools", wheel.name, out=lambda _: None,
+                                audit_dir=data) == 0
     store_cmds = [["token", "create", "alice", "-d", "ci"], ["project", "grant", "acme-tools", "bob"],
                   ["policy", "block", "evil==1.0", "--reason", "malware"]]
     for cmd in store_cmds:
@@ -69,6 +73,7 @@ async def test_server_and_command_changes_are_audited(start, tmp_path, capsys):
     assert upload["time"].endswith("Z")
     assert by_action["yank"]["target"] == f"acme-tools/{wheel.name}"
     assert by_action["yank"]["reason"] == "broken" and by_action["yank"]["actor"] == "alice"
+    assert by_action["delete"]["target"] == f"acme-tools/{wheel.name}" and by_action["delete"]["actor"] == "admin-cli"
     assert by_action["token.create"]["target"] == "alice" and by_action["token.create"]["actor"] == "admin-cli"
     assert by_action["grant"] == {**by_action["grant"], "target": "acme-tools", "user": "bob"}
     assert by_action["policy.block"]["target"] == "evil==1.0" and by_action["policy.block"]["reason"] == "malware"
