@@ -286,3 +286,20 @@ def test_policy_command_show_block_unblock_allow(tmp_path, capsys):
     plain = write_config(tmp_path / "p.toml", f'[server]\ndata_dir = "{tmp_path / "d"}"\n')
     assert admin.main(["--config", str(plain), "policy", "allow", "x"]) == 1
     assert "policy.allow_only is not set" in capsys.readouterr().err
+
+
+@pytest_twisted.ensureDeferred
+async def test_prefetch_never_fetches_what_the_policy_refuses(proxy, fake_upstream):
+    from twisted.internet import reactor
+
+    from pypicache.services.environments import environments
+    from pypicache.services.lockfiles import parse_requirements
+    from pypicache.services.prefetch import Prefetcher
+
+    block(proxy, "tinyproj>=2", "depproj")
+    app = proxy.app
+    prefetcher = Prefetcher(mirror=app.mirror, downloader=app.downloader, storage=app.storage, reactor=reactor)
+    report = await prefetcher.run(parse_requirements("tinyproj\ndepproj\n"), environments())
+    fetched = {f.filename for f in report.files if f.status == "fetched"}
+    assert fetched == {TINY1}
+    assert fake_upstream.count("/files/tinyproj-2.0") == 0 and fake_upstream.count("/files/depproj") == 0
