@@ -35,8 +35,7 @@ from typing import Any, Callable
 
 import attrs
 
-#: ``origin`` of uploaded files and private projects (as in index.rules).
-LOCAL = "local"
+from pypicache.services.visibility import LOCAL
 #: The runtime additions made by ``pypicache policy`` (in the data dir).
 RUNTIME_FILE = "policy.json"
 #: A denied file is written to the audit log at most once per this many seconds.

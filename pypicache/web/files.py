@@ -30,13 +30,11 @@ from pypicache.model import (
 )
 from pypicache.services.stats import Stats
 from pypicache.errors import CircuitOpen, DiskFull
-from pypicache.services.visibility import visible
+from pypicache.services.visibility import LOCAL, visible
 from pypicache.web.sending import send_body
 from pypicache.web.auth import client_of
 from pypicache.web.simple import project_allowed
 from pypicache.web.util import HTTPError, handle, refused
-
-LOCAL = "local"
 
 log = Logger()
 

@@ -31,7 +31,7 @@ from twisted.web.resource import Resource
 from pypicache.model import InvalidName, normalize
 from pypicache.services.mirror import Mirror, UpstreamUnavailable
 from pypicache.services.projectjson import ProjectJson
-from pypicache.services.visibility import visible_files
+from pypicache.services.visibility import LOCAL, visible_files
 from pypicache.web.simple import project_allowed
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
@@ -137,7 +137,7 @@ class JsonAPI(Resource):
         except UpstreamUnavailable as e:
             raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
                             {b"retry-after": str(e.retry_after).encode()}) from None
-        if result is None or not (allowed or result.record.origin == "local"):
+        if result is None or not (allowed or result.record.origin == LOCAL):
             raise HTTPError(404, "Not Found")
         record = result.record
         files = visible_files(record, local=self.local, merged=name in self.mirror.merge, rules=rules)

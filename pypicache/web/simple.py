@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from pypicache.services.mirror import Coalescer, Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
 from pypicache.services.stats import Stats
-from pypicache.services.visibility import visible, visible_files
+from pypicache.services.visibility import LOCAL, visible, visible_files
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
 from pypicache.web.render import etag_for, render_index, render_project
 from pypicache.web.util import HTTPError, finish_bytes, handle, refused, safe_header
@@ -165,9 +165,6 @@ def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta
     if gzipped and len(body) >= GZIP_MIN:
         page.gzipped()
     return page
-
-
-LOCAL = "local"
 
 
 def project_allowed(rules: Any, name: str) -> bool:
