@@ -148,7 +148,8 @@ class JsonAPI(Resource):
         page = self.pages.get(key, record.files)
         if page is None:
             built = await self.documents.build(
-                name, files, version, base, extra_versions=rules.visible_versions(name, record.versions or ()) if not self.local else (),
+                name, files, version, base,
+                extra_versions=rules.visible_versions(name, record.versions or ()) if not self.local else (),
                 allow_upstream=self.allow_upstream)
             if built is None:
                 raise HTTPError(404, "Not Found")
