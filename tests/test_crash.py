@@ -101,7 +101,7 @@ def partial_files(data: Path) -> list[str]:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 if len(rel.parts) != 4 or digest != name or rel.parts[1:3] != (name[:2], name[2:4]):
                     bad.append(f"bad blob: {rel}")
-            elif len(rel.parts) != 1 or not name.startswith(("index.sqlite3", "accounts.sqlite3")):
+            elif len(rel.parts) != 1 or not name.startswith(("index.sqlite3", "accounts.sqlite3", "audit.log")):
                 bad.append(f"unexpected: {rel}")
     return bad
 

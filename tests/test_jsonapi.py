@@ -296,6 +296,9 @@ class FakeMirror:
     merge: frozenset[str] = frozenset()
 
     def __init__(self, *records: ProjectRecord) -> None:
+        from pypicache.services.blocklist import Blocklist
+
+        self.blocklist = Blocklist()
         self.clock = Clock()
         self.records = {r.name: r for r in records}
         self.calls: list[tuple[str, bool]] = []

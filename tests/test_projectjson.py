@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 
 from pypicache.model import FileRecord, UpstreamError
 from pypicache.providers.storage.memory import MemoryStorage
+from pypicache.services.blocklist import Blocklist
 from pypicache.services.projectjson import METADATA_RETRY_SECONDS, ProjectJson
 
 METADATA = b"Metadata-Version: 2.1\nName: Pkg\nVersion: 1.0\nSummary: fetched\n"
@@ -85,6 +86,7 @@ class NoProjects:
     offline = False
     merge: frozenset[str] = frozenset()
     clock = Clock()
+    blocklist = Blocklist()
 
     async def project(self, name: str, *, allow_upstream: bool = True) -> None:
         return None

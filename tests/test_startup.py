@@ -220,7 +220,8 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management",
         "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
         "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring",
-        "pypicache.services.bundles", "pypicache.web.static", "pypicache.cli.bundles"]
+        "pypicache.services.bundles", "pypicache.web.static", "pypicache.cli.bundles",
+        "packaging.requirements", "packaging.specifiers", "pypicache.cli.policy", "pypicache.cli.audit"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
 before += [m for m in ["pypicache.web.accesslog"] if m in sys.modules]  # only with access_log_format = "json"

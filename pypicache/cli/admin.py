@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``add_parser(commands)`` (adds its sub-commands)
 #: and ``run(cfg, args) -> int`` (the exit status); ``COMMANDS`` names the
 #: sub-commands it adds.
-COMMAND_MODULES: tuple[str, ...] = ("bundles",)
+COMMAND_MODULES: tuple[str, ...] = ("bundles", "policy", "audit")
 
 
 def _command_modules() -> list[Any]:
@@ -238,6 +238,13 @@ def _run_accounts(cfg: Any, args: argparse.Namespace) -> int:
         store.close()
 
 
+def _audit(store: Any, action: str, target: str, **details: Any) -> None:
+    """An account change, in the audit log next to the accounts database."""
+    from pypicache.services import audit
+
+    audit.append(Path(store.path).parent / audit.FILENAME, audit.event(action, "admin-cli", target, **details))
+
+
 def _accounts_command(store: Any, args: argparse.Namespace) -> int:
     group, action = args.group, args.action
     if group == "user":
@@ -248,14 +255,17 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
             if store.get_user(args.name) is not None:
                 raise CommandError(f"user {args.name.lower()!r} already exists")
             user = store.add_user(args.name, read_password(args.password_stdin), admin=args.admin)
+            _audit(store, "user.add", user.name, admin=user.admin)
             _out(f"added user {user.name}{' (admin)' if user.admin else ''}")
         elif action == "passwd":
             if store.get_user(args.name) is None:
                 raise CommandError(f"no user named {args.name!r}")
             store.set_password(args.name, read_password(args.password_stdin))
+            _audit(store, "user.passwd", args.name.lower())
             _out(f"password of {args.name.lower()} changed")
         elif action == "remove":
             orphans = store.remove_user(args.name)
+            _audit(store, "user.remove", args.name.lower())
             _out(f"removed user {args.name.lower()} (tokens revoked)")
             if orphans:
                 sys.stderr.write("pypicache: note: now without maintainer (admins only until granted): "
@@ -266,6 +276,7 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
     elif group == "token":
         if action == "create":
             token_id, token = store.create_token(args.user, args.description, args.projects)
+            _audit(store, "token.create", args.user.lower(), token=token_id, projects=args.projects)
             sys.stderr.write(f"pypicache: token {token_id} created; it is shown only once. "
                              "Use it as the password with user name __token__.\n")
             _out(token)
@@ -277,14 +288,17 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
                      f"last used {_when(t.last_used)}\t{t.description}")
         else:  # revoke
             store.revoke_token(args.id)
+            _audit(store, "token.revoke", args.id)
             _out(f"revoked token {args.id}")
     else:  # project
         if action == "grant":
             store.grant(args.project, args.user)
+            _audit(store, "grant", normalize(args.project), user=args.user.lower())
             _out(f"{args.user.lower()} now maintains {normalize(args.project)}")
         elif action == "revoke":
             if not store.revoke(args.project, args.user):
                 raise CommandError(f"{args.user.lower()} is not a maintainer of {normalize(args.project)}")
+            _audit(store, "revoke", normalize(args.project), user=args.user.lower())
             _out(f"{args.user.lower()} no longer maintains {normalize(args.project)}")
         else:  # maintainers
             for name in sorted(store.maintainers(args.project)):
@@ -298,7 +312,7 @@ def _accounts_command(store: Any, args: argparse.Namespace) -> int:
 async def catalog_action(index: Any, action: str, project_name: str, target: str, *,
                          reason: str | None = None,
                          confirm: Callable[[list[FileRecord]], Any] | None = None,
-                         out: Callable[[str], None] = _out) -> int:
+                         out: Callable[[str], None] = _out, audit_dir: Path | None = None) -> int:
     """Yank, unyank or delete the files ``target`` names, through an IIndex.
 
     ``confirm(files)`` (delete only) returns, or a Deferred firing with,
@@ -312,7 +326,9 @@ async def catalog_action(index: Any, action: str, project_name: str, target: str
         name = normalize(project_name)
     except InvalidName as e:
         raise CommandError(str(e)) from None
-    management = Management(index)
+    from pypicache.services.audit import FILENAME, AuditLog
+
+    management = Management(index, audit=AuditLog(audit_dir / FILENAME) if audit_dir is not None else None)
     try:  # the rule the HTTP route follows too
         files = await management.select(name, target)
     except NoSuchProject:
@@ -362,7 +378,8 @@ def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
 
     async def act(cfg: Any, args: argparse.Namespace, index: Any, context: Any) -> int:
         return await catalog_action(index, args.group, args.project, args.target,
-                                    reason=getattr(args, "reason", None), confirm=confirm.get("ask"))
+                                    reason=getattr(args, "reason", None), confirm=confirm.get("ask"),
+                                    audit_dir=cfg.data_dir)
 
     return _run_reactor(cfg, args, act, prepare=prepare)
 

@@ -145,6 +145,9 @@ async def prefetch_command(cfg: Any, args: argparse.Namespace, index: Any, conte
         mirror = Mirror(index=index, upstream=upstream, clock=reactor, page_ttl=cfg.page_ttl,
                         root_ttl=cfg.root_ttl, offline=cfg.offline, merge=cfg.uploads.merge,
                         not_found_ttl=cfg.not_found_ttl, memory_bytes=cfg.page_cache_bytes)
+        from pypicache.services.blocklist import compile_rules, load_runtime
+
+        mirror.blocklist.update(compile_rules(cfg.policy, load_runtime(cfg.data_dir)))  # as the server's
         # The mirror's catalogue is the one writer: pages follow what is stored.
         downloader = Downloader(storage=storage, index=mirror.index, upstream=upstream, spool_dir=spool)
         progress = Progress(out, err, bar=err.isatty())

@@ -25,6 +25,8 @@ from pypicache.services.stats import Stats
 from pypicache.services.traffic import Traffic
 from pypicache.providers.upstream.breaker import with_breaker
 from pypicache.services.accounts import Accounts, AccountStore
+from pypicache.services.audit import FILENAME as AUDIT_FILE, AuditLog
+from pypicache.daemon.reload import apply_policy
 from pypicache.web.fastpath import FastPathFactory
 from pypicache.web.limits import ConnectionLimits
 from pypicache.web.request import UploadGate
@@ -50,6 +52,8 @@ class App:
     scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
     traffic: Traffic | None = None  # requests, upstream latency and errors (/metrics)
     monitoring: Any = None  # the Site for [monitoring] listen; None when not configured
+    policy: Any = None  # the current PolicyConfig: replaced on reload (pypicache.daemon.reload)
+    audit: Any = None  # the audit log (pypicache.services.audit)
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -110,6 +114,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     def in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
         return deferToThreadPool(reactor, threadpool, f, *args, **kwargs)
 
+    audit = AuditLog(data_dir / AUDIT_FILE, in_thread)
+
     # Routes few servers use are built (and their modules imported) on their
     # first request: start-up time and memory count (docs/performance.md).
     def upload() -> Any:
@@ -118,6 +124,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         publisher = Publisher(storage=storage, index=index, accounts=accounts, mirror=mirror, upstream=upstream,
                               clock=reactor, claim=config.uploads.claim, in_thread=in_thread)
+        publisher.audit = audit
         return Upload(publisher=publisher, accounts=accounts, config=config.uploads,
                       spool_dir=downloader.spool_dir, in_thread=in_thread)
 
@@ -125,7 +132,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         from pypicache.services.management import Management
         from pypicache.web.manage import Manage
 
-        return Manage(management=Management(index, accounts=accounts, claim=config.uploads.claim),
+        return Manage(management=Management(index, accounts=accounts, claim=config.uploads.claim, audit=audit),
                       accounts=accounts)
 
     def jsonapi() -> Any:
@@ -195,7 +202,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                header_timeout=config.header_timeout, fast_path=factory is not site)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
-              accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic)
+              accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic,
+              audit=audit)
     if config.monitoring.listen:  # its own listener: no gates, the same counters
         from pypicache.web.site import build_monitoring_root, monitoring_route_of
 
@@ -203,6 +211,11 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                    traffic=traffic, access_log_format=config.monitoring.access_log_format,
                                    header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
         app.monitoring.route_of = monitoring_route_of
+    try:
+        apply_policy(app, config.policy)  # the config's block and allow lists, and pypicache policy's
+    except ValueError as e:
+        stop_context(context)
+        raise ConfigError(str(e)) from None
     if scrubber is not None:
         scrubber.start()
     return app

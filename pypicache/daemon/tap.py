@@ -85,6 +85,10 @@ class AppService(service.Service):
             self._reaper = task.LoopingCall(self.app.factory.reap_idle)
             self._reaper.clock = self.app.reactor
             self._reaper.start(self.REAP_EVERY, now=False)
+        from pypicache.daemon.reload import Reloader  # SIGHUP: the [policy] table again
+
+        self._reloader = Reloader(self.app, self.app.reactor)
+        self._reloader.start()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -92,6 +96,8 @@ class AppService(service.Service):
 
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
+        if getattr(self, "_reloader", None) is not None:
+            self._reloader.stop()
         if self.app is None:
             return None
         return defer.ensureDeferred(self.app.close())

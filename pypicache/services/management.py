@@ -57,8 +57,10 @@ class Management:
     command (``identity=None``) can select.
     """
 
-    def __init__(self, index: Any, *, accounts: Any = None, claim: Mapping[str, frozenset[str]] | None = None) -> None:
+    def __init__(self, index: Any, *, accounts: Any = None, claim: Mapping[str, frozenset[str]] | None = None,
+                 audit: Any = None) -> None:
         self.index = index
+        self.audit = audit  # a pypicache.services.audit.AuditLog, or None
         self.accounts = accounts
         self.claim = claim or {}
 
@@ -84,10 +86,12 @@ class Management:
         return uploaded_files(record, target)
 
     async def apply(self, action: str, name: str, files: list[FileRecord], *, reason: str | None = None,
-                    done: Callable[[FileRecord], None] | None = None) -> None:
+                    done: Callable[[FileRecord], None] | None = None, actor: str = "admin-cli",
+                    client: str | None = None) -> None:
         """Do ``action`` ("yank", "unyank" or "delete") to each of ``files``
         (from :meth:`select`); ``done(file)`` is called after each one.
-        ``reason`` is kept for a yank only."""
+        ``reason`` is kept for a yank only.  Each file done is written to
+        the audit log (``self.audit``, pypicache.services.audit) by ``actor``."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
         for f in files:
@@ -96,5 +100,8 @@ class Management:
             else:
                 yank = action == "yank"
                 await self.index.set_yanked(name, f.filename, yank, reason if yank else None)
+            if self.audit is not None:
+                await self.audit.record(action, actor, f"{name}/{f.filename}", client=client,
+                                        reason=reason if action == "yank" else None)
             if done is not None:
                 done(f)

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pypicache.services.blocklist import Blocklist
 from pypicache.services.catalogue import CataloguedIndex
 from pypicache.services.memcache import NotFoundCache, RecordCache
 from pypicache.services.traffic import Traffic
@@ -153,6 +154,8 @@ class Mirror:
         self._loads: Coalescer[ProjectRecord | None] = Coalescer()
         self._root: tuple[ProjectList, float] | None = None
         self._root_refresh: Coalescer[tuple[ProjectList, float] | None] = Coalescer()
+        #: The block and allow lists every view applies (pypicache.services.blocklist).
+        self.blocklist = Blocklist()
 
     # ------------------------------------------------------------- records
     def remember(self, record: ProjectRecord) -> ProjectRecord:

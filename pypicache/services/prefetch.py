@@ -152,8 +152,13 @@ class Catalog:
         return await self._pages.run(name, lambda: self._load(name))
 
     async def _load(self, name: str) -> tuple[FileRecord, ...] | None:
+        rules = self.mirror.blocklist.rules  # never pre-fill what the policy refuses
+        if rules.active and rules.project_reason(name) is not None:
+            self.errors[name] = rules.project_reason(name)
+            self._files[name] = None
+            return None
         try:
-            page = await self.mirror.project(name)
+            page = await self.mirror.project(name, allow_upstream=rules.allows(name))
         except UpstreamUnavailable as e:
             self.errors[name] = f"upstream unavailable: {e.reason}"
             return None
@@ -161,6 +166,8 @@ class Catalog:
             self._files[name] = None
             return None
         files = self._visible(name, page.record)
+        if rules.active:
+            files = rules.visible(name, files)
         self._files[name] = files
         return files
 

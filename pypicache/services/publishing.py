@@ -70,6 +70,8 @@ class Published:
     project: str
     filename: str
     identical: bool = False
+    claimed: bool = False  # the uploader became the new name's first maintainer
+    sha256: str | None = None
 
 
 class Publisher:
@@ -94,12 +96,13 @@ class Publisher:
         self.clock = clock
         self.claim = claim
         self.in_thread = in_thread
+        self.audit: Any = None  # a pypicache.services.audit.AuditLog, or None
         #: One upload at a time per project from the ownership check to the
         #: grant: two users racing to create a new name must not both become
         #: its first maintainer.
         self._locks: dict[str, DeferredLock] = {}
 
-    async def publish(self, identity: Any, form: Any) -> Published:
+    async def publish(self, identity: Any, form: Any, client: str | None = None) -> Published:
         """Validate and publish a parsed upload form as ``identity``.
 
         Raises :class:`pypicache.uploads.UploadError` for an invalid upload,
@@ -112,15 +115,25 @@ class Publisher:
         lock = self._locks.setdefault(valid.project, DeferredLock())
         await lock.acquire()
         try:
-            return await self._publish(identity, valid)
+            published = await self._publish(identity, valid)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(valid.project, None)
+        if self.audit is not None and not published.identical:
+            who = {"client": client, "token": identity.token_id}
+            if published.claimed:
+                await self.audit.record("claim", identity.user, published.project, **who)
+            await self.audit.record("upload", identity.user, f"{published.project}/{published.filename}",
+                                    sha256=published.sha256, **who)
+        return published
 
     async def _publish(self, identity: Any, valid: Any) -> Published:
         """Ownership, filename and storage: under the project's lock."""
         name, filename = valid.project, valid.filename
+        rules = self.mirror.blocklist.rules
+        if rules.active and rules.file_reason(name, filename) is not None:  # a known-bad release, uploaded or not
+            raise NotAllowed(f"{filename}: {rules.file_reason(name, filename)}")
         record = await self.mirror.load(name)
         existing = record is not None and record.origin == "local"
         if not existing:
@@ -166,7 +179,7 @@ class Publisher:
                 await self._undo_grant(identity, name)
         log.info("{user} uploaded {project}/{filename} ({size} bytes)", user=identity.user, project=name,
                  filename=filename, size=blob.size)
-        return Published(name, filename)
+        return Published(name, filename, claimed=granted, sha256=sha256)
 
     async def _check_may_upload(self, identity: Any, name: str, existing: bool) -> set[str]:
         """NotAllowed unless ``identity`` may upload to ``name``; returns its

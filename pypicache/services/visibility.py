@@ -15,6 +15,8 @@ upload), the standalone view those whose bytes are stored.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pypicache.model import FileRecord, ProjectRecord
 
 #: ``origin`` of uploaded files and of private projects (as in index.rules).
@@ -32,13 +34,17 @@ def visible(record: ProjectRecord, file: FileRecord, *, merged: bool) -> bool:
     return file.origin == LOCAL or record.origin != LOCAL or merged
 
 
-def visible_files(record: ProjectRecord, *, local: bool, merged: bool) -> tuple[FileRecord, ...]:
+def visible_files(record: ProjectRecord, *, local: bool, merged: bool, rules: Any = None) -> tuple[FileRecord, ...]:
     """The files a page lists: :func:`visible` ones that the view shows.
 
     ``local``: the standalone view, which lists only what storage holds;
     the proxy view lists uploads and the files the upstream still lists.
+    ``rules``: the block and allow lists (pypicache.services.blocklist),
+    whose refused files are left out so resolvers pick another version.
     """
     if local:
-        return tuple(f for f in record.files if f.stored and visible(record, f, merged=merged))
-    return tuple(f for f in record.files
-                 if (f.listed or f.origin == LOCAL) and visible(record, f, merged=merged))
+        files = tuple(f for f in record.files if f.stored and visible(record, f, merged=merged))
+    else:
+        files = tuple(f for f in record.files
+                      if (f.listed or f.origin == LOCAL) and visible(record, f, merged=merged))
+    return rules.visible(record.name, files) if rules is not None and rules.active else files

@@ -30,9 +30,11 @@ from pypicache.model import (
 )
 from pypicache.services.stats import Stats
 from pypicache.errors import CircuitOpen, DiskFull
-from pypicache.services.visibility import visible
+from pypicache.services.visibility import LOCAL, visible
 from pypicache.web.sending import send_body
-from pypicache.web.util import HTTPError, handle
+from pypicache.web.auth import client_of
+from pypicache.web.simple import project_allowed
+from pypicache.web.util import HTTPError, handle, refused
 
 log = Logger()
 
@@ -130,16 +132,26 @@ class Files(Resource):
         except InvalidName:
             raise HTTPError(404, "not found") from None
 
-        record, metadata = await self._find(project, filename)
-        if record is None:
+        rules = self.mirror.blocklist.rules
+        allowed = project_allowed(rules, project)
+        record, metadata = await self._find(project, filename, allowed)
+        if record is None or not (allowed or record.origin == LOCAL):
+            if not allowed:
+                raise refused(404, f"not proxied by policy: {project} is not in policy.allow_only")
             raise HTTPError(404, f"no such file: {project}/{filename}")
+        if rules.active:
+            reason = rules.file_reason(project, record.filename)
+            if reason is not None:  # cached or not: a known-bad file is never served
+                self.mirror.blocklist.denied(project, record.filename, reason, client_of(request) or "")
+                raise refused(403, reason)
         if metadata:
             await self._serve_metadata(request, project, record)
         else:
             await self._serve_file(request, project, record)
 
-    async def _find(self, project: str, filename: str) -> tuple[FileRecord | None, bool]:
-        """The record for ``filename`` (or the file whose metadata it is)."""
+    async def _find(self, project: str, filename: str, allowed: bool = True) -> tuple[FileRecord | None, bool]:
+        """The record for ``filename`` (or the file whose metadata it is);
+        not ``allowed`` by the policy: never asks the upstream."""
 
         merged = project in self.mirror.merge
 
@@ -158,7 +170,7 @@ class Files(Resource):
             return None, False
 
         found = lookup(await self.mirror.load(project))
-        if found[0] is None and self.allow_upstream:
+        if found[0] is None and self.allow_upstream and allowed:
             # A link from a page we have not seen yet (or an older copy): ask once.
             try:
                 result = await self.mirror.project(project)

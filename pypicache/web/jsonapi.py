@@ -31,7 +31,8 @@ from twisted.web.resource import Resource
 from pypicache.model import InvalidName, normalize
 from pypicache.services.mirror import Mirror, UpstreamUnavailable
 from pypicache.services.projectjson import ProjectJson
-from pypicache.services.visibility import visible_files
+from pypicache.services.visibility import LOCAL, visible_files
+from pypicache.web.simple import project_allowed
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
 from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches
@@ -129,23 +130,26 @@ class JsonAPI(Resource):
 
     # ------------------------------------------------------------ answers
     async def _answer(self, request: Any, name: str, version: Version | None) -> None:
+        rules, generation = self.mirror.blocklist.rules, self.mirror.blocklist.generation
+        allowed = project_allowed(rules, name)
         try:
-            result = await self.mirror.project(name, allow_upstream=self.allow_upstream)
+            result = await self.mirror.project(name, allow_upstream=self.allow_upstream and allowed)
         except UpstreamUnavailable as e:
             raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
                             {b"retry-after": str(e.retry_after).encode()}) from None
-        if result is None:
+        if result is None or not (allowed or result.record.origin == LOCAL):
             raise HTTPError(404, "Not Found")
         record = result.record
-        files = visible_files(record, local=self.local, merged=name in self.mirror.merge)
+        files = visible_files(record, local=self.local, merged=name in self.mirror.merge, rules=rules)
         if self.local and not files:
             raise HTTPError(404, "Not Found")
         base = self._base(request, version is not None)
-        key = ("pypi-json", self.view, name, str(version) if version is not None else None, base)
+        key = ("pypi-json", self.view, name, str(version) if version is not None else None, base, generation)
         page = self.pages.get(key, record.files)
         if page is None:
             built = await self.documents.build(
-                name, files, version, base, extra_versions=(record.versions or ()) if not self.local else (),
+                name, files, version, base,
+                extra_versions=rules.visible_versions(name, record.versions or ()) if not self.local else (),
                 allow_upstream=self.allow_upstream)
             if built is None:
                 raise HTTPError(404, "Not Found")

@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 
 from pypicache.model import InvalidName, normalize
 from pypicache.services.management import Management, NoSuchProject, NotAllowed, NotPrivate, NoUploadedFile
-from pypicache.web.auth import AUTH_CHALLENGE, authenticate
+from pypicache.web.auth import AUTH_CHALLENGE, authenticate, client_of
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 log = Logger()
@@ -75,7 +75,8 @@ class Manage(Resource):
             raise HTTPError(403, e.reason) from None
         except NoUploadedFile as e:
             raise HTTPError(409 if e.upstream else 404, str(e)) from None
-        await self.management.apply(action, name, files, reason=self._reason(request))
+        await self.management.apply(action, name, files, reason=self._reason(request), actor=identity.user,
+                                    client=client_of(request))
         log.info("{user} did {action} on {project} {files}", user=identity.user, action=action, project=name,
                  files=[f.filename for f in files])
         request.setHeader(b"content-type", b"application/json")

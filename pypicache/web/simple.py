@@ -29,10 +29,10 @@ from twisted.web.resource import Resource
 from pypicache.services.mirror import Coalescer, Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
 from pypicache.services.stats import Stats
-from pypicache.services.visibility import visible, visible_files
+from pypicache.services.visibility import LOCAL, visible, visible_files
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
 from pypicache.web.render import etag_for, render_index, render_project
-from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
+from pypicache.web.util import HTTPError, finish_bytes, handle, refused, safe_header
 
 GZIP_MIN = 1024
 #: Pages listing at least this many files are rendered in the thread pool
@@ -152,19 +152,30 @@ _LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
 
 
 def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta: dict[str, Any],
-                gzipped: bool) -> Rendered:
+                gzipped: bool, rules: Any = None) -> Rendered:
     """Render, hash (and with ``gzipped``, compress) one project page.
 
-    Pure: it may run in the thread pool (records are immutable).
+    Pure: it may run in the thread pool (records and ``rules`` are immutable).
     """
     name = record.name
-    files = visible_files(record, local=local, merged=merged)
-    body = render_project(fmt, name, files, "../../files/" + name + "/",
-                          record.versions, meta)
+    files = visible_files(record, local=local, merged=merged, rules=rules)
+    versions = rules.visible_versions(name, record.versions) if rules is not None else record.versions
+    body = render_project(fmt, name, files, "../../files/" + name + "/", versions, meta)
     page = Rendered(record.files, body, etag_for(body))
     if gzipped and len(body) >= GZIP_MIN:
         page.gzipped()
     return page
+
+
+def project_allowed(rules: Any, name: str) -> bool:
+    """False when the policy lets no upstream file of ``name`` through
+    (allow_only); a project blocked by name raises the 403."""
+    if not rules.active:
+        return True
+    reason = rules.project_reason(name)
+    if reason is not None:
+        raise refused(403, reason)
+    return rules.allows(name)
 
 
 class SimpleIndex(Resource):
@@ -233,37 +244,44 @@ class SimpleIndex(Resource):
 
     async def _project(self, request: Any, name: str) -> None:
         fmt = self._format(request)
+        blocklist = self.mirror.blocklist
+        rules, generation = blocklist.rules, blocklist.generation
+        allowed = project_allowed(rules, name)
         try:
-            result = await self.mirror.project(name, allow_upstream=self.allow_upstream)
+            result = await self.mirror.project(name, allow_upstream=self.allow_upstream and allowed)
         except UpstreamUnavailable as e:
             raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
                             {b"retry-after": str(e.retry_after).encode()}) from None
-        if result is None:
+        if result is None or not (allowed or result.record.origin == LOCAL):
+            if not allowed:
+                raise refused(404, f"not proxied by policy: {name} is not in policy.allow_only")
             raise HTTPError(404, f"no such project: {name}")
         record = result.record
         merged = name in self.mirror.merge
         if self.local and not any(f.stored and visible(record, f, merged=merged) for f in record.files):
             raise HTTPError(404, f"no files of {name} are stored here")
-        key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
+        # generation: a page rendered under another policy is never reused.
+        key = (self.view, name, fmt.name, record.origin, generation)  # origin: PEP 708 meta differs
         page = self.pages.get(key, record.files, None if self.local else same_listing)
         if page is None:
-            page = self.pages.put(key, await self._render(key, fmt, record, merged))
+            page = self.pages.put(key, await self._render(key, fmt, record, merged, rules))
         self.stats.pages += 1
         if result.stale:
             self.stats.pages_stale += 1
             request.setHeader(b"x-pypicache-stale", b"true")
         self._send_page(request, fmt, page, key)
 
-    async def _render(self, key: tuple, fmt: Any, record: ProjectRecord, merged: bool) -> Rendered:
+    async def _render(self, key: tuple, fmt: Any, record: ProjectRecord, merged: bool, rules: Any) -> Rendered:
         """The page, rendered inline, or in the thread pool when it is big
         (gzipped there too: clients ask for gzip, and compressing 20 MB
         takes half a second).  Concurrent requests share one rendering."""
         meta = self._page_meta(record)
         if self.in_thread is None or len(record.files) < THREAD_RENDER_FILES:
-            return render_page(fmt, record, self.local, merged, meta, False)
+            return render_page(fmt, record, self.local, merged, meta, False, rules)
         files = record.files  # held by the closure: its id is not reused while it runs
         return await self._renders.run(
-            (key, id(files)), lambda: self.in_thread(render_page, fmt, record, self.local, merged, meta, True))
+            (key, id(files)),
+            lambda: self.in_thread(render_page, fmt, record, self.local, merged, meta, True, rules))
 
     def _page_meta(self, record: ProjectRecord) -> dict[str, Any]:
         """PEP 708: a proxied project ``tracks`` its upstream page; a private
@@ -277,18 +295,35 @@ class SimpleIndex(Resource):
     async def _root(self, request: Any) -> None:
         fmt = self._format(request)
         now = self.mirror.clock.seconds()
+        rules, generation = self.mirror.blocklist.rules, self.mirror.blocklist.generation
         cached = self._root_cache.get(fmt.name)
-        if cached is not None and now - cached[0] < ROOT_CACHE_SECONDS:
+        if cached is not None and now - cached[0] < ROOT_CACHE_SECONDS and cached[2] == generation:
             page = cached[1]
         else:
             names, stale = await self.mirror.project_names(allow_upstream=self.allow_upstream)
             if stale:
                 request.setHeader(b"x-pypicache-stale", b"true")
+            if rules.active:
+                names = await self._listed_names(rules, names)
             body = render_index(fmt, names)
             page = Rendered(None, body, etag_for(body))
             if not stale:
-                self._root_cache[fmt.name] = (now, page)
+                self._root_cache[fmt.name] = (now, page, generation)
         self._send_page(request, fmt, page, None)
+
+    async def _listed_names(self, rules: Any, names: list[str]) -> list[str]:
+        """The root page under a policy: no project blocked by name and,
+        with allow_only, the allowed projects and the private ones."""
+        listed = []
+        for name in names:
+            if rules.project_reason(name) is not None:
+                continue
+            if not rules.allows(name):
+                record = await self.mirror.load(name)
+                if record is None or record.origin != LOCAL:
+                    continue
+            listed.append(name)
+        return listed
 
     def _send_page(self, request: Any, fmt: Any, page: Rendered, key: tuple | None) -> None:
         status, headers, body = self.page_response(fmt, page, key, request.getHeader(b"accept-encoding"),
@@ -343,7 +378,7 @@ class SimpleIndex(Resource):
         fmt = choose_format(accept.decode("latin-1") if accept else None, None)
         if fmt is None:
             return None
-        key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
+        key = (self.view, name, fmt.name, record.origin, self.mirror.blocklist.generation)
         page = self.pages.get(key, record.files, None if self.local else same_listing)
         if page is None:
             return None

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from pypicache.daemon.config import UploadConfig
 from pypicache.services.publishing import FilenameUsed, NotAllowed, Publisher, PublishRefused, UpstreamUnknown
 from pypicache.uploads.multipart import UploadError, parse_upload
-from pypicache.web.auth import AUTH_CHALLENGE, authenticate
+from pypicache.web.auth import AUTH_CHALLENGE, authenticate, client_of
 from pypicache.web.util import HTTPError, finish_bytes, handle
 
 
@@ -85,7 +85,7 @@ class Upload(Resource):
         finally:
             body.close()
         try:
-            published = await self.publisher.publish(identity, form)
+            published = await self.publisher.publish(identity, form, client=client_of(request))
         except UploadError as e:
             raise HTTPError(e.status, e.reason) from None
         except PublishRefused as e:

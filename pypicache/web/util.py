@@ -23,6 +23,12 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def refused(code: int, reason: str) -> HTTPError:
+    """A policy refusal (pypicache.services.blocklist): the reason in the
+    body and in ``X-PyPICache-Reason``, for scripts and humans alike."""
+    return HTTPError(code, reason, {b"x-pypicache-reason": safe_header(reason)})
+
+
 def safe_header(value: str) -> bytes:
     """A header value with no CR/LF (or other controls) left in it."""
     return "".join(ch if 32 <= ord(ch) < 127 or ord(ch) > 159 else "?" for ch in value).encode("utf-8")
