@@ -47,6 +47,7 @@ class App:
     accounts: Any = None
     factory: Any = None  # what listeners serve: the fast path in front of the Site
     scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
+    policy: Any = None  # the current [policy] (PolicyConfig): read per request, replaced on reload
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -126,7 +127,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     def jsonapi() -> Any:
         from pypicache.web.jsonapi import JsonAPI
 
-        return JsonAPI(mirror, storage, downloader, public_url=config.public_url)
+        return JsonAPI(mirror, storage, downloader, public_url=config.public_url, policy=lambda: app.policy)
 
     prefetch_route: list[Any] = []  # one resource for /requirements.txt and /requirements/
 
@@ -154,7 +155,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
                       page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch,
-                      ready=ready, metrics=metrics)
+                      ready=ready, metrics=metrics, policy=lambda: app.policy)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate
@@ -181,7 +182,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                header_timeout=config.header_timeout, fast_path=factory is not site)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
-              accounts=accounts, factory=factory, scrubber=scrubber)
+              accounts=accounts, factory=factory, scrubber=scrubber, policy=config.policy)
     if scrubber is not None:
         scrubber.start()
     return app

@@ -11,6 +11,12 @@ the proxy page does not show): a cold install stores every file it fetched,
 and the next install should not re-render numpy's 601 files, nor fall off the
 fast path for it.
 
+With a release cooldown (``[policy] min_age``, pypicache.services.cooldown)
+a rendered page also remembers the policy it was rendered under and the
+instant its next held-back file comes of age: it is rendered again after
+either changes, so a file appears the moment it is old enough, not a TTL
+later.  Without a cooldown that is one identity test per request.
+
 A page listing thousands of files (a project with 100,000 is 20 MB of JSON)
 is rendered, hashed and gzipped in the thread pool: on the reactor thread it
 would stall every other request for a second.
@@ -26,6 +32,7 @@ from typing import Any, Callable
 import attrs
 from twisted.web.resource import Resource
 
+from pypicache.services import cooldown
 from pypicache.services.mirror import Coalescer, Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
 from pypicache.services.stats import Stats
@@ -50,6 +57,16 @@ class Rendered:
     etag: str
     gz_body: bytes | None = None
     gz_etag: str | None = None
+    #: The policy rendered under, how many files it held back, and when the
+    #: first of those comes of age (the page is stale from then on).
+    policy: Any = None
+    held: int = 0
+    until: float | None = None
+
+    def current(self, policy: Any, clock: Any) -> bool:
+        """Was this page rendered under ``policy``, and is no held-back file
+        of age yet?  O(1): the fast path asks on every request."""
+        return self.policy is policy and (self.until is None or clock.seconds() < self.until)
 
     def gzipped(self) -> tuple[bytes, str]:
         if self.gz_body is None:
@@ -152,16 +169,19 @@ _LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
 
 
 def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta: dict[str, Any],
-                gzipped: bool) -> Rendered:
-    """Render, hash (and with ``gzipped``, compress) one project page.
+                gzipped: bool, policy: Any = None, now: float = 0.0) -> Rendered:
+    """Render, hash (and with ``gzipped``, compress) one project page, with
+    the files the cooldown of ``policy`` holds back at ``now`` left out.
 
     Pure: it may run in the thread pool (records are immutable).
     """
     name = record.name
-    files = visible_files(record, local=local, merged=merged)
-    body = render_project(fmt, name, files, "../../files/" + name + "/",
+    held = cooldown.hold_back(policy, name, visible_files(record, local=local, merged=merged), now)
+    if held.count:
+        meta = {**meta, "_pypicache": {"held_back": held.count}}
+    body = render_project(fmt, name, held.files, "../../files/" + name + "/",
                           record.versions, meta)
-    page = Rendered(record.files, body, etag_for(body))
+    page = Rendered(record.files, body, etag_for(body), policy=policy, held=held.count, until=held.until)
     if gzipped and len(body) >= GZIP_MIN:
         page.gzipped()
     return page
@@ -173,10 +193,12 @@ class SimpleIndex(Resource):
     isLeaf = True
 
     def __init__(self, mirror: Mirror, pages: PageCache, *, local: bool, stats: Stats | None = None,
-                 in_thread: Callable[..., Any] | None = None) -> None:
+                 in_thread: Callable[..., Any] | None = None, policy: Callable[[], Any] = lambda: None) -> None:
         """``in_thread(f, *args)``: run ``f`` in the thread pool (a Deferred);
-        big pages are rendered there.  None renders everything inline."""
+        big pages are rendered there.  None renders everything inline.
+        ``policy()``: the current ``[policy]`` (``app.policy``), read per request."""
         super().__init__()
+        self.policy = policy
         self.in_thread = in_thread
         self._renders: Coalescer[Rendered] = Coalescer()
         self.stats = stats if stats is not None else Stats()
@@ -245,25 +267,28 @@ class SimpleIndex(Resource):
         if self.local and not any(f.stored and visible(record, f, merged=merged) for f in record.files):
             raise HTTPError(404, f"no files of {name} are stored here")
         key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
+        policy = self.policy()
         page = self.pages.get(key, record.files, None if self.local else same_listing)
-        if page is None:
-            page = self.pages.put(key, await self._render(key, fmt, record, merged))
+        if page is None or not page.current(policy, self.mirror.clock):
+            page = self.pages.put(key, await self._render(key, fmt, record, merged, policy))
         self.stats.pages += 1
         if result.stale:
             self.stats.pages_stale += 1
             request.setHeader(b"x-pypicache-stale", b"true")
         self._send_page(request, fmt, page, key)
 
-    async def _render(self, key: tuple, fmt: Any, record: ProjectRecord, merged: bool) -> Rendered:
+    async def _render(self, key: tuple, fmt: Any, record: ProjectRecord, merged: bool, policy: Any) -> Rendered:
         """The page, rendered inline, or in the thread pool when it is big
         (gzipped there too: clients ask for gzip, and compressing 20 MB
         takes half a second).  Concurrent requests share one rendering."""
         meta = self._page_meta(record)
+        now = self.mirror.clock.seconds()
         if self.in_thread is None or len(record.files) < THREAD_RENDER_FILES:
-            return render_page(fmt, record, self.local, merged, meta, False)
+            return render_page(fmt, record, self.local, merged, meta, False, policy, now)
         files = record.files  # held by the closure: its id is not reused while it runs
         return await self._renders.run(
-            (key, id(files)), lambda: self.in_thread(render_page, fmt, record, self.local, merged, meta, True))
+            (key, id(files), id(policy)),
+            lambda: self.in_thread(render_page, fmt, record, self.local, merged, meta, True, policy, now))
 
     def _page_meta(self, record: ProjectRecord) -> dict[str, Any]:
         """PEP 708: a proxied project ``tracks`` its upstream page; a private
@@ -317,6 +342,8 @@ class SimpleIndex(Resource):
                 self.pages.grew(key, before)
             gz = True
         headers.append((b"ETag", etag.encode()))
+        if page.held:
+            headers.append((b"X-PyPICache-Held-Back", b"%d" % page.held))
         if etag_matches(if_none_match, page.etag, page.gz_etag or ""):
             self.stats.pages_not_modified += 1
             return 304, headers, b""
@@ -345,7 +372,7 @@ class SimpleIndex(Resource):
             return None
         key = (self.view, name, fmt.name, record.origin)  # origin: PEP 708 meta differs
         page = self.pages.get(key, record.files, None if self.local else same_listing)
-        if page is None:
+        if page is None or not page.current(self.policy(), self.mirror.clock):
             return None
         self.stats.pages += 1
         return self.page_response(fmt, page, key, accept_encoding, if_none_match)

@@ -7,6 +7,7 @@
     /legacy/                      uploads (twine, uv publish)
     /api/projects/...             yank, unyank, delete (private projects)
     /pypi/<project>/json          the PyPI JSON API
+    /as-of/<time>/simple/         the proxy view as it was at a time (files link to /files/)
     /requirements.txt             pre-filling (POST); /requirements/jobs/<id>: its jobs
     /stats                        cache counters
     /health, /ready, /metrics     liveness, readiness, Prometheus metrics (never behind the read gate)
@@ -103,11 +104,13 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
                in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None,
-               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None) -> Home:
+               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None,
+               policy: Callable[[], Any] = lambda: None) -> Home:
     """The resource tree; ``upload``, ``manage``, ``jsonapi``, ``prefetch``,
     ``ready`` and ``metrics`` are factories called on the first request to
     their route.  ``page_bytes`` bounds the rendered pages; ``in_thread``
-    renders big ones in the thread pool."""
+    renders big ones in the thread pool; ``policy()`` is the current
+    ``[policy]`` (its cooldown holds files back)."""
     pages = PageCache(page_bytes)
     root = Home()
     for name, make in ((b"legacy", upload), (b"api", manage), (b"pypi", jsonapi),
@@ -115,18 +118,25 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                        (b"health", _health), (b"ready", ready), (b"metrics", metrics)):
         if make is not None:
             root.putLazyChild(name, make)
-    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
-    local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread)
+    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread, policy=policy)
+    local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread, policy=policy)
     root.views = (proxy_view, local_view)  # for the fast path
     root.pages = pages  # for /metrics
     root.putChild(b"simple", proxy_view)
-    root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
+    root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats, policy=policy))
+    root.putLazyChild(b"as-of", lambda: _as_of(mirror, stats, policy))
     root.putChild(b"stats", StatsPage(stats))
     local = Folder()
     local.putChild(b"simple", local_view)
-    local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
+    local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats, policy=policy))
     root.putChild(b"local", local)
     return root
+
+
+def _as_of(mirror: Any, stats: Stats, policy: Callable[[], Any]) -> Resource:
+    from pypicache.web.asof import AsOf
+
+    return AsOf(mirror, stats, policy)
 
 
 def _health() -> Resource:
