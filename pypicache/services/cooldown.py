@@ -37,6 +37,8 @@ LOCAL = "local"
 FOREVER = math.inf
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: RFC 3339 section 5.6 (the offset optional here, to name it when missing).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -144,14 +146,15 @@ def parse_as_of(text: str) -> float:
             raise BadTime(f"not a date: {text!r}") from None
         start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
         return (start + datetime.timedelta(days=1)).timestamp()
-    if len(text) > 40 or "T" not in text.upper():
+    m = _RFC3339.fullmatch(text)
+    if m is None:
         raise BadTime(f"not a date (YYYY-MM-DD) or an RFC 3339 time: {text!r}")
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise BadTime(f"not a date (YYYY-MM-DD) or an RFC 3339 time: {text!r}") from None
-    if when.tzinfo is None:
+    if not m.group(1):
         raise BadTime(f"an RFC 3339 time needs its offset (Z or +hh:mm): {text!r}")
+    try:
+        when = datetime.datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise BadTime(f"not a valid time: {text!r}") from None
     return when.timestamp()
 
 
