@@ -71,6 +71,9 @@ def test_exemptions_overrides_and_private_files():
     assert cooldown.held_until(policy, "s", young, NOW) is not None
     private = attrs.evolve(young, origin="local", url="")
     assert cooldown.held_until(policy, "s", private, NOW) is None  # uploads here are never held
+    # A merged project ([uploads] merge) mixes both: only its upstream files are held.
+    held = cooldown.hold_back(policy, "s", (private, young), NOW)
+    assert held.files == (private,) and held.count == 1
 
 
 def test_missing_upload_time_follows_the_config():
@@ -180,11 +183,11 @@ async def test_policy_is_read_per_request(cool):
     """A reload replaces ``app.policy``: the next page follows it, cached or not."""
     server, names = cool
     _, body = await get(server.simple + "coolproj/")
-    etag_before = json.loads(body)
+    page_before = json.loads(body)
     server.app.policy = attrs.evolve(server.app.policy, min_age_overrides={"coolproj": 7200.0})
     response, body = await get(server.simple + "coolproj/")
     assert [f["filename"] for f in json.loads(body)["files"]] == [names["1.0"], names["1.1"]]
-    assert json.loads(body) != etag_before
+    assert json.loads(body) != page_before
     server.app.policy = attrs.evolve(server.app.policy, min_age_exempt=frozenset({"coolproj"}))
     response, body = await get(server.simple + "coolproj/")
     assert len(json.loads(body)["files"]) == 3
@@ -234,13 +237,18 @@ async def test_a_file_appears_when_it_comes_of_age_not_a_ttl_later(tmp_path, fak
         response, body = await get(server.simple + "ripening/")
         assert json.loads(body)["files"] == []
         held_etag = header(response, "etag")
-        # Fresh and rendered: the fast path answers it (no upstream request).
+        # Fresh and rendered: the fast path can answer it (no upstream request).
+        fast = server.app.site.resource.views[0].fast_page
+        status, headers, body = fast("ripening", JSON.encode(), None, None)
+        assert status == 200 and json.loads(body)["files"] == []
+        assert (b"X-PyPICache-Held-Back", b"1") in headers
         before = fake_upstream.count("/simple/ripening")
         response, body = await get(server.simple + "ripening/")
         assert json.loads(body)["files"] == [] and header(response, "etag") == held_etag
         from twisted.internet import reactor
 
         await task.deferLater(reactor, 2.0, lambda: None)
+        assert fast("ripening", JSON.encode(), None, None) is None  # of age: no longer current
         response, body = await get(server.simple + "ripening/")
         assert [f["filename"] for f in json.loads(body)["files"]] == [wheel.name]
         assert header(response, "etag") != held_etag
