@@ -288,3 +288,22 @@ async def test_clients_resolve_to_the_newest_release_old_enough(client, tmp_path
             assert fake_upstream.count(names[expected]) >= 1
         finally:
             await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pre_filling_resolves_past_held_releases(cool, fake_upstream):
+    """``POST /requirements.txt`` and ``pypicache prefetch`` fill what clients
+    can install: never a release the cooldown holds back."""
+    from twisted.internet import reactor
+
+    from pypicache.services.environments import environments
+    from pypicache.services.lockfiles import parse_requirements
+    from pypicache.services.prefetch import Prefetcher
+
+    server, names = cool
+    app = server.app
+    prefetcher = Prefetcher(mirror=app.mirror, downloader=app.downloader, storage=app.storage, reactor=reactor,
+                            policy=lambda: app.policy)
+    report = await prefetcher.run(parse_requirements("coolproj\n"), environments())
+    assert {f.filename: f.status for f in report.files} == {names["1.0"]: "fetched"}
+    assert fake_upstream.count(names["2.0"]) == 0
