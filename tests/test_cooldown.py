@@ -140,6 +140,7 @@ async def test_pages_list_only_old_enough_files_and_say_how_many_are_held(cool):
     assert response.code == 200
     page = json.loads(body)
     assert [f["filename"] for f in page["files"]] == [names["1.0"]]
+    assert page["versions"] == ["1.0"]  # held releases are not named either
     assert page["meta"]["_pypicache"] == {"held_back": 2}
     assert header(response, "x-pypicache-held-back") == "2"
     response, body = await get(server.simple + "coolproj/", "text/html")

@@ -34,8 +34,8 @@ from pypicache.services.mirror import Mirror, UpstreamUnavailable
 from pypicache.services.projectjson import ProjectJson
 from pypicache.services.visibility import visible_files
 from pypicache.web.negotiation import accepts_gzip
-from pypicache.web.render import etag_for, versions_of
-from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches
+from pypicache.web.render import etag_for
+from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches, without_held_versions
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header, send_error
 
 JSON_TYPE = b"application/json"
@@ -152,9 +152,7 @@ class JsonAPI(Resource):
         if page is None or not page.current(policy, self.mirror.clock):
             extra = (record.versions or ()) if not self.local else ()
             if held.count:  # a release whose files are all held back is not named either
-                shown = set(versions_of(f.filename for f in files))
-                hidden = set(versions_of(f.filename for f in visible)) - shown
-                extra = tuple(v for v in extra if v not in hidden)
+                extra = without_held_versions(extra, visible, files) or ()
             built = await self.documents.build(
                 name, files, version, base, extra_versions=extra, allow_upstream=self.allow_upstream)
             if built is None:

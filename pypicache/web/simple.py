@@ -27,7 +27,7 @@ from __future__ import annotations
 import gzip
 import operator
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.web.resource import Resource
@@ -38,7 +38,7 @@ from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
 from pypicache.services.stats import Stats
 from pypicache.services.visibility import visible, visible_files
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
-from pypicache.web.render import etag_for, render_index, render_project
+from pypicache.web.render import etag_for, render_index, render_project, versions_of
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
 
 GZIP_MIN = 1024
@@ -168,6 +168,16 @@ _LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
                                  if f.name not in ("stored", "metadata_stored")))
 
 
+def without_held_versions(versions: Sequence[str] | None, visible: Sequence[FileRecord],
+                          shown: Sequence[FileRecord]) -> tuple[str, ...] | None:
+    """``versions`` (PEP 700, the upstream's list) less those whose every
+    file the cooldown holds back: a held release is not named either."""
+    if not versions:
+        return None if versions is None else tuple(versions)
+    hidden = set(versions_of(f.filename for f in visible)) - set(versions_of(f.filename for f in shown))
+    return tuple(v for v in versions if v not in hidden)
+
+
 def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta: dict[str, Any],
                 gzipped: bool, policy: Any = None, now: float = 0.0) -> Rendered:
     """Render, hash (and with ``gzipped``, compress) one project page, with
@@ -176,11 +186,13 @@ def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta
     Pure: it may run in the thread pool (records are immutable).
     """
     name = record.name
-    held = cooldown.hold_back(policy, name, visible_files(record, local=local, merged=merged), now)
+    visible = visible_files(record, local=local, merged=merged)
+    held = cooldown.hold_back(policy, name, visible, now)
+    versions = record.versions
     if held.count:
         meta = {**meta, "_pypicache": {"held_back": held.count}}
-    body = render_project(fmt, name, held.files, "../../files/" + name + "/",
-                          record.versions, meta)
+        versions = without_held_versions(versions, visible, held.files)
+    body = render_project(fmt, name, held.files, "../../files/" + name + "/", versions, meta)
     page = Rendered(record.files, body, etag_for(body), policy=policy, held=held.count, until=held.until)
     if gzipped and len(body) >= GZIP_MIN:
         page.gzipped()
