@@ -128,6 +128,14 @@ class FileRecord:
     metadata_stored: bool = False
     listed: bool = True
     origin: str = "upstream"
+    #: When this server first saw the file (seconds since the epoch; None:
+    #: before the index recorded it), and every change of its yank state as
+    #: ``(when, yanked, reason)``, oldest first: what the as-of views
+    #: (``/as-of/<time>/simple/``) need.  Bookkeeping about the file, not
+    #: part of what it is: left out of equality, so a record read back
+    #: equals the one written whatever the index noted about it.
+    first_seen: float | None = attrs.field(default=None, eq=False)
+    yank_history: tuple[tuple[float, bool, str | None], ...] = attrs.field(default=(), eq=False)
 
     @property
     def sha256(self) -> str | None:

@@ -358,25 +358,26 @@ async def test_concurrent_adds_of_one_filename(index: sqlite.SQLiteIndex) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_version_1_database_is_upgraded(context: Any, opened: Any, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_version_1_database_is_upgraded(context: Any, opened: Any, tmp_path: Path) -> None:
     # Write a database exactly as the schema-1 code did ...
-    with monkeypatch.context() as patch:
-        patch.setattr(sqlite, "SCHEMA_VERSION", 1)
-        old = sqlite.factory.create({}, context)
-        opened(old)
-        wheel = index_file("v1-1.0-py3-none-any.whl")
-        await wait(old.save_upstream_page(index_page("v1", wheel, index_file("v1-1.0.tar.gz")), 1.0))
-        saved = await wait(old.mark_stored("v1", wheel.filename, BlobInfo(wheel.sha256, 5)))
-        names = ProjectList(("v1", "other"))
-        await wait(old.save_project_list(names, 2.0))
-        await wait(old.close())
+    wheel = index_file("v1-1.0-py3-none-any.whl")
+    sdist = index_file("v1-1.0.tar.gz")
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'used_filenames'").fetchall() == []
+        for statement in sqlite._MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO projects (name, origin, refreshed_at, meta) VALUES ('v1', 'upstream', 1.0, '{}')")
+        for position, (f, stored) in enumerate(((wheel, 1), (sdist, 0))):
+            conn.execute("INSERT INTO files (project, filename, position, url, hashes, yanked, stored, "
+                         "metadata_stored, listed, origin, size) VALUES ('v1', ?, ?, ?, ?, 0, ?, 0, 1, 'upstream', ?)",
+                         (f.filename, position, f.url, '{"sha256":"%s"}' % f.sha256, stored, 5 if stored else None))
+        conn.execute("INSERT INTO project_list (id, names, refreshed_at) VALUES (1, '[\"v1\",\"other\"]', 2.0)")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
     finally:
         conn.close()
+    saved = ProjectRecord(name="v1", files=(attrs.evolve(wheel, stored=True, size=5), sdist), refreshed_at=1.0)
+    names = ProjectList(("v1", "other"))
 
     # ... then open it with this code: the data stays, the new table appears.
     index = sqlite.factory.create({}, context)
@@ -391,6 +392,50 @@ async def test_version_1_database_is_upgraded(context: Any, opened: Any, tmp_pat
     kept = attrs.evolve(wheel, stored=True, size=5, listed=False)
     assert record == ProjectRecord(name="v1", files=(kept, upload), origin="local")
     assert await wait(index.used_filename(upload.filename)) == upload.sha256
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_3_database_keeps_its_data_and_gains_history(context: Any, opened: Any,
+                                                                   tmp_path: Path) -> None:
+    """Schema 4 adds first-seen times and yank histories (the as-of views):
+    files from before keep everything, have no first-seen time, and a file
+    yanked then counts as yanked since always."""
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    try:
+        for step in (1, 2, 3):  # the schema exactly as version 3 wrote it
+            for statement in sqlite._MIGRATIONS[step]:
+                conn.execute(statement) if isinstance(statement, str) else statement(conn)
+        conn.execute("INSERT INTO projects (name, origin, refreshed_at, meta) VALUES ('v3', 'upstream', 7.0, '{}')")
+        for position, (filename, yanked, reason) in enumerate((("v3-1.0.tar.gz", 0, None),
+                                                               ("v3-2.0.tar.gz", 1, "broken"))):
+            conn.execute("INSERT INTO files (project, filename, position, url, hashes, yanked, yanked_reason, "
+                         "stored, metadata_stored, listed, origin, upload_time) "
+                         "VALUES ('v3', ?, ?, 'https://u.example/f', '{}', ?, ?, 0, 0, 1, 'upstream', "
+                         "'2024-01-01T00:00:00Z')", (filename, position, yanked, reason))
+        conn.execute("INSERT INTO used_filenames (filename, sha256, project, file_key) VALUES (?, ?, ?, ?)",
+                     ("mine-1.0.tar.gz", "cd" * 32, "mine", "sdist:mine:1"))
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    finally:
+        conn.close()
+    index = sqlite.factory.create({}, context)
+    opened(index)
+    record = await wait(index.get_project("v3"))
+    assert [(f.filename, f.yanked, f.yanked_reason, f.upload_time) for f in record.files] == [
+        ("v3-1.0.tar.gz", False, None, "2024-01-01T00:00:00Z"), ("v3-2.0.tar.gz", True, "broken", "2024-01-01T00:00:00Z")]
+    assert record.refreshed_at == 7.0
+    assert [f.first_seen for f in record.files] == [None, None]
+    assert [f.yank_history for f in record.files] == [(), ((0, True, "broken"),)]
+    assert await wait(index.used_filename("mine-1.0.tar.gz")) == "cd" * 32
+    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) == 4
+    # The next page keeps the history and notes what changed, and when.
+    page = index_page("v3", index_file("v3-1.0.tar.gz", yanked=True, yanked_reason="late"),
+                      index_file("v3-2.0.tar.gz", yanked=True, yanked_reason="broken"), index_file("v3-3.0.tar.gz"))
+    record = await wait(index.save_upstream_page(page, 50.0))
+    again = await wait(index.get_project("v3"))
+    for got in (record, again):
+        assert [f.first_seen for f in got.files] == [None, None, 50.0]
+        assert [f.yank_history for f in got.files] == [((50.0, True, "late"),), ((0, True, "broken"),), ()]
 
 
 @pytest_twisted.ensureDeferred

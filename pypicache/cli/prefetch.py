@@ -151,7 +151,8 @@ async def prefetch_command(cfg: Any, args: argparse.Namespace, index: Any, conte
         # The mirror's catalogue is the one writer: pages follow what is stored.
         downloader = Downloader(storage=storage, index=mirror.index, upstream=upstream, spool_dir=spool)
         progress = Progress(out, err, bar=err.isatty())
-        prefetcher = Prefetcher(mirror=mirror, downloader=downloader, storage=storage, reactor=reactor)
+        prefetcher = Prefetcher(mirror=mirror, downloader=downloader, storage=storage, reactor=reactor,
+                                policy=lambda: cfg.policy)
         report = await prefetcher.run(inputs, envs, on_plan=progress.plan, on_file=progress.file)
         await downloader.settle(reactor, 30.0)
         progress.close(report)

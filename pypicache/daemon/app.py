@@ -138,7 +138,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     def jsonapi() -> Any:
         from pypicache.web.jsonapi import JsonAPI
 
-        return JsonAPI(mirror, storage, downloader, public_url=config.public_url)
+        return JsonAPI(mirror, storage, downloader, public_url=config.public_url, policy=lambda: app.policy)
 
     prefetch_route: list[Any] = []  # one resource for /requirements.txt and /requirements/
 
@@ -172,7 +172,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
                       page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch,
-                      ready=ready, metrics=metrics, monitoring=config.monitoring.on_main_listener)
+                      ready=ready, metrics=metrics, monitoring=config.monitoring.on_main_listener,
+                      policy=lambda: app.policy)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate
@@ -203,7 +204,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
               accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic,
-              audit=audit)
+              audit=audit, policy=config.policy)
     if config.monitoring.listen:  # its own listener: no gates, the same counters
         from pypicache.web.site import build_monitoring_root, monitoring_route_of
 

@@ -40,6 +40,7 @@ from pypicache.services.environments import Environment
 from pypicache.services.lockfiles import Inputs, LockedFile
 from pypicache.services.mirror import Coalescer, UpstreamUnavailable
 from pypicache.services.resolver import best_files, matches_hashes, resolve, version_of
+from pypicache.services import cooldown
 from pypicache.services.visibility import visible
 
 __all__ = ["FileResult", "Report", "Prefetcher", "Catalog", "PrefetchError"]
@@ -129,8 +130,10 @@ class Catalog:
     """
 
     def __init__(self, *, mirror: Any, downloader: Any, storage: Any, reactor: Any, threadpool: Any,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, policy: Callable[[], Any] = lambda: None) -> None:
         self.stopping = stopping
+        #: The current ``[policy]``: files its cooldown holds back are not chosen.
+        self.policy = policy
         self.mirror = mirror
         self.downloader = downloader
         self.storage = storage
@@ -176,13 +179,16 @@ class Catalog:
         files = [f for f in record.files if visible(record, f, merged=merged)]
         if self.mirror.offline:
             files = [f for f in files if f.stored]
-        return tuple(files)
+        # What clients cannot have yet is not pre-filled either (services/cooldown.py).
+        return cooldown.hold_back(self.policy(), name, tuple(files), self.reactor.seconds()).files
 
     async def current(self, name: str, filename: str) -> FileRecord | None:
         """The index's latest record of a file (its ``stored`` flag may have changed)."""
         record = await self.mirror.load(name)
         found = record.file(filename) if record is not None else None
-        return found if found is not None and visible(record, found, merged=name in self.mirror.merge) else None
+        if found is None or not visible(record, found, merged=name in self.mirror.merge):
+            return None
+        return found if cooldown.held_until(self.policy(), name, found, self.reactor.seconds()) is None else None
 
     async def release_metadata(self, name: str, version: Version, files: Sequence[FileRecord]) -> Message:
         key = (name, str(version))
@@ -341,7 +347,9 @@ class Prefetcher:
     """Runs one pre-fill: resolve, choose files per environment, fetch them."""
 
     def __init__(self, *, mirror: Any, downloader: Any, storage: Any, reactor: Any,
-                 threadpool: Any = None, concurrency: int = CONCURRENCY) -> None:
+                 threadpool: Any = None, concurrency: int = CONCURRENCY,
+                 policy: Callable[[], Any] = lambda: None) -> None:
+        self.policy = policy  # the current [policy] (app.policy): the cooldown applies
         self.mirror = mirror
         self.downloader = downloader
         self.storage = storage
@@ -362,7 +370,8 @@ class Prefetcher:
                   on_file: Callable[[FileResult], None] | None = None) -> Report:
         started = self.reactor.seconds()
         catalog = Catalog(mirror=self.mirror, downloader=self.downloader, storage=self.storage,
-                          reactor=self.reactor, threadpool=self.threadpool, stopping=lambda: self._stopping)
+                          reactor=self.reactor, threadpool=self.threadpool, stopping=lambda: self._stopping,
+                          policy=self.policy)
         report = Report(environments=[e.label for e in envs])
         failures: list[FileResult] = [FileResult(p.project, None, "failed", f"{p.where}: {p.reason}")
                                       for p in inputs.problems]

@@ -10,7 +10,9 @@ The rule: an upstream file of a private project is hidden unless the name
 is listed in ``[uploads] merge`` (a claimed name keeps the upstream files it
 had cached, so that opting in to merging later finds them, but shows none).
 Of the files left, the proxy view lists those the upstream lists (and every
-upload), the standalone view those whose bytes are stored.
+upload), the standalone view those whose bytes are stored.  The release
+cooldown (:mod:`pypicache.services.cooldown`) then holds back upstream files
+too young to show; the views apply it right after this rule.
 """
 
 from __future__ import annotations

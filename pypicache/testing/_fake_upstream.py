@@ -520,7 +520,7 @@ class FakeUpstream:
         ``requires_python`` None means "take it from the file's own metadata"
         (what PyPI does).  ``metadata`` serves and advertises PEP 658
         ``.metadata`` for wheels.  ``upload_time`` defaults to a fixed,
-        increasing time so pages are reproducible.  Re-adding a filename
+        increasing time so pages are reproducible; ``""`` serves none.  Re-adding a filename
         replaces it.
         """
         path = Path(path)
@@ -945,7 +945,8 @@ class FakeUpstream:
                     "yanked": f.yanked,
                     "core-metadata": {"sha256": f.metadata_sha256} if f.metadata is not None else False,
                     "size": f.size,
-                    "upload-time": f.upload_time,
+                    # An empty upload_time: a file the upstream gives no time (PEP 700 makes it optional).
+                    **({"upload-time": f.upload_time} if f.upload_time else {}),
                 }
             )
         versions = sorted({f.version for f in proj.files.values()})

@@ -477,6 +477,35 @@ class IndexContract:
         assert await wait(index.get_project("uy")) == record
 
     @pytest_twisted.ensureDeferred
+    async def test_first_seen_and_yank_history(self, index: Any, tmp_path: Path,
+                                               index_context: ProviderContext) -> None:
+        """What the as-of views read: when each upstream file was first saved,
+        and every change of its yank state with its time (schema 4)."""
+        one, two = index_file("h-1.tar.gz"), index_file("h-2.tar.gz", yanked=True, yanked_reason="bad")
+        await wait(index.save_upstream_page(index_page("h", one), 100.0))
+        await wait(index.save_upstream_page(index_page("h", attrs.evolve(one, yanked=True), two), 200.0))
+        await wait(index.save_upstream_page(index_page("h", one, two), 300.0))  # unyanked again
+        record = await wait(index.save_upstream_page(
+            index_page("h", attrs.evolve(one, yanked=True, yanked_reason="again"), two), 400.0))
+        expected = {"h-1.tar.gz": (100.0, ((200.0, True, None), (300.0, False, None), (400.0, True, "again"))),
+                    "h-2.tar.gz": (200.0, ((200.0, True, "bad"),))}  # first seen yanked
+        assert {f.filename: (f.first_seen, f.yank_history) for f in record.files} == expected
+        got = await wait(index.get_project("h"))
+        assert {f.filename: (f.first_seen, f.yank_history) for f in got.files} == expected
+        # A yank through the index is noted too (at the provider's clock).
+        await wait(index.add_file("hp", local_file("hp-1.tar.gz")))
+        await wait(index.set_yanked("hp", "hp-1.tar.gz", True, "oops"))
+        record = await wait(index.set_yanked("hp", "hp-1.tar.gz", True, "oops"))  # no change: no event
+        history = record.file("hp-1.tar.gz").yank_history
+        assert [(yanked, why) for _, yanked, why in history] == [(True, "oops")]
+        assert (await wait(index.get_project("hp"))).file("hp-1.tar.gz").yank_history == history
+        if self.persistent:
+            await self.close_index(index)
+            reopened = self.open_index(tmp_path, index_context)
+            got = await wait(reopened.get_project("h"))
+            assert {f.filename: (f.first_seen, f.yank_history) for f in got.files} == expected
+
+    @pytest_twisted.ensureDeferred
     async def test_remove_file(self, index: Any) -> None:
         one, two = local_file("rm-1.tar.gz"), local_file("rm-2.tar.gz")
         await wait(index.add_file("rm", one))

@@ -10,13 +10,14 @@ the index: storage is addressed by sha256, so no client string reaches a path.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from pypicache.services import cooldown
 from pypicache.services.downloads import Downloader
 from pypicache.services.mirror import Mirror, UpstreamUnavailable, retry_after_seconds
 from pypicache.model import (
@@ -96,8 +97,10 @@ class Files(Resource):
     isLeaf = True
 
     def __init__(self, mirror: Mirror, downloader: Downloader, storage: Any, *, local: bool,
-                 stats: Stats | None = None) -> None:
+                 stats: Stats | None = None, policy: Callable[[], Any] = lambda: None) -> None:
         super().__init__()
+        #: The current ``[policy]`` (``app.policy``): its cooldown holds files back.
+        self.policy = policy
         self.stats = stats if stats is not None else Stats()
         self.mirror = mirror
         self.downloader = downloader
@@ -144,6 +147,11 @@ class Files(Resource):
             if reason is not None:  # cached or not: a known-bad file is never served
                 self.mirror.blocklist.denied(project, record.filename, reason, client_of(request) or "")
                 raise refused(403, reason)
+        until = cooldown.held_until(self.policy(), project, record, self.mirror.clock.seconds())
+        if until is not None:
+            why = cooldown.reason(until)
+            raise HTTPError(404, f"{record.filename} is held back by the release cooldown ({why})",
+                            {b"x-pypicache-reason": why.encode()})
         if metadata:
             await self._serve_metadata(request, project, record)
         else:

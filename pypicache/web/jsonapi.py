@@ -21,7 +21,7 @@ key on must not shape it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import attrs
@@ -29,13 +29,14 @@ from packaging.version import InvalidVersion, Version
 from twisted.web.resource import Resource
 
 from pypicache.model import InvalidName, normalize
+from pypicache.services import cooldown
 from pypicache.services.mirror import Mirror, UpstreamUnavailable
 from pypicache.services.projectjson import ProjectJson
 from pypicache.services.visibility import LOCAL, visible_files
 from pypicache.web.simple import project_allowed
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
-from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches
+from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches, without_held_versions
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header, send_error
 
 JSON_TYPE = b"application/json"
@@ -65,8 +66,10 @@ class JsonAPI(Resource):
 
     def __init__(self, mirror: Mirror, storage: Any, downloader: Any, local: bool = False, *,
                  pages: PageCache | None = None, parsed_cache_size: int = 1024,
-                 public_url: str | None = None) -> None:
+                 public_url: str | None = None, policy: Callable[[], Any] = lambda: None) -> None:
         super().__init__()
+        #: The current ``[policy]`` (``app.policy``): its cooldown holds files back.
+        self.policy = policy
         #: "https://host/prefix/" (validated by pypicache.daemon.config), or None for relative URLs.
         self.public_url = public_url
         self.mirror = mirror
@@ -140,20 +143,25 @@ class JsonAPI(Resource):
         if result is None or not (allowed or result.record.origin == LOCAL):
             raise HTTPError(404, "Not Found")
         record = result.record
-        files = visible_files(record, local=self.local, merged=name in self.mirror.merge, rules=rules)
+        policy = self.policy()
+        visible = visible_files(record, local=self.local, merged=name in self.mirror.merge, rules=rules)
+        held = cooldown.hold_back(policy, name, visible, self.mirror.clock.seconds())
+        files = held.files
         if self.local and not files:
             raise HTTPError(404, "Not Found")
         base = self._base(request, version is not None)
         key = ("pypi-json", self.view, name, str(version) if version is not None else None, base, generation)
         page = self.pages.get(key, record.files)
-        if page is None:
+        if page is None or not page.current(policy, self.mirror.clock):
+            extra = rules.visible_versions(name, record.versions or ()) if not self.local else ()
+            if held.count:  # a release whose files are all held back is not named either
+                extra = without_held_versions(extra, visible, files) or ()
             built = await self.documents.build(
-                name, files, version, base,
-                extra_versions=rules.visible_versions(name, record.versions or ()) if not self.local else (),
-                allow_upstream=self.allow_upstream)
+                name, files, version, base, extra_versions=extra, allow_upstream=self.allow_upstream)
             if built is None:
                 raise HTTPError(404, "Not Found")
-            page = JsonPage(record.files, built.body, etag_for(built.body), serial=built.serial)
+            page = JsonPage(record.files, built.body, etag_for(built.body), serial=built.serial,
+                            policy=policy, held=held.count, until=held.until)
             if built.complete:
                 self.pages.put(key, page)
         if result.stale:
@@ -177,6 +185,8 @@ class JsonAPI(Resource):
         request.setHeader(b"vary", b"Accept-Encoding")
         request.setHeader(b"cache-control", CACHE_CONTROL)
         request.setHeader(b"access-control-allow-origin", b"*")
+        if page.held:
+            request.setHeader(b"x-pypicache-held-back", b"%d" % page.held)
         body, etag = page.body, page.etag
         encoding = request.getHeader(b"accept-encoding")
         if len(body) >= GZIP_MIN and accepts_gzip(encoding.decode("latin-1") if encoding else None):

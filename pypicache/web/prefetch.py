@@ -85,7 +85,7 @@ class PrefetchRoute(Resource):
         self.accounts = accounts
         self.config = config
         self.prefetcher = Prefetcher(mirror=app.mirror, downloader=app.downloader, storage=app.storage,
-                                     reactor=app.reactor)
+                                     reactor=app.reactor, policy=lambda: app.policy)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.running = 0
 

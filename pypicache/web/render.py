@@ -63,6 +63,10 @@ def _html_head(title: str, meta: Mapping[str, Any] | None) -> list[str]:
             tracks = [tracks]
         for value in tracks or ():
             parts.append(f'    <meta name="pypi:tracks" content="{escape(str(value))}">\n')
+        ours = meta.get("_pypicache")
+        if isinstance(ours, Mapping) and ours.get("held_back"):
+            # Files the release cooldown holds back (pypicache.services.cooldown).
+            parts.append(f'    <meta name="pypicache:held-back" content="{int(ours["held_back"])}">\n')
     parts.append(f"    <title>{title}</title>\n  </head>\n  <body>\n    <h1>{title}</h1>\n")
     return parts
 

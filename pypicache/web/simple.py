@@ -11,6 +11,12 @@ the proxy page does not show): a cold install stores every file it fetched,
 and the next install should not re-render numpy's 601 files, nor fall off the
 fast path for it.
 
+With a release cooldown (``[policy] min_age``, pypicache.services.cooldown)
+a rendered page also remembers the policy it was rendered under and the
+instant its next held-back file comes of age: it is rendered again after
+either changes, so a file appears the moment it is old enough, not a TTL
+later.  Without a cooldown that is one identity test per request.
+
 A page listing thousands of files (a project with 100,000 is 20 MB of JSON)
 is rendered, hashed and gzipped in the thread pool: on the reactor thread it
 would stall every other request for a second.
@@ -21,17 +27,18 @@ from __future__ import annotations
 import gzip
 import operator
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.web.resource import Resource
 
+from pypicache.services import cooldown
 from pypicache.services.mirror import Coalescer, Mirror, UpstreamUnavailable
 from pypicache.model import FileRecord, InvalidName, ProjectRecord, normalize
 from pypicache.services.stats import Stats
 from pypicache.services.visibility import LOCAL, visible, visible_files
 from pypicache.web.negotiation import HTML, accepts_gzip, choose_format
-from pypicache.web.render import etag_for, render_index, render_project
+from pypicache.web.render import etag_for, render_index, render_project, versions_of
 from pypicache.web.util import HTTPError, finish_bytes, handle, refused, safe_header
 
 GZIP_MIN = 1024
@@ -50,6 +57,16 @@ class Rendered:
     etag: str
     gz_body: bytes | None = None
     gz_etag: str | None = None
+    #: The policy rendered under, how many files it held back, and when the
+    #: first of those comes of age (the page is stale from then on).
+    policy: Any = None
+    held: int = 0
+    until: float | None = None
+
+    def current(self, policy: Any, clock: Any) -> bool:
+        """Was this page rendered under ``policy``, and is no held-back file
+        of age yet?  O(1): the fast path asks on every request."""
+        return self.policy is policy and (self.until is None or clock.seconds() < self.until)
 
     def gzipped(self) -> tuple[bytes, str]:
         if self.gz_body is None:
@@ -151,17 +168,32 @@ _LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
                                  if f.name not in ("stored", "metadata_stored")))
 
 
+def without_held_versions(versions: Sequence[str] | None, visible: Sequence[FileRecord],
+                          shown: Sequence[FileRecord]) -> tuple[str, ...] | None:
+    """``versions`` (PEP 700, the upstream's list) less those whose every
+    file the cooldown holds back: a held release is not named either."""
+    if not versions:
+        return None if versions is None else tuple(versions)
+    hidden = set(versions_of(f.filename for f in visible)) - set(versions_of(f.filename for f in shown))
+    return tuple(v for v in versions if v not in hidden)
+
+
 def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta: dict[str, Any],
-                gzipped: bool, rules: Any = None) -> Rendered:
-    """Render, hash (and with ``gzipped``, compress) one project page.
+                gzipped: bool, rules: Any = None, policy: Any = None, now: float = 0.0) -> Rendered:
+    """Render, hash (and with ``gzipped``, compress) one project page, with
+    the files the cooldown of ``policy`` holds back at ``now`` left out.
 
     Pure: it may run in the thread pool (records and ``rules`` are immutable).
     """
     name = record.name
-    files = visible_files(record, local=local, merged=merged, rules=rules)
+    visible = visible_files(record, local=local, merged=merged, rules=rules)
+    held = cooldown.hold_back(policy, name, visible, now)
     versions = rules.visible_versions(name, record.versions) if rules is not None else record.versions
-    body = render_project(fmt, name, files, "../../files/" + name + "/", versions, meta)
-    page = Rendered(record.files, body, etag_for(body))
+    if held.count:
+        meta = {**meta, "_pypicache": {"held_back": held.count}}
+        versions = without_held_versions(versions, visible, held.files)
+    body = render_project(fmt, name, held.files, "../../files/" + name + "/", versions, meta)
+    page = Rendered(record.files, body, etag_for(body), policy=policy, held=held.count, until=held.until)
     if gzipped and len(body) >= GZIP_MIN:
         page.gzipped()
     return page
@@ -184,10 +216,12 @@ class SimpleIndex(Resource):
     isLeaf = True
 
     def __init__(self, mirror: Mirror, pages: PageCache, *, local: bool, stats: Stats | None = None,
-                 in_thread: Callable[..., Any] | None = None) -> None:
+                 in_thread: Callable[..., Any] | None = None, policy: Callable[[], Any] = lambda: None) -> None:
         """``in_thread(f, *args)``: run ``f`` in the thread pool (a Deferred);
-        big pages are rendered there.  None renders everything inline."""
+        big pages are rendered there.  None renders everything inline.
+        ``policy()``: the current ``[policy]`` (``app.policy``), read per request."""
         super().__init__()
+        self.policy = policy
         self.in_thread = in_thread
         self._renders: Coalescer[Rendered] = Coalescer()
         self.stats = stats if stats is not None else Stats()
@@ -260,28 +294,31 @@ class SimpleIndex(Resource):
         merged = name in self.mirror.merge
         if self.local and not any(f.stored and visible(record, f, merged=merged) for f in record.files):
             raise HTTPError(404, f"no files of {name} are stored here")
-        # generation: a page rendered under another policy is never reused.
+        # generation: a page rendered under another block/allow policy is never reused.
         key = (self.view, name, fmt.name, record.origin, generation)  # origin: PEP 708 meta differs
+        policy = self.policy()
         page = self.pages.get(key, record.files, None if self.local else same_listing)
-        if page is None:
-            page = self.pages.put(key, await self._render(key, fmt, record, merged, rules))
+        if page is None or not page.current(policy, self.mirror.clock):
+            page = self.pages.put(key, await self._render(key, fmt, record, merged, rules, policy))
         self.stats.pages += 1
         if result.stale:
             self.stats.pages_stale += 1
             request.setHeader(b"x-pypicache-stale", b"true")
         self._send_page(request, fmt, page, key)
 
-    async def _render(self, key: tuple, fmt: Any, record: ProjectRecord, merged: bool, rules: Any) -> Rendered:
+    async def _render(self, key: tuple, fmt: Any, record: ProjectRecord, merged: bool, rules: Any,
+                      policy: Any) -> Rendered:
         """The page, rendered inline, or in the thread pool when it is big
         (gzipped there too: clients ask for gzip, and compressing 20 MB
         takes half a second).  Concurrent requests share one rendering."""
         meta = self._page_meta(record)
+        now = self.mirror.clock.seconds()
         if self.in_thread is None or len(record.files) < THREAD_RENDER_FILES:
-            return render_page(fmt, record, self.local, merged, meta, False, rules)
+            return render_page(fmt, record, self.local, merged, meta, False, rules, policy, now)
         files = record.files  # held by the closure: its id is not reused while it runs
         return await self._renders.run(
-            (key, id(files)),
-            lambda: self.in_thread(render_page, fmt, record, self.local, merged, meta, True, rules))
+            (key, id(files), id(policy)),
+            lambda: self.in_thread(render_page, fmt, record, self.local, merged, meta, True, rules, policy, now))
 
     def _page_meta(self, record: ProjectRecord) -> dict[str, Any]:
         """PEP 708: a proxied project ``tracks`` its upstream page; a private
@@ -352,6 +389,8 @@ class SimpleIndex(Resource):
                 self.pages.grew(key, before)
             gz = True
         headers.append((b"ETag", etag.encode()))
+        if page.held:
+            headers.append((b"X-PyPICache-Held-Back", b"%d" % page.held))
         if etag_matches(if_none_match, page.etag, page.gz_etag or ""):
             self.stats.pages_not_modified += 1
             return 304, headers, b""
@@ -380,7 +419,7 @@ class SimpleIndex(Resource):
             return None
         key = (self.view, name, fmt.name, record.origin, self.mirror.blocklist.generation)
         page = self.pages.get(key, record.files, None if self.local else same_listing)
-        if page is None:
+        if page is None or not page.current(self.policy(), self.mirror.clock):
             return None
         self.stats.pages += 1
         return self.page_response(fmt, page, key, accept_encoding, if_none_match)

@@ -7,6 +7,7 @@
     /legacy/                      uploads (twine, uv publish)
     /api/projects/...             yank, unyank, delete (private projects)
     /pypi/<project>/json          the PyPI JSON API
+    /as-of/<time>/simple/         the proxy view as it was at a time (files link to /files/)
     /requirements.txt             pre-filling (POST); /requirements/jobs/<id>: its jobs
     /stats                        cache counters
     /health, /ready, /metrics     liveness, readiness, Prometheus metrics (never behind the read gate)
@@ -106,12 +107,13 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
                in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None,
                ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None,
-               monitoring: bool = True) -> Home:
+               monitoring: bool = True, policy: Callable[[], Any] = lambda: None) -> Home:
     """The resource tree; ``upload``, ``manage``, ``jsonapi``, ``prefetch``,
     ``ready`` and ``metrics`` are factories called on the first request to
     their route.  ``page_bytes`` bounds the rendered pages; ``in_thread``
     renders big ones in the thread pool.  ``monitoring=False`` leaves out
-    ``/health``, ``/ready`` and ``/metrics`` (served on their own listener)."""
+    ``/health``, ``/ready`` and ``/metrics`` (served on their own listener);
+    ``policy()`` is the current ``[policy]`` (its cooldown holds files back)."""
     pages = PageCache(page_bytes)
     root = Home()
     watch = ((b"health", _health), (b"ready", ready), (b"metrics", metrics)) if monitoring else ()
@@ -119,16 +121,17 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                        (b"requirements.txt", prefetch), (b"requirements", prefetch), *watch):
         if make is not None:
             root.putLazyChild(name, make)
-    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
-    local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread)
+    proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread, policy=policy)
+    local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread, policy=policy)
     root.views = (proxy_view, local_view)  # for the fast path
     root.pages = pages  # for /metrics
     root.putChild(b"simple", proxy_view)
-    root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats))
+    root.putChild(b"files", Files(mirror, downloader, storage, local=False, stats=stats, policy=policy))
+    root.putLazyChild(b"as-of", lambda: _as_of(mirror, stats, policy))
     root.putChild(b"stats", StatsPage(stats))
     local = Folder()
     local.putChild(b"simple", local_view)
-    local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats))
+    local.putChild(b"files", Files(mirror, downloader, storage, local=True, stats=stats, policy=policy))
     root.putChild(b"local", local)
     return root
 
@@ -155,6 +158,12 @@ def monitoring_route_of(path: bytes) -> str:
     """Route labels on the monitoring listener: what it does not serve is "other"."""
     route = route_of(path)
     return route if route == "monitoring" else "other"
+
+
+def _as_of(mirror: Any, stats: Stats, policy: Callable[[], Any]) -> Resource:
+    from pypicache.web.asof import AsOf
+
+    return AsOf(mirror, stats, policy)
 
 
 def _health() -> Resource:

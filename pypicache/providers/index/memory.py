@@ -7,6 +7,7 @@ only keeps the results in dicts.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
@@ -47,7 +48,9 @@ class MemoryIndex:
     survives :meth:`close` or a restart.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
+        #: Times the yank changes (the as-of views); None: the wall clock.
+        self._clock = clock
         self._projects: dict[str, ProjectRecord] = {}
         self._project_list: tuple[ProjectList, float] | None = None
         #: Every filename ever uploaded, as its file_key -> its sha256 (never shrinks).
@@ -81,7 +84,8 @@ class MemoryIndex:
 
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
-        return defer.maybeDeferred(self._mark, with_yanked, name, filename, yanked, reason)
+        now = self._clock.seconds() if self._clock is not None else time.time()
+        return defer.maybeDeferred(self._mark, with_yanked, name, filename, yanked, reason, now)
 
     # -------------------------------------------------------- IIndexRepair
 
@@ -153,7 +157,7 @@ class MemoryIndexFactory:
 
     def create(self, options: Mapping[str, Any], context: Any) -> MemoryIndex:
         check_options("index", options, {})
-        return MemoryIndex()
+        return MemoryIndex(context.reactor)
 
 
 factory = MemoryIndexFactory()

@@ -48,13 +48,24 @@ LOCAL = "local"
 # ------------------------------------------------------------ upstream pages
 
 
-def _fresh(page_file: FileRecord) -> FileRecord:
+def _fresh(page_file: FileRecord, prior: FileRecord | None, at: float) -> FileRecord:
     """A page's file as a new record: plain dicts, nothing stored yet.
 
     The page cannot know what we hold, so its ``stored`` flags are ignored.
     Copying the mappings means a caller that later mutates its page does not
-    change what the index holds.
+    change what the index holds.  The history the as-of views read comes
+    from ``prior`` (None: a file first seen ``at``): a change of yank state
+    is noted as happening ``at``, when this server learnt of it; a file
+    first seen yanked was yanked no later than that.
     """
+    yanked, reason = page_file.yanked, page_file.yanked_reason if page_file.yanked else None
+    if prior is None:
+        first_seen: float | None = at
+        history: tuple[tuple[float, bool, str | None], ...] = ((at, True, reason),) if yanked else ()
+    else:
+        first_seen, history = prior.first_seen, prior.yank_history
+        if (prior.yanked, prior.yanked_reason if prior.yanked else None) != (yanked, reason):
+            history += ((at, yanked, reason),)
     return attrs.evolve(
         page_file,
         hashes=dict(page_file.hashes),
@@ -63,6 +74,8 @@ def _fresh(page_file: FileRecord) -> FileRecord:
         metadata_stored=False,
         listed=True,
         origin=UPSTREAM,
+        first_seen=first_seen,
+        yank_history=history,
     )
 
 
@@ -140,7 +153,7 @@ def merge_upstream_page(old: ProjectRecord | None, page: ProjectPage,
         prior = previous.get(page_file.filename)
         if prior is not None and prior.origin != UPSTREAM:
             continue  # ours wins; it keeps its place among the ungoverned files
-        files.append(_carry_state(prior, _fresh(page_file)))
+        files.append(_carry_state(prior, _fresh(page_file, prior, refreshed_at)))
     governed = {f.filename for f in files}
     for prior in old.files if old is not None else ():
         if prior.filename in governed:
@@ -255,18 +268,21 @@ def stored_with_blob(record: ProjectRecord, sha256: str) -> list[tuple[str, str,
 
 
 def with_yanked(record: ProjectRecord, filename: str, yanked: bool,
-                reason: str | None) -> tuple[ProjectRecord, FileRecord]:
+                reason: str | None, at: float | None = None) -> tuple[ProjectRecord, FileRecord]:
     """``record`` with ``filename`` yanked (PEP 592) or not.
 
     An un-yanked file has no reason: PEP 592 gives a reason only to a yanked
     file, and keeping a stale one would resurface on the next yank.  Raises
-    KeyError for an unknown filename.
+    KeyError for an unknown filename.  ``at`` (seconds since the epoch):
+    the change joins the file's ``yank_history`` (the as-of views).
     """
     old = _find(record, filename)
     yanked = bool(yanked)
     new = attrs.evolve(old, yanked=yanked, yanked_reason=reason if yanked else None)
     if new == old:
         return record, old
+    if at is not None:
+        new = attrs.evolve(new, yank_history=old.yank_history + ((at, yanked, new.yanked_reason),))
     return _replace_file(record, old, new), new
 
 

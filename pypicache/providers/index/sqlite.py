@@ -65,7 +65,7 @@ T = TypeVar("T")
 
 #: PRAGMA user_version this code writes.  Bump it and add a step to
 #: ``_MIGRATIONS`` to change the schema; older files are upgraded on open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Milliseconds a statement waits for another process's lock before failing.
 BUSY_TIMEOUT_MS = 10_000
@@ -75,6 +75,15 @@ def _fill_file_keys(conn: sqlite3.Connection) -> None:
     rows = conn.execute("SELECT filename FROM used_filenames").fetchall()
     conn.executemany("UPDATE used_filenames SET file_key = ? WHERE filename = ?",
                      [(file_key(filename), filename) for (filename,) in rows])
+
+
+def _note_known_yanks(conn: sqlite3.Connection) -> None:
+    """Files yanked before version 4 were yanked at a time nobody noted: their
+    history says "since the beginning" (time 0), so an as-of view shows them
+    yanked at any time rather than inventing when it happened."""
+    rows = conn.execute("SELECT project, filename, yanked_reason FROM files WHERE yanked").fetchall()
+    conn.executemany("UPDATE files SET yank_history = ? WHERE project = ? AND filename = ?",
+                     [(_dumps([[0, True, reason]]), project, filename) for project, filename, reason in rows])
 
 
 #: Step ``n`` takes a database from version ``n - 1`` to ``n``: SQL
@@ -133,16 +142,24 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
         _fill_file_keys,
         "CREATE INDEX used_filenames_by_key ON used_filenames (file_key)",
     ),
+    # The as-of views: when each file was first seen here (NULL: before this
+    # version) and the history of its yank state (JSON [[when, yanked, reason], ...]).
+    4: (
+        "ALTER TABLE files ADD COLUMN first_seen REAL",
+        "ALTER TABLE files ADD COLUMN yank_history TEXT",
+        _note_known_yanks,
+    ),
 }
 
 _FILE_COLUMNS = ("filename, url, hashes, requires_python, yanked, yanked_reason, core_metadata, "
-                 "size, upload_time, stored, metadata_stored, listed, origin")
+                 "size, upload_time, stored, metadata_stored, listed, origin, first_seen, yank_history")
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE project = ? ORDER BY position"
 _INSERT_FILE = (f"INSERT INTO files (project, position, {_FILE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UPDATE_FILE = ("UPDATE files SET url = ?, hashes = ?, requires_python = ?, yanked = ?, "
                 "yanked_reason = ?, core_metadata = ?, size = ?, upload_time = ?, stored = ?, "
-                "metadata_stored = ?, listed = ?, origin = ? WHERE project = ? AND filename = ?")
+                "metadata_stored = ?, listed = ?, origin = ?, first_seen = ?, yank_history = ? "
+                "WHERE project = ? AND filename = ?")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _scanners = threading.local()
@@ -241,11 +258,12 @@ def _json_or_none(value: Any) -> str | None:
 
 def _file_from_row(row: tuple) -> FileRecord:
     (filename, url, hashes, requires_python, yanked, yanked_reason, core_metadata,
-     size, upload_time, stored, metadata_stored, listed, origin) = row
+     size, upload_time, stored, metadata_stored, listed, origin, first_seen, yank_history) = row
     return FileRecord(
         filename, url, _loads(hashes), requires_python, bool(yanked), yanked_reason,
         None if core_metadata is None else _loads(core_metadata), size, upload_time,
-        bool(stored), bool(metadata_stored), bool(listed), origin,
+        bool(stored), bool(metadata_stored), bool(listed), origin, first_seen,
+        () if yank_history is None else tuple((when, bool(y), why) for when, y, why in _loads(yank_history)),
     )
 
 
@@ -254,7 +272,8 @@ def _file_values(f: FileRecord) -> tuple:
     return (f.filename, f.url, _dumps(dict(f.hashes)), f.requires_python, int(f.yanked),
             f.yanked_reason,
             None if f.core_metadata is None else _dumps(dict(f.core_metadata)),
-            f.size, f.upload_time, int(f.stored), int(f.metadata_stored), int(f.listed), f.origin)
+            f.size, f.upload_time, int(f.stored), int(f.metadata_stored), int(f.listed), f.origin,
+            f.first_seen, _dumps([list(event) for event in f.yank_history]) if f.yank_history else None)
 
 
 def _load_project(conn: sqlite3.Connection, name: str) -> ProjectRecord | None:
@@ -551,7 +570,8 @@ class SQLiteIndex:
 
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:
-        return self._call(_q_mark, with_yanked, name, filename, yanked, reason)
+        # The change's time joins the file's yank history (the as-of views).
+        return self._call(_q_mark, with_yanked, name, filename, yanked, reason, self._reactor.seconds())
 
     def mark_unstored(self, name: str, filename: str, metadata: bool) -> defer.Deferred:
         """IIndexRepair: a full (not a cache) write, since it undoes a mark."""
