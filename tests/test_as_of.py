@@ -182,3 +182,23 @@ async def test_clients_install_what_was_newest_then(client, past, fake_upstream,
     assert [p.name for p in target.glob("pastproj-*.dist-info")] == ["pastproj-1.1.dist-info"]
     assert fake_upstream.count(names["1.1"]) >= 1  # fetched through the server under test
     assert fake_upstream.count(names["2.0"]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_as_of_pages_follow_the_block_and_allow_lists(past):
+    """A release blocked today is not served from the past either: an as-of
+    view must not be a way around the block list."""
+    from pypicache.daemon.config import PolicyConfig
+    from pypicache.daemon.reload import apply_policy
+
+    server, names = past
+    url = server.root + "/as-of/2024-05-01/simple/pastproj/"
+    apply_policy(server.app, PolicyConfig(block=("pastproj==1.1",)))
+    response, body = await get(url)
+    assert response.code == 200 and filenames(body) == [names["1.0"]]
+    apply_policy(server.app, PolicyConfig(block=("pastproj",)))
+    response, body = await get(url)
+    assert response.code == 403 and b"blocked by policy" in body
+    apply_policy(server.app, PolicyConfig(allow_only=frozenset({"other"})))
+    response, _ = await get(url)
+    assert response.code == 404 and response.headers.getRawHeaders("x-pypicache-reason")
