@@ -151,10 +151,18 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
         return Metrics(prometheus.make_registry(collector), prometheus.scrape, prometheus.CONTENT_TYPE_LATEST)
 
+    def ui() -> Any:
+        from pypicache.services.usage import DiskUsage
+        from pypicache.web.ui import build_ui
+
+        # The one place to re-point when the app keeps its own account of the cache's size.
+        limit = getattr(config.cache, "max_size", None)
+        return build_ui(mirror, storage, downloader, stats, DiskUsage(storage, in_thread, reactor, limit))
+
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
                       page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch,
-                      ready=ready, metrics=metrics)
+                      ready=ready, metrics=metrics, ui=ui)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate

@@ -9,6 +9,7 @@
     /pypi/<project>/json          the PyPI JSON API
     /requirements.txt             pre-filling (POST); /requirements/jobs/<id>: its jobs
     /stats                        cache counters
+    /, /project/<name>/, /statistics   the web UI (pypicache.web.ui), when built with ``ui``
     /health, /ready, /metrics     liveness, readiness, Prometheus metrics (never behind the read gate)
 """
 
@@ -51,6 +52,15 @@ class Home(Resource):
     def __init__(self) -> None:
         super().__init__()
         self._lazy: dict[bytes, Callable[[], Resource]] = {}
+        #: Builds the web UI (an object with a ``home`` resource), or None: the short page.
+        self.make_ui: Callable[[], Any] | None = None
+        self._ui: Any = None
+
+    def ui(self) -> Any:
+        """The web UI, built on first use."""
+        if self._ui is None and self.make_ui is not None:
+            self._ui = self.make_ui()
+        return self._ui
 
     def putLazyChild(self, path: bytes, make: Callable[[], Resource]) -> None:
         self._lazy[path] = make
@@ -59,6 +69,8 @@ class Home(Resource):
         if request.postpath not in ([], [b""]):
             request.setResponseCode(404)
             return b"not found\n"
+        if self.make_ui is not None:
+            return self.ui().home.render(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return _HOME
 
@@ -103,10 +115,12 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                upload: Callable[[], Resource] | None = None, manage: Callable[[], Resource] | None = None,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
                in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None,
-               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None) -> Home:
+               ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None,
+               ui: Callable[[], Any] | None = None) -> Home:
     """The resource tree; ``upload``, ``manage``, ``jsonapi``, ``prefetch``,
     ``ready`` and ``metrics`` are factories called on the first request to
-    their route.  ``page_bytes`` bounds the rendered pages; ``in_thread``
+    their route; ``ui`` builds the web UI (pypicache.web.ui.UI), which then
+    answers ``/``.  ``page_bytes`` bounds the rendered pages; ``in_thread``
     renders big ones in the thread pool."""
     pages = PageCache(page_bytes)
     root = Home()
@@ -115,6 +129,10 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                        (b"health", _health), (b"ready", ready), (b"metrics", metrics)):
         if make is not None:
             root.putLazyChild(name, make)
+    if ui is not None:
+        root.make_ui = ui
+        root.putLazyChild(b"project", lambda: root.ui().project)
+        root.putLazyChild(b"statistics", lambda: root.ui().statistics)
     proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread)
     local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread)
     root.views = (proxy_view, local_view)  # for the fast path
