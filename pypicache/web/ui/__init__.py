@@ -39,5 +39,5 @@ def build_ui(mirror: Any, storage: Any, downloader: Any, stats: Stats,
     from pypicache.web.ui.routes import ProjectList, ProjectPage, StatisticsPage
 
     documents = ProjectJson(storage, downloader, mirror.clock, cache_size=256)
-    return UI(home=ProjectList(mirror.index, mirror.clock), project=ProjectPage(mirror, documents),
+    return UI(home=ProjectList(mirror.index), project=ProjectPage(mirror, documents),
               statistics=StatisticsPage(stats, disk_usage))
