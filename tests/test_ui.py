@@ -130,6 +130,23 @@ async def test_a_project_page_shows_versions_files_sizes_origin_yanked_and_summa
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_big_project_is_rendered_off_the_reactor_and_kept(proxy):
+    import time
+
+    from pypicache.model import FileRecord, ProjectPage
+    from pypicache.web.ui.routes import THREAD_FILES
+
+    count = THREAD_FILES + 500
+    files = tuple(FileRecord(filename=f"bigproj-1.{i}.tar.gz", url=f"http://127.0.0.1:9/{i}",
+                             hashes={"sha256": f"{i:064x}"}, size=1000 + i) for i in range(count))
+    await proxy.app.index.save_upstream_page(ProjectPage(name="bigproj", files=files), time.time())
+    response, html = await text(proxy.root + "/project/bigproj/")
+    assert response.code == 200
+    assert html.count("<tr><td>") == count and html.index('id="v1.2499"') < html.index('id="v1.0"')
+    assert (await text(proxy.root + "/project/bigproj/"))[1] == html
+
+
+@pytest_twisted.ensureDeferred
 async def test_project_urls_are_canonical(proxy):
     await fill(proxy)
     for path in ("/project/TinyProj/", "/project/tinyproj", "/project/TINYPROJ"):

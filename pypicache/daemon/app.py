@@ -157,7 +157,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
 
         # The one place to re-point when the app keeps its own account of the cache's size.
         limit = getattr(config.cache, "max_size", None)
-        return build_ui(mirror, storage, downloader, stats, DiskUsage(storage, in_thread, reactor, limit))
+        usage = DiskUsage(storage, in_thread, reactor, limit)
+        return build_ui(mirror, storage, downloader, stats, usage, in_thread)
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,

@@ -28,8 +28,12 @@ from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
 
 #: Names per page of the list.
 PAGE_SIZE = 100
-#: Rendered project pages kept (each valid while its record's files are the same object).
-RENDERED_KEPT = 64
+#: Projects with more files than this are grouped and rendered in the
+#: thread pool (100,000 files take a second: the reactor must not wait).
+THREAD_FILES = 2000
+#: Bytes of rendered project pages kept (each valid while its record's files
+#: are the same object); a page bigger than a quarter of it is not kept.
+RENDERED_BYTES = 16 * 1024 * 1024
 _MAX_QUERY = 200
 _SEPARATORS = re.compile(r"[-_.\s]+")
 
@@ -87,12 +91,14 @@ class ProjectPage(Resource):
 
     isLeaf = True
 
-    def __init__(self, mirror: Any, documents: Any) -> None:
+    def __init__(self, mirror: Any, documents: Any, in_thread: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.mirror = mirror
+        self.in_thread = in_thread
         #: pypicache.services.projectjson.ProjectJson: METADATA (the summary) from storage.
         self.documents = documents
         self._rendered: OrderedDict[str, tuple[Any, float | None, bytes]] = OrderedDict()
+        self._rendered_bytes = 0
 
     def render_GET(self, request: Any) -> Any:
         return handle(request, lambda: self._serve(request))
@@ -128,8 +134,11 @@ class ProjectPage(Resource):
             self._rendered.move_to_end(name)
             return kept[2]
         files = visible_files(record, local=False, merged=name in self.mirror.merge)
-        releases = group_releases(files, record.versions or ())
-        grouped = {f.filename for r in releases.values() for f, _, _ in r.files}
+        big = self.in_thread is not None and len(files) > THREAD_FILES
+        if big:
+            releases = await self.in_thread(group_releases, files, record.versions or ())
+        else:
+            releases = group_releases(files, record.versions or ())
         summary = None
         newest = latest(releases)
         if newest is not None and newest.files:
@@ -139,14 +148,20 @@ class ProjectPage(Resource):
         if record.refreshed_at is not None:
             when = datetime.datetime.fromtimestamp(record.refreshed_at, datetime.timezone.utc)
             refreshed = when.strftime("%Y-%m-%d %H:%M:%S UTC")
-        body = pages.project_page(pages.ProjectView(
+        grouped = {f.filename for r in releases.values() for f, _, _ in r.files}
+        view = pages.ProjectView(
             name=name, releases=list(reversed(releases.values())),
             other_files=[f for f in files if f.filename not in grouped],
-            private=record.origin == LOCAL, summary=summary, refreshed_at=refreshed))
-        self._rendered[name] = (record.files, record.refreshed_at, body)
-        self._rendered.move_to_end(name)
-        while len(self._rendered) > RENDERED_KEPT:
-            self._rendered.popitem(last=False)
+            private=record.origin == LOCAL, summary=summary, refreshed_at=refreshed)
+        body = await self.in_thread(pages.project_page, view) if big else pages.project_page(view)
+        old = self._rendered.pop(name, None)
+        if old is not None:
+            self._rendered_bytes -= len(old[2])
+        if len(body) <= RENDERED_BYTES // 4:
+            self._rendered[name] = (record.files, record.refreshed_at, body)
+            self._rendered_bytes += len(body)
+            while self._rendered_bytes > RENDERED_BYTES:
+                self._rendered_bytes -= len(self._rendered.popitem(last=False)[1][2])
         return body
 
 
