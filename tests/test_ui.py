@@ -173,7 +173,8 @@ async def test_every_page_forbids_outside_sources_and_answers_head(proxy):
         head = await treq.head(proxy.root + path, persistent=False, timeout=TIMEOUT)
         assert head.code == response.code
         assert await head.content() == b""
-        assert head.headers.getRawHeaders("content-length") == [str(len(html.encode()))]
+        if path != "/statistics":  # live counters: the next answer may differ
+            assert head.headers.getRawHeaders("content-length") == [str(len(html.encode()))]
     # The JSON counters keep their route and shape.
     stats = await (await get(proxy.root + "/stats")).json()
     assert stats["file_misses"] == 4 and "by_project" not in stats
