@@ -25,6 +25,7 @@ from pypicache.services.stats import PROJECTS_KEPT, Stats
 from pypicache.services.usage import DiskUsage, Usage
 from pypicache.web.ui.routes import PAGE_SIZE, search_key
 from tests import browser
+from tests.blobs import deferred_sleep
 from tests.builders import build_wheel
 from tests.server import make_config, start_server
 from tests.uploads import PASSWORD, cheap_accounts
@@ -53,6 +54,13 @@ async def fill(server: Any, project: str = "tinyproj", *, metadata: bool = True)
         await body.content()
         if metadata and f.get("core-metadata"):
             await (await get(f"{server.root}/files/{project}/{f['filename']}.metadata")).content()
+    # Storing runs after the last byte went out: wait until the index has it all.
+    for _ in range(250):
+        record = await server.app.index.get_project(project)
+        if all(f.stored and (f.metadata_stored or not metadata or f.core_metadata is None) for f in record.files):
+            return
+        await deferred_sleep(0.02)
+    raise AssertionError(f"{project}'s files were not all stored")
 
 
 async def upload(server: Any, path: Path, user: str = "alice") -> None:
