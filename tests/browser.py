@@ -2,9 +2,12 @@
 
 ``--dump-dom`` gives the document after the browser parsed it (so escaping is
 judged by what a browser builds, not by our own reading of the bytes) and
-``--screenshot`` a PNG.  Every host name but 127.0.0.1 resolves to nothing,
-so a page that tried to load anything from outside could not, and the test
-checks that the document names no outside URL at all.
+``--screenshot`` a PNG.  The browser's proxy is a recorder on 127.0.0.1 that
+answers nothing: every request for another host (loopback goes direct)
+reaches it and is noted, so a test sees any request a page made to the
+outside, and none leaves the machine.  Host names resolve to nothing too.
+The browser's own background calls (its update and time services, hosts
+under :data:`BROWSER_HOSTS`) are told apart and ignored.
 
 Runs in a thread (the server under test lives on this process's reactor);
 the browser gets its own session so that a timeout kills it and its helpers.
@@ -13,12 +16,16 @@ the browser gets its own session so that a timeout kills it and its helpers.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 from typing import Any
 
+import attrs
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,6 +34,53 @@ needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's package)")
 
 TIMEOUT = 40.0
+#: Chromium's own services, which it calls whatever page it shows.
+BROWSER_HOSTS = re.compile(r"(^|\.)(google\.com|googleapis\.com|gstatic\.com)$")
+
+
+@attrs.frozen
+class Page:
+    """A page as the browser built it, and the outside hosts it asked for."""
+
+    dom: str
+    outside: tuple[str, ...]
+
+
+class _Recorder:
+    """A proxy that records the request line of each connection and closes it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.lines.append(conn.recv(4096).split(b"\r\n", 1)[0])
+                except OSError:
+                    pass
+
+    def close(self) -> tuple[str, ...]:
+        """Stop; the hosts asked for, but the browser's own."""
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+        hosts = []
+        for line in self.lines:
+            m = re.match(rb"[A-Z]+ (?:[a-z]+://)?([^/:\s]+)", line)
+            host = m.group(1).decode("ascii", "replace") if m else repr(line)
+            if not BROWSER_HOSTS.search(host):
+                hosts.append(host)
+        return tuple(hosts)
 
 
 def _command(profile: str, *args: str) -> list[str]:
@@ -40,8 +94,17 @@ def _command(profile: str, *args: str) -> list[str]:
     return [CHROMIUM, *flags, *args]
 
 
-def _run(*args: str) -> str:
-    """Blocking: run chromium with ``args``; its stdout."""
+def _run(*args: str) -> Page:
+    """Blocking: run chromium with ``args``; its stdout, and the outside hosts asked for."""
+    recorder = _Recorder()
+    try:
+        out = _chromium(f"--proxy-server=http://127.0.0.1:{recorder.port}", *args)
+    finally:
+        outside = recorder.close()
+    return Page(out, outside)
+
+
+def _chromium(*args: str) -> str:
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         proc = subprocess.Popen(_command(profile, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, start_new_session=True, text=True,
@@ -61,8 +124,8 @@ def _run(*args: str) -> str:
     return out
 
 
-async def dom(url: str) -> str:
-    """The serialized DOM of ``url`` after the browser loaded it."""
+async def load(url: str) -> Page:
+    """``url`` loaded: its serialized DOM, and the outside hosts it asked for."""
     from twisted.internet.threads import deferToThread
 
     return await deferToThread(_run, "--dump-dom", url)

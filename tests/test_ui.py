@@ -285,10 +285,24 @@ async def _browser_server(tmp_path: Path, fake_upstream: Any) -> Any:
     return server
 
 
-def _no_outside_urls(dom: str) -> None:
-    urls = re.findall(r"""(?:src|href|action|xlink:href)=["']?([^"' >]+)""", dom)
+async def dom(url: str) -> str:
+    """The DOM of ``url`` in the browser, which asked no outside host for
+    anything, and which names no outside URL."""
+    page = await browser.load(url)
+    assert page.outside == ()
+    urls = re.findall(r"""(?:src|href|action|xlink:href)=["']?([^"' >]+)""", page.dom)
     assert urls
-    assert all("//" not in url or url.startswith("http://127.0.0.1:") for url in urls), urls
+    assert all("//" not in u or u.startswith("http://127.0.0.1:") for u in urls), urls
+    return page.dom
+
+
+@browser.needs_chromium
+@pytest_twisted.ensureDeferred
+async def test_the_browser_check_sees_a_request_to_the_outside():
+    """The control: a page that loads an outside image is caught (and the
+    request reaches only the recorder)."""
+    page = await browser.load("data:text/html,<p>x</p><img src='http://cdn.example.org/x.png'>")
+    assert page.outside == ("cdn.example.org",)
 
 
 @browser.needs_chromium
@@ -297,19 +311,16 @@ def _no_outside_urls(dom: str) -> None:
 async def test_in_a_browser_list_search_project_and_statistics(tmp_path, fake_upstream):
     server = await _browser_server(tmp_path, fake_upstream)
     try:
-        listed = await browser.dom(server.root + "/")
+        listed = await dom(server.root + "/")
         assert ">tinyproj</a>" in listed and ">evilproj</a>" in listed and ">yanked-proj</a>" in listed
-        _no_outside_urls(listed)
-        searched = await browser.dom(server.root + "/?q=tiny")  # what submitting the form loads
+        searched = await dom(server.root + "/?q=tiny")  # what submitting the form loads
         assert ">tinyproj</a>" in searched and "evilproj" not in searched
         assert 'value="tiny"' in searched
-        project = await browser.dom(server.root + "/project/tinyproj/")
+        project = await dom(server.root + "/project/tinyproj/")
         assert "A tiny project" in project and "2.0" in project and "cached" in project
         assert "&gt;=3.8" in project and re.search(r"\d+ B</td>", project)
-        _no_outside_urls(project)
-        statistics = await browser.dom(server.root + "/statistics")
+        statistics = await dom(server.root + "/statistics")
         assert statistics.count("<svg") == 4 and "<rect" in statistics and "Top projects" in statistics
-        _no_outside_urls(statistics)
     finally:
         await server.stop()
 
@@ -320,13 +331,13 @@ async def test_in_a_browser_list_search_project_and_statistics(tmp_path, fake_up
 async def test_in_a_browser_nothing_is_injected(tmp_path, fake_upstream):
     server = await _browser_server(tmp_path, fake_upstream)
     try:
-        project = await browser.dom(server.root + "/project/evilproj/")
-        searched = await browser.dom(server.root + "/?q=" + quote(EVIL))
-        for dom in (project, searched):
+        project = await dom(server.root + "/project/evilproj/")
+        searched = await dom(server.root + "/?q=" + quote(EVIL))
+        for built in (project, searched):
             # Had the summary, the yanked reason or the query become markup,
             # the browser would have built the elements (and run the script).
-            assert "<script" not in dom and "<img" not in dom
-            assert "owned" not in re.search(r"<title>(.*?)</title>", dom).group(1)
+            assert "<script" not in built and "<img" not in built
+            assert "owned" not in re.search(r"<title>(.*?)</title>", built).group(1)
         assert "yanked: &lt;script&gt;" in project and "&lt;script&gt;document.title" in project
         shots = os.environ.get("PYPICACHE_UI_SCREENSHOTS")
         if shots:
