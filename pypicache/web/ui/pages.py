@@ -48,7 +48,7 @@ class ProjectView:
 
 def project_list(view: ListView) -> bytes:
     q = esc(view.query)
-    form = (f'<form method=get action=""><input type=search name=q value="{q}" '
+    form = (f'<form method=get><input type=search name=q value="{q}" '
             'placeholder="name or part of one" aria-label="search projects"> <button>Search</button></form>')
     if view.query:
         heading = f"{view.total} project{'s' if view.total != 1 else ''} matching “{q}”"
@@ -56,7 +56,8 @@ def project_list(view: ListView) -> bytes:
         heading = f"{view.total} project{'s' if view.total != 1 else ''}"
     items = "".join(f'<li><a href="project/{quote(name, safe="")}/">{esc(name)}</a></li>' for name in view.names)
     body = [f"<h1>Projects</h1>{form}<p class=muted>{heading}</p>"]
-    body.append(f"<ul class=names>{items}</ul>" if items else "<p>No project matches.</p>")
+    empty = "<p>No project matches.</p>" if view.query else "<p>No projects yet: install through /simple/.</p>"
+    body.append(f"<ul class=names>{items}</ul>" if items else empty)
     if view.pages > 1:
         def link(number: int, label: str, rel: str) -> str:
             params = {"q": view.query} if view.query else {}
