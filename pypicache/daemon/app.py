@@ -169,11 +169,20 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                          prometheus.CONTENT_TYPE_LATEST))
         return metrics_route[0]
 
+    def ui() -> Any:
+        from pypicache.services.usage import DiskUsage
+        from pypicache.web.ui import build_ui
+
+        # The one place to re-point when the app keeps its own account of the cache's size.
+        limit = getattr(config.cache, "max_size", None)
+        usage = DiskUsage(storage, in_thread, reactor, limit)
+        return build_ui(mirror, storage, downloader, stats, usage, in_thread)
+
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,
                       page_bytes=config.page_cache_bytes // 2, in_thread=in_thread, prefetch=prefetch,
                       ready=ready, metrics=metrics, monitoring=config.monitoring.on_main_listener,
-                      policy=lambda: app.policy)
+                      policy=lambda: app.policy, ui=ui)
 
     async def read_gate(request: Any) -> bool:
         from pypicache.web.auth import authenticate

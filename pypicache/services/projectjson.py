@@ -133,6 +133,12 @@ class ProjectJson:
         })
         return dict(sorted(fields.items()))
 
+    async def stored_metadata(self, project: str, release: Release) -> dict[str, Any] | None:
+        """The release's parsed METADATA when storage holds it, never asking
+        the upstream: what the web UI's project page shows a summary from."""
+        metadata, _ = await self._metadata(project, release, allow_upstream=False)
+        return metadata
+
     async def _metadata(self, project: str, release: Release,
                         allow_upstream: bool) -> tuple[dict[str, Any] | None, bool]:
         """The parsed METADATA of a release, and False when it could exist

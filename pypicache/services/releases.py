@@ -8,6 +8,7 @@ left out, as PyPI leaves them out.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -27,9 +28,13 @@ _EGG = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(?:-py(?P<py>[0-9.]+))?(?
 _OTHER_SDIST = (".tar.bz2", ".tar.xz", ".tgz", ".tar")
 
 
+@functools.lru_cache(maxsize=16384)
 def classify(filename: str) -> tuple[Version, str, str] | None:
     """(version, packagetype, python_version) of a distribution file, or None
-    when the name is not one we can read (such files are left out)."""
+    when the name is not one we can read (such files are left out).
+
+    Memoised: parsing a wheel's tags costs ~15 µs, and a page of 601 files is
+    grouped again each time one of its files is stored."""
     try:
         if filename.endswith(".whl"):
             _, version, _, _ = parse_wheel_filename(filename)

@@ -34,7 +34,7 @@ ERROR_REASONS = ("timeout", "connect", "reset", "status_4xx", "status_5xx", "sta
 _FIRST = {b"files": "file", b"pypi": "json_api", b"legacy": "upload", b"api": "manage",
           b"requirements.txt": "prefetch", b"requirements": "prefetch", b"health": "monitoring",
           b"ready": "monitoring", b"metrics": "monitoring", b"stats": "monitoring", b"ui": "ui",
-          b"static": "ui"}
+          b"static": "ui", b"project": "ui", b"statistics": "ui", b"as-of": "simple_page"}
 
 
 def route_of(path: bytes) -> str:

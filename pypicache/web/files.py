@@ -206,6 +206,7 @@ class Files(Resource):
                           project=project, filename=record.filename)
             else:
                 self.stats.file_hits += 1
+                self.stats.note_project(project)
                 await self._send_blob(request, reader, record.sha256, b"application/octet-stream")
                 return
         if not self.allow_upstream or not record.url:  # an uploaded file has no upstream to refetch from
@@ -221,6 +222,7 @@ class Files(Resource):
             except UpstreamError as e:
                 raise _upstream_failed(project, record.filename, e) from None
         self.stats.file_misses += 1
+        self.stats.note_project(project)
         if request.getHeader(b"range"):
             # Ranges need the end of the file (suffix ranges): wait until it is
             # stored, but not so long that the client gives up on us.

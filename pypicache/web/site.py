@@ -10,6 +10,7 @@
     /as-of/<time>/simple/         the proxy view as it was at a time (files link to /files/)
     /requirements.txt             pre-filling (POST); /requirements/jobs/<id>: its jobs
     /stats                        cache counters
+    /, /project/<name>/, /statistics   the web UI (pypicache.web.ui), when built with ``ui``
     /health, /ready, /metrics     liveness, readiness, Prometheus metrics (never behind the read gate)
 """
 
@@ -54,6 +55,15 @@ class Home(Resource):
     def __init__(self) -> None:
         super().__init__()
         self._lazy: dict[bytes, Callable[[], Resource]] = {}
+        #: Builds the web UI (an object with a ``home`` resource), or None: the short page.
+        self.make_ui: Callable[[], Any] | None = None
+        self._ui: Any = None
+
+    def ui(self) -> Any:
+        """The web UI, built on first use."""
+        if self._ui is None and self.make_ui is not None:
+            self._ui = self.make_ui()
+        return self._ui
 
     def putLazyChild(self, path: bytes, make: Callable[[], Resource]) -> None:
         self._lazy[path] = make
@@ -62,6 +72,8 @@ class Home(Resource):
         if request.postpath not in ([], [b""]):
             request.setResponseCode(404)
             return b"not found\n"
+        if self.make_ui is not None:
+            return self.ui().home.render(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return _HOME
 
@@ -107,10 +119,12 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                jsonapi: Callable[[], Resource] | None = None, page_bytes: int = 32 * 1024 * 1024,
                in_thread: Callable[..., Any] | None = None, prefetch: Callable[[], Resource] | None = None,
                ready: Callable[[], Resource] | None = None, metrics: Callable[[], Resource] | None = None,
-               monitoring: bool = True, policy: Callable[[], Any] = lambda: None) -> Home:
+               monitoring: bool = True, policy: Callable[[], Any] = lambda: None,
+               ui: Callable[[], Any] | None = None) -> Home:
     """The resource tree; ``upload``, ``manage``, ``jsonapi``, ``prefetch``,
     ``ready`` and ``metrics`` are factories called on the first request to
-    their route.  ``page_bytes`` bounds the rendered pages; ``in_thread``
+    their route; ``ui`` builds the web UI (pypicache.web.ui.UI), which then
+    answers ``/``.  ``page_bytes`` bounds the rendered pages; ``in_thread``
     renders big ones in the thread pool.  ``monitoring=False`` leaves out
     ``/health``, ``/ready`` and ``/metrics`` (served on their own listener);
     ``policy()`` is the current ``[policy]`` (its cooldown holds files back)."""
@@ -121,6 +135,10 @@ def build_root(mirror: Any, downloader: Any, storage: Any, stats: Stats, *,
                        (b"requirements.txt", prefetch), (b"requirements", prefetch), *watch):
         if make is not None:
             root.putLazyChild(name, make)
+    if ui is not None:
+        root.make_ui = ui
+        root.putLazyChild(b"project", lambda: root.ui().project)
+        root.putLazyChild(b"statistics", lambda: root.ui().statistics)
     proxy_view = SimpleIndex(mirror, pages, local=False, stats=stats, in_thread=in_thread, policy=policy)
     local_view = SimpleIndex(mirror, pages, local=True, stats=stats, in_thread=in_thread, policy=policy)
     root.views = (proxy_view, local_view)  # for the fast path

@@ -1,0 +1,352 @@
+"""The web UI (``/``, ``/project/<name>/``, ``/statistics``): what it shows, to whom, safely.
+
+HTTP tests run treq against a listening server on the fake upstream, whose
+files come through the server under test; browser tests load the same pages
+in Debian's chromium (tests/browser.py) and judge the DOM it built.
+``PYPICACHE_UI_SCREENSHOTS=<dir>`` makes the last test write the screenshots
+of docs/ui/ there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+
+from pypicache.services.stats import PROJECTS_KEPT, Stats
+from pypicache.services.usage import DiskUsage, Usage
+from pypicache.web.ui.routes import PAGE_SIZE, search_key
+from tests import browser
+from tests.blobs import deferred_sleep
+from tests.builders import build_wheel
+from tests.server import make_config, start_server
+from tests.uploads import PASSWORD, cheap_accounts
+
+TIMEOUT = 30
+EVIL = "<script>document.title='owned'</script><img src=x onerror=alert(1)>"
+
+
+async def get(url: str, **kw: Any) -> Any:
+    return await treq.get(url, allow_redirects=False, persistent=False, timeout=TIMEOUT, **kw)
+
+
+async def text(url: str, **kw: Any) -> tuple[Any, str]:
+    response = await get(url, **kw)
+    return response, await response.text("utf-8")
+
+
+async def fill(server: Any, project: str = "tinyproj", *, metadata: bool = True) -> None:
+    """Fetch ``project``'s page and every file (and METADATA) through the server."""
+    response = await get(server.simple + project + "/",
+                         headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    assert response.code == 200
+    for f in (await response.json())["files"]:
+        body = await get(f"{server.root}/files/{project}/{f['filename']}")
+        assert body.code == 200
+        await body.content()
+        if metadata and f.get("core-metadata"):
+            await (await get(f"{server.root}/files/{project}/{f['filename']}.metadata")).content()
+    # Storing runs after the last byte went out: wait until the index has it all.
+    for _ in range(250):
+        record = await server.app.index.get_project(project)
+        if all(f.stored and (f.metadata_stored or not metadata or f.core_metadata is None) for f in record.files):
+            return
+        await deferred_sleep(0.02)
+    raise AssertionError(f"{project}'s files were not all stored")
+
+
+async def upload(server: Any, path: Path, user: str = "alice") -> None:
+    name, version = path.name.split("-")[:2]
+    response = await treq.post(
+        server.root + "/legacy/",
+        data={":action": "file_upload", "protocol_version": "1", "name": name, "version": version,
+              "filetype": "bdist_wheel", "pyversion": "py3", "metadata_version": "2.1"},
+        files={"content": (path.name, "application/octet-stream", io.BytesIO(path.read_bytes()))},
+        auth=(user, PASSWORD), persistent=False, timeout=TIMEOUT)
+    assert response.code == 200, await response.text()
+
+
+def cells(html: str, filename: str) -> str:
+    """The table row of ``filename``."""
+    row = re.search(r"<tr><td><a [^>]*>" + re.escape(filename) + r"</a>.*?</tr>", html)
+    assert row is not None, filename
+    return row.group(0)
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_list_shows_what_the_index_holds_and_search_filters_it(proxy):
+    await fill(proxy)
+    await fill(proxy, "depproj")
+    response, html = await text(proxy.root + "/")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
+    assert 'href="project/tinyproj/"' in html and 'href="project/depproj/"' in html
+    assert "<form method=get" in html
+    _, found = await text(proxy.root + "/?q=+TINY")  # case and spaces do not matter
+    assert 'href="project/tinyproj/"' in found and "depproj" not in found
+    _, none = await text(proxy.root + "/?q=nothing-like-it")
+    assert "No project matches." in none
+    # Only the index, never the upstream: the list costs the upstream nothing.
+    assert search_key(" Foo__Bar.baz ") == "foo-bar-baz"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_list_is_paged(proxy):
+    for i in range(PAGE_SIZE + 30):
+        await proxy.app.index.create_project(f"pkg-{i:04d}", "local")
+    _, first = await text(proxy.root + "/")
+    assert first.count('href="project/') == PAGE_SIZE
+    assert "page 1 of 2" in first and 'rel=next href="?page=2"' in first
+    _, second = await text(proxy.root + "/?page=2")
+    assert second.count('href="project/') == 30 and "pkg-0129" in second and 'rel=prev' in second
+    _, searched = await text(proxy.root + "/?q=pkg-01&page=1")
+    assert searched.count('href="project/') == 30 and "page 1 of" not in searched
+    for bad in ("/?page=0", "/?page=x", "/?q=" + "a" * 201, "/?q=%ff"):
+        response, message = await text(proxy.root + bad)
+        assert response.code == 400, bad
+        assert message.count("\n") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_page_shows_versions_files_sizes_origin_yanked_and_summary(proxy, fake_upstream):
+    await fill(proxy)
+    # Only the page is fetched: its files show as listed upstream, not cached.
+    await (await get(proxy.simple + "yanked-proj/")).content()
+    response, html = await text(proxy.root + "/project/tinyproj/")
+    assert response.code == 200
+    assert "<h1>tinyproj</h1>" in html
+    assert "<p class=summary>A tiny project</p>" in html  # from the stored METADATA
+    assert html.index('id="v2.0"') < html.index('id="v1.0"')  # newest first
+    wheel = cells(html, "tinyproj-2.0-py3-none-any.whl")
+    size = fake_upstream.files["tinyproj-2.0-py3-none-any.whl"].stat().st_size
+    assert f"{size} B" in wheel and "cached" in wheel and "&gt;=3.8" in wheel
+    assert 'href="../../files/tinyproj/tinyproj-2.0-py3-none-any.whl"' in wheel
+    _, yanked = await text(proxy.root + "/project/yanked-proj/")
+    row = cells(yanked, "Yanked_Proj-1.0-py3-none-any.whl")
+    assert "yanked: broken" in row and "tag upstream" in row
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_project_is_rendered_off_the_reactor_and_kept(proxy):
+    import time
+
+    from pypicache.model import FileRecord, ProjectPage
+    from pypicache.web.ui.routes import THREAD_FILES
+
+    count = THREAD_FILES + 500
+    files = tuple(FileRecord(filename=f"bigproj-1.{i}.tar.gz", url=f"http://127.0.0.1:9/{i}",
+                             hashes={"sha256": f"{i:064x}"}, size=1000 + i) for i in range(count))
+    await proxy.app.index.save_upstream_page(ProjectPage(name="bigproj", files=files), time.time())
+    response, html = await text(proxy.root + "/project/bigproj/")
+    assert response.code == 200
+    assert html.count("<tr><td>") == count and html.index('id="v1.2499"') < html.index('id="v1.0"')
+    assert (await text(proxy.root + "/project/bigproj/"))[1] == html
+
+
+@pytest_twisted.ensureDeferred
+async def test_project_urls_are_canonical(proxy):
+    await fill(proxy)
+    for path in ("/project/TinyProj/", "/project/tinyproj", "/project/TINYPROJ"):
+        response = await get(proxy.root + path)
+        assert response.code == 301, path
+        assert response.headers.getRawHeaders("location") == ["/project/tinyproj/"]
+    for path in ("/project/unknown-one/", "/project/", "/project/tinyproj/x", "/project/%00bad/"):
+        response, html = await text(proxy.root + path)
+        assert response.code == 404, path
+        assert response.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
+    assert "unknown-one is not held by this server" in (await text(proxy.root + "/project/unknown-one/"))[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_page_forbids_outside_sources_and_answers_head(proxy):
+    await fill(proxy)
+    for path in ("/", "/project/tinyproj/", "/statistics", "/project/nope/"):
+        response, html = await text(proxy.root + path)
+        csp = response.headers.getRawHeaders("content-security-policy")[0]
+        assert "default-src 'none'" in csp and "script-src" not in csp
+        assert response.headers.getRawHeaders("x-content-type-options") == ["nosniff"]
+        assert "<script" not in html
+        assert not re.search(r"""(?:src|href|action)=["']?(?:https?:)?//""", html), path
+        head = await treq.head(proxy.root + path, persistent=False, timeout=TIMEOUT)
+        assert head.code == response.code
+        assert await head.content() == b""
+        if path != "/statistics":  # live counters: the next answer may differ
+            assert head.headers.getRawHeaders("content-length") == [str(len(html.encode()))]
+    # The JSON counters keep their route and shape.
+    stats = await (await get(proxy.root + "/stats")).json()
+    assert stats["file_misses"] == 4 and "by_project" not in stats
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_statistics_page_shows_ratio_bytes_top_projects_and_disk(proxy):
+    await fill(proxy)
+    await fill(proxy, "depproj")
+    await (await get(f"{proxy.root}/files/tinyproj/tinyproj-1.0.tar.gz")).content()  # a hit
+    response, html = await text(proxy.root + "/statistics")
+    assert response.code == 200
+    assert html.count("<svg") == 4
+    assert "<dt>file hit ratio</dt><dd>16.7 %</dd>" in html  # 1 hit, 5 misses
+    assert "(no limit)" in html and "Disk used (no limit)" in html
+    top = re.search(r'aria-label="Top projects[^"]*".*?</svg>', html).group(0)
+    assert top.index(">tinyproj<") < top.index(">depproj<")
+    assert "<title>tinyproj: 5</title>" in top
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_projects_show_only_their_own_files_and_summaries_are_escaped(tmp_path, start):
+    server = await start(claim={"tinyproj": {"alice"}})
+    await fill(server)  # the upstream's files are cached before the name is claimed
+    await upload(server, build_wheel(tmp_path / "dist", "tinyproj", "9.0", summary=EVIL))
+    response, html = await text(server.root + "/project/tinyproj/")
+    assert response.code == 200
+    assert "tinyproj-9.0-py3-none-any.whl" in html and "tag private" in html
+    assert "tinyproj-1.0" not in html and "tinyproj-2.0" not in html  # pypicache.services.visibility
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;document.title=&#x27;owned&#x27;&lt;/script&gt;" in html
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_ui_is_behind_the_read_gate(tmp_path, fake_upstream):
+    config = make_config(tmp_path, fake_upstream.url)
+    config = attrs.evolve(config, auth=attrs.evolve(config.auth, read="authenticated"))
+    server = await start_server(config)
+    try:
+        cheap_accounts(server).add_user("alice", PASSWORD)
+        for path in ("/", "/?q=tiny", "/project/tinyproj/", "/statistics"):
+            response = await get(server.root + path)
+            assert response.code == 401, path
+            await response.content()
+        response = await get(server.root + "/statistics", auth=("alice", PASSWORD))
+        assert response.code == 200
+        assert "no-store" in response.headers.getRawHeaders("cache-control")[0]
+        await response.content()
+    finally:
+        await server.stop()
+
+
+# ------------------------------------------------------------ services
+
+
+def test_top_projects_stay_bounded():
+    stats = Stats()
+    for _ in range(3):
+        stats.note_project("popular")
+    for i in range(PROJECTS_KEPT + 10):
+        stats.note_project(f"once-{i}")
+    assert len(stats.by_project) <= PROJECTS_KEPT
+    assert stats.top_projects(1) == [("popular", 3)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_disk_usage_walks_the_store_once_per_ttl(tmp_path):
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from pypicache.providers.storage.memory import MemoryStorage
+
+    storage = MemoryStorage()
+    storage.blobs["a" * 64] = b"x" * 1000
+    walks = []
+
+    def in_thread(f, *args):
+        walks.append(f)
+        return defer.maybeDeferred(f, *args)
+
+    clock = Clock()
+    usage = DiskUsage(storage, in_thread, clock, limit=4096, ttl=60)
+    assert await usage() == Usage(1000, 4096)
+    assert await usage() == Usage(1000, 4096) and len(walks) == 1
+    clock.advance(60)
+    await usage()
+    assert len(walks) == 2
+    assert await DiskUsage(object(), in_thread, clock)() == Usage(None, None)
+
+
+# ------------------------------------------------------------ browser
+
+
+async def _browser_server(tmp_path: Path, fake_upstream: Any) -> Any:
+    fake_upstream.add(build_wheel(tmp_path / "evil", "evilproj", "1.0", summary=EVIL), yanked=EVIL)
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    await fill(server)
+    await fill(server, "evilproj")
+    await (await get(server.simple + "yanked-proj/")).content()
+    return server
+
+
+async def dom(url: str) -> str:
+    """The DOM of ``url`` in the browser, which asked no outside host for
+    anything, and which names no outside URL."""
+    page = await browser.load(url)
+    assert page.outside == ()
+    urls = re.findall(r"""(?:src|href|action|xlink:href)=["']?([^"' >]+)""", page.dom)
+    assert urls
+    assert all("//" not in u or u.startswith("http://127.0.0.1:") for u in urls), urls
+    return page.dom
+
+
+@browser.needs_chromium
+@pytest_twisted.ensureDeferred
+async def test_the_browser_check_sees_a_request_to_the_outside():
+    """The control: a page that loads an outside image is caught (and the
+    request reaches only the recorder)."""
+    page = await browser.load("data:text/html,<p>x</p><img src='http://cdn.example.org/x.png'>")
+    assert page.outside == ("cdn.example.org",)
+
+
+@browser.needs_chromium
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_in_a_browser_list_search_project_and_statistics(tmp_path, fake_upstream):
+    server = await _browser_server(tmp_path, fake_upstream)
+    try:
+        listed = await dom(server.root + "/")
+        assert ">tinyproj</a>" in listed and ">evilproj</a>" in listed and ">yanked-proj</a>" in listed
+        searched = await dom(server.root + "/?q=tiny")  # what submitting the form loads
+        assert ">tinyproj</a>" in searched and "evilproj" not in searched
+        assert 'value="tiny"' in searched
+        project = await dom(server.root + "/project/tinyproj/")
+        assert "A tiny project" in project and "2.0" in project and "cached" in project
+        assert "&gt;=3.8" in project and re.search(r"\d+ B</td>", project)
+        statistics = await dom(server.root + "/statistics")
+        assert statistics.count("<svg") == 4 and "<rect" in statistics and "Top projects" in statistics
+    finally:
+        await server.stop()
+
+
+@browser.needs_chromium
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_in_a_browser_nothing_is_injected(tmp_path, fake_upstream):
+    server = await _browser_server(tmp_path, fake_upstream)
+    try:
+        project = await dom(server.root + "/project/evilproj/")
+        searched = await dom(server.root + "/?q=" + quote(EVIL))
+        for built in (project, searched):
+            # Had the summary, the yanked reason or the query become markup,
+            # the browser would have built the elements (and run the script).
+            assert "<script" not in built and "<img" not in built
+            assert "owned" not in re.search(r"<title>(.*?)</title>", built).group(1)
+        assert "yanked: &lt;script&gt;" in project and "&lt;script&gt;document.title" in project
+        shots = os.environ.get("PYPICACHE_UI_SCREENSHOTS")
+        if shots:
+            # Screenshots for docs/ui/: a fuller server, as an operator would see it.
+            await fill(server, "depproj")
+            await (await get(f"{server.root}/files/tinyproj/tinyproj-2.0.tar.gz")).content()
+            for i in range(40):
+                await server.app.index.create_project(f"internal-tool-{i:02d}", "local")
+            for name, path in (("list", "/"), ("project", "/project/tinyproj/"), ("statistics", "/statistics")):
+                await browser.screenshot(server.root + path, Path(shots) / f"{name}.png")
+    finally:
+        await server.stop()
