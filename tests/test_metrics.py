@@ -525,7 +525,8 @@ async def test_json_access_log_lines(tmp_path, fake_upstream, logs):
     (b"/pypi/p/json", "json_api"), (b"/pypi/p/1.0/json", "json_api"), (b"/legacy/", "upload"),
     (b"/api/projects/p/yank", "manage"), (b"/requirements.txt", "prefetch"), (b"/requirements/jobs/1", "prefetch"),
     (b"/health", "monitoring"), (b"/ready", "monitoring"), (b"/metrics", "monitoring"), (b"/stats", "monitoring"),
-    (b"/", "ui"), (b"", "ui"), (b"/local/", "other"), (b"/local/x", "other"), (b"/etc/passwd", "other"),
+    (b"/", "ui"), (b"", "ui"), (b"/project/p/", "ui"), (b"/statistics", "ui"),
+    (b"/as-of/2024-05-01/simple/p/", "simple_page"), (b"/local/", "other"), (b"/local/x", "other"), (b"/etc/passwd", "other"),
     (b"//simple/x/", "other"), (b"/\xff\x00", "other"), (b"*", "other"),
 ])
 def test_route_labels_come_from_a_fixed_set(path, route):
