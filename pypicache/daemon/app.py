@@ -47,6 +47,7 @@ class App:
     accounts: Any = None
     factory: Any = None  # what listeners serve: the fast path in front of the Site
     scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
+    cache_keeper: Any = None  # pypicache.services.eviction.CacheKeeper when [cache] max_size is set
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -59,6 +60,8 @@ class App:
                 await self.scrubber.stop()
             if self.downloader is not None:
                 await self.downloader.settle(self.reactor, self.SETTLE_TIMEOUT)
+            if self.cache_keeper is not None:
+                await self.cache_keeper.stop()
             await self.index.close()
             if self.accounts is not None:
                 await self.accounts.close()
@@ -67,6 +70,13 @@ class App:
                 if IClosable.providedBy(provider):
                     await defer.maybeDeferred(provider.close)
             self.threadpool.stop()
+
+    def cache_usage(self) -> tuple[int | None, int | None]:
+        """(bytes in storage, ``[cache] max_size``): (None, None) without a
+        limit; the bytes are None until the start-up count is done."""
+        if self.cache_keeper is None:
+            return None, None
+        return self.cache_keeper.usage()
 
 
 def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
@@ -97,6 +107,16 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                     root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge,
                     not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes)
     index = mirror.index
+    keeper = None
+    if config.cache.max_size is not None:  # LRU eviction (services/eviction.py): imported only then
+        from pypicache.services.eviction import keep_cache
+
+        try:
+            keeper, storage, index = keep_cache(config.cache, storage, index, data_dir=data_dir,
+                                                reactor=reactor, threadpool=threadpool)
+        except BaseException:
+            stop_context(context)
+            raise
     downloader = Downloader(storage=storage, index=index, upstream=upstream, spool_dir=data_dir / "spool")
     accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
                         max_failures=config.auth.max_failed_logins, failure_window=config.auth.failed_login_window)
@@ -148,7 +168,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         from pypicache.services import metrics as prometheus
         from pypicache.web.monitoring import Metrics
 
-        collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
+        collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages, cache=keeper)
         return Metrics(prometheus.make_registry(collector), prometheus.scrape, prometheus.CONTENT_TYPE_LATEST)
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
@@ -181,7 +201,9 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                header_timeout=config.header_timeout, fast_path=factory is not site)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
-              accounts=accounts, factory=factory, scrubber=scrubber)
+              accounts=accounts, factory=factory, scrubber=scrubber, cache_keeper=keeper)
     if scrubber is not None:
         scrubber.start()
+    if keeper is not None:
+        keeper.start()
     return app

@@ -1,0 +1,832 @@
+"""The size limit on cached files: LRU bookkeeping, pins and eviction.
+
+``[cache] max_size`` bounds the bytes in storage.  Everything stored counts
+(cached upstream files, their METADATA, private uploads), but only files
+fetched from the upstream are ever removed: the least recently used first,
+never one pinned (``pypicache pin``), never a blob a private file also
+uses, never one open for reading or writing in this process.  Evicting a
+file marks it not stored in the index (:class:`~pypicache.interfaces.IIndexRepair`)
+so its page keeps listing it and the next request fetches it again.
+
+Why a bookkeeping file of its own (``<data_dir>/cache.sqlite3``) instead of
+columns in the index: the index schema belongs to the index providers, and
+the LRU order needs an index on last access that the catalog has no use
+for.  What it holds:
+
+* ``cached``: one row per cached upstream file (project, filename, blob,
+  size, METADATA blob, last access), indexed on last access, so picking the
+  next victims reads only them: eviction costs O(files evicted);
+* ``held``: blobs of private files (never deleted, even if an upstream file
+  has the same bytes);
+* ``pins``: (pin name, project, filename, sha256) from ``pypicache pin``;
+* ``counters``: bytes freed by ``pypicache gc`` for the server to subtract.
+
+Access times are recorded in memory (a dict update on each open of a blob)
+and written in one transaction every ``access_flush`` seconds, so a request
+never writes.  Rows deleted on eviction leave pages that the next rows
+reuse, and ``auto_vacuum = INCREMENTAL`` hands the rest back: the file does
+not grow from evicting.  The server and ``pypicache gc`` may run at once
+(WAL, a busy timeout).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import directlyProvides, implementer, providedBy
+
+from pypicache.durable import create_sqlite
+from pypicache.interfaces import IBlobReader, IBlobWriter
+from pypicache.model import BlobNotFound
+
+__all__ = ["BOOK_FILE", "Book", "CacheKeeper", "Evicted", "EvictionReport", "Evictor", "TrackedIndex",
+           "TrackedStorage", "seed_from_index", "walk_inventory"]
+
+log = Logger()
+
+BOOK_FILE = "cache.sqlite3"
+#: Victims read from the bookkeeping file per query.
+BATCH = 64
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cached (project TEXT NOT NULL, filename TEXT NOT NULL, sha256 TEXT NOT NULL, "
+    "size INTEGER NOT NULL, metadata_sha256 TEXT, last_access REAL NOT NULL, "
+    "PRIMARY KEY (project, filename)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS cached_lru ON cached (last_access, project, filename)",
+    "CREATE INDEX IF NOT EXISTS cached_sha ON cached (sha256)",
+    "CREATE INDEX IF NOT EXISTS cached_metadata ON cached (metadata_sha256)",
+    "CREATE TABLE IF NOT EXISTS held (sha256 TEXT PRIMARY KEY) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS pins (name TEXT NOT NULL, project TEXT NOT NULL, filename TEXT NOT NULL, "
+    "sha256 TEXT, PRIMARY KEY (name, project, filename)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS pins_file ON pins (project, filename)",
+    "CREATE INDEX IF NOT EXISTS pins_sha ON pins (sha256)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+)
+
+
+@attrs.frozen
+class Row:
+    """One cached file as the bookkeeping file knows it."""
+
+    project: str
+    filename: str
+    sha256: str
+    size: int
+    metadata_sha256: str | None
+    last_access: float
+
+
+class Book:
+    """The bookkeeping file.  Every method blocks: call it in a thread.
+
+    One connection, guarded by a lock, shared by the pool's threads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+        def build(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before any table: pages go back
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+        create_sqlite(self.path, build)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")  # bookkeeping: losing the last flush is harmless
+        self._conn.execute("PRAGMA journal_size_limit = 1048576")
+        #: Write transactions so far (the tests count them: none per request).
+        self.writes = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            self.writes += 1
+            return result
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    # ------------------------------------------------------------ the server
+    def apply(self, *, stored: Iterable[tuple[str, str, str, int, str | None, float]] = (),
+              touched: Iterable[tuple[str, float]] = (), held: Iterable[str] = (),
+              metadata: Iterable[tuple[str, str, str]] = ()) -> int:
+        """Record one batch in one transaction; returns (and resets) the
+        bytes freed by other processes since the last call."""
+        def work(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO cached (project, filename, sha256, size, metadata_sha256, last_access) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, filename) DO UPDATE SET "
+                "sha256 = excluded.sha256, size = excluded.size, last_access = excluded.last_access, "
+                "metadata_sha256 = coalesce(excluded.metadata_sha256, metadata_sha256)", list(stored))
+            conn.executemany("UPDATE cached SET last_access = max(last_access, ?2) WHERE sha256 = ?1",
+                             list(touched))
+            conn.executemany("INSERT OR IGNORE INTO held (sha256) VALUES (?)", [(s,) for s in held])
+            conn.executemany("UPDATE cached SET metadata_sha256 = ?3 WHERE project = ?1 AND filename = ?2",
+                             list(metadata))
+            row = conn.execute("SELECT value FROM counters WHERE name = 'freed'").fetchone()
+            if row is not None and row[0]:
+                conn.execute("UPDATE counters SET value = 0 WHERE name = 'freed'")
+            return row[0] if row is not None else 0
+
+        return self._write(work)
+
+    def seed(self, files: Iterable[tuple[str, str, str, int, str | None]], held: Iterable[str]) -> None:
+        """Rows for files stored before this process knew of them (as the
+        least recently used: last access 0); existing rows are kept."""
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO cached (project, filename, sha256, size, metadata_sha256, "
+                             "last_access) VALUES (?, ?, ?, ?, ?, 0)", list(files))
+            conn.executemany("INSERT OR IGNORE INTO held (sha256) VALUES (?)", [(s,) for s in held])
+
+        self._write(work)
+
+    def reset_freed(self) -> None:
+        self._write(lambda conn: conn.execute("DELETE FROM counters WHERE name = 'freed'"))
+
+    def add_freed(self, n: int) -> None:
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('freed', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (n,)))
+
+    # ------------------------------------------------------------- eviction
+    def victims(self, after: tuple[float, str, str] | None, limit: int = BATCH) -> list[Row]:
+        """The next ``limit`` least recently used unpinned rows after ``after``."""
+        last, project, filename = after if after is not None else (-1.0, "", "")
+        rows = self._read(
+            "SELECT project, filename, sha256, size, metadata_sha256, last_access FROM cached "
+            "WHERE (last_access, project, filename) > (?, ?, ?) "
+            "AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.project = cached.project "
+            "                AND pins.filename = cached.filename) "
+            "AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.sha256 = cached.sha256) "
+            "ORDER BY last_access, project, filename LIMIT ?", (last, project, filename, limit))
+        return [Row(*r) for r in rows]
+
+    def sharing(self, sha256: str) -> list[Row]:
+        """Every cached row whose bytes are the blob ``sha256``."""
+        rows = self._read("SELECT project, filename, sha256, size, metadata_sha256, last_access FROM cached "
+                          "WHERE sha256 = ?", (sha256,))
+        return [Row(*r) for r in rows]
+
+    def held(self, sha256: str) -> bool:
+        return bool(self._read("SELECT 1 FROM held WHERE sha256 = ?", (sha256,)))
+
+    def pinned(self, keys: Iterable[tuple[str, str]]) -> bool:
+        return any(self._read("SELECT 1 FROM pins WHERE project = ? AND filename = ? LIMIT 1", key)
+                   for key in keys)
+
+    def metadata_users(self, sha256: str) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self._read(
+            "SELECT project, filename FROM cached WHERE metadata_sha256 = ?", (sha256,))]
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> None:
+        keys = list(keys)
+        if keys:
+            self._write(lambda conn: conn.executemany(
+                "DELETE FROM cached WHERE project = ? AND filename = ?", keys))
+
+    def touch(self, keys: Iterable[tuple[str, str]], now: float) -> None:
+        keys = list(keys)
+        if keys:
+            self._write(lambda conn: conn.executemany(
+                "UPDATE cached SET last_access = ? WHERE project = ? AND filename = ?",
+                [(now, p, f) for p, f in keys]))
+
+    def compact(self) -> None:
+        """Hand free pages back and empty the write-ahead log: evicting
+        never leaves the file bigger than its rows need."""
+        with self._lock:
+            self._conn.execute("PRAGMA incremental_vacuum")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def count(self) -> int:
+        return self._read("SELECT count(*) FROM cached")[0][0]
+
+    # ----------------------------------------------------------------- pins
+    def pin(self, name: str, entries: Iterable[tuple[str, str, str | None]]) -> int:
+        """Replace the pin ``name`` with ``entries`` (project, filename, sha256)."""
+        entries = sorted(set(entries))
+
+        def work(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM pins WHERE name = ?", (name,))
+            conn.executemany("INSERT INTO pins (name, project, filename, sha256) VALUES (?, ?, ?, ?)",
+                             [(name, *e) for e in entries])
+            return len(entries)
+
+        return self._write(work)
+
+    def unpin(self, name: str) -> int:
+        return self._write(lambda conn: conn.execute("DELETE FROM pins WHERE name = ?", (name,)).rowcount)
+
+    def pins(self) -> list[tuple[str, int]]:
+        return [tuple(r) for r in self._read("SELECT name, count(*) FROM pins GROUP BY name ORDER BY name")]
+
+
+# ---------------------------------------------------------------- eviction
+
+
+@attrs.frozen
+class Evicted:
+    """One file evicted (or, in a dry run, that would be)."""
+
+    project: str
+    filename: str
+    size: int  # the file's and, when it went too, its METADATA's bytes
+
+
+@attrs.define
+class EvictionReport:
+    files: list[Evicted] = attrs.field(factory=list)
+    freed: int = 0
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return f"{verb} {len(self.files)} file(s), {self.freed} bytes"
+
+
+class Evictor:
+    """Picks victims in LRU order and removes them; shared by the server and
+    ``pypicache gc``.
+
+    ``is_open(sha256)`` says a blob is being read or written in this
+    process; ``delete_first`` (gc, maybe on a full disk) deletes blobs
+    before recording anything, so it needs no free space to start.
+    """
+
+    def __init__(self, *, book: Book, index: Any, storage: Any, in_thread: Callable[..., Any],
+                 clock: Any, is_open: Callable[[str], bool] = lambda sha: False,
+                 on_deleting: Callable[[str, defer.Deferred[None]], None] | None = None) -> None:
+        self.book = book
+        self.index = index
+        self.storage = storage
+        self.in_thread = in_thread
+        self.clock = clock
+        self.is_open = is_open
+        self.on_deleting = on_deleting
+        #: (project, filename, metadata) whose blob went but whose mark could
+        #: not be undone (delete_first on a full disk); retried at the end.
+        self.unrecorded: list[tuple[str, str, bool]] = []
+
+    async def evict(self, need: int, *, dry_run: bool = False, delete_first: bool = False,
+                    on_file: Callable[[Evicted], None] | None = None) -> EvictionReport:
+        """Free at least ``need`` bytes if that many can be freed."""
+        report = EvictionReport(dry_run=dry_run)
+        cursor: tuple[float, str, str] | None = None
+        seen: set[str] = set()
+        forget: list[tuple[str, str]] = []
+        try:
+            while report.freed < need:
+                rows = await self.in_thread(self.book.victims, cursor)
+                if not rows:
+                    break
+                for row in rows:
+                    cursor = (row.last_access, row.project, row.filename)
+                    if report.freed >= need:
+                        break
+                    if row.sha256 in seen or self.is_open(row.sha256):
+                        continue
+                    seen.add(row.sha256)
+                    done = await self._one(row, dry_run, delete_first, forget)
+                    if done is not None:
+                        report.files.append(done)
+                        report.freed += done.size
+                        if on_file is not None:
+                            on_file(done)
+                if not dry_run and forget:
+                    await self.in_thread(self.book.forget, forget)
+                    forget = []
+        finally:
+            if not dry_run and forget:
+                await self.in_thread(self.book.forget, forget)
+        for project, filename, part in self.unrecorded:  # space was freed since
+            try:
+                await self.index.mark_unstored(project, filename, part)
+            except KeyError:
+                pass
+        self.unrecorded = []
+        if not dry_run and report.files:
+            await self.in_thread(self.book.compact)
+        return report
+
+    async def _current(self, row: Row) -> Any:
+        """The index's record of a row's file, if it is still a stored
+        upstream file with those bytes; else None."""
+        record = await self.index.get_project(row.project)
+        found = record.file(row.filename) if record is not None else None
+        if (found is None or not found.stored or found.sha256 != row.sha256 or found.origin != "upstream"
+                or not found.url or record.origin != "upstream"):
+            return None
+        return found
+
+    async def _one(self, row: Row, dry_run: bool, delete_first: bool,
+                   forget: list[tuple[str, str]]) -> Evicted | None:
+        if await self.in_thread(self.book.held, row.sha256):  # a private file has these bytes
+            forget.append((row.project, row.filename))
+            return None
+        files = []
+        for other in await self.in_thread(self.book.sharing, row.sha256):
+            current = await self._current(other)
+            if current is None:
+                forget.append((other.project, other.filename))  # stale: evicted elsewhere, deleted, private
+            else:
+                files.append((other, current))
+        if not files:
+            return None
+        keys = [(r.project, r.filename) for r, _ in files]
+        if await self.in_thread(self.book.pinned, keys):
+            if not dry_run:  # a file pinned under a name the query did not see: out of the way
+                await self.in_thread(self.book.touch, keys, self.clock.seconds())
+            return None
+        metadata = await self._metadata_to_drop(files, set(keys))
+        try:
+            blob_size = size = await self.storage.size(row.sha256)
+        except BlobNotFound:  # gone already (verify, another gc): only the marks are left to undo
+            blob_size = size = 0
+        if metadata is not None:
+            try:
+                size += await self.storage.size(metadata)
+            except BlobNotFound:
+                metadata = None
+        if dry_run:
+            return Evicted(row.project, row.filename, size)
+        if delete_first:
+            await self._delete(row.sha256)
+            if metadata is not None:
+                await self._delete(metadata)
+        for r, current in files:
+            marks = [False] + ([True] if metadata is not None and current.metadata_sha256 == metadata else [])
+            for part in marks:
+                try:
+                    await self.index.mark_unstored(r.project, r.filename, part)
+                except KeyError:
+                    pass  # deleted meanwhile
+                except Exception:
+                    if not delete_first:
+                        raise
+                    # The blob is gone already (gc on a full disk): the next
+                    # request finds it missing and fetches it again anyway.
+                    self.unrecorded.append((r.project, r.filename, part))
+        if not delete_first:
+            if self.is_open(row.sha256):  # opened meanwhile: it stays, unmarked, and is fetched anew
+                size -= blob_size
+            else:
+                await self._delete(row.sha256)
+            if metadata is not None and not self.is_open(metadata):
+                await self._delete(metadata)
+        forget.extend(keys)
+        for r, _ in files:
+            log.info("evicted {project}/{filename} ({size} bytes)", project=r.project, filename=r.filename,
+                     size=r.size)
+        return Evicted(row.project, row.filename, size)
+
+    async def _metadata_to_drop(self, files: list[tuple[Row, Any]], going: set[tuple[str, str]]) -> str | None:
+        """The METADATA blob that goes with the file, unless another file keeps it."""
+        shas = {current.metadata_sha256 for _, current in files if current.metadata_stored}
+        if len(shas) != 1:
+            return None
+        (sha,) = shas
+        if sha is None or await self.in_thread(self.book.held, sha):
+            return None
+        users = await self.in_thread(self.book.metadata_users, sha)
+        return sha if set(users) <= going else None
+
+    async def _delete(self, sha256: str) -> None:
+        d = defer.maybeDeferred(self.storage.delete, sha256)
+        if self.on_deleting is not None:
+            self.on_deleting(sha256, d)
+        await d
+
+
+# --------------------------------------------------------------- inventory
+
+
+def walk_inventory(storage: Any, stopping: Callable[[], bool] = lambda: False) -> int:
+    """The bytes of every blob (blocking: in a thread)."""
+    total = 0
+    for _, size in storage.iter_blobs():
+        total += size
+        if stopping():
+            break
+    return total
+
+
+async def seed_from_index(index: Any, book: Book, in_thread: Callable[..., Any],
+                          stopping: Callable[[], bool] = lambda: False) -> None:
+    """Rows for every stored upstream file and every private file's blobs,
+    a batch of projects at a time: once at start, in the background, so a
+    file stored by another process (``pypicache prefetch``) or before the
+    limit was set can be evicted too."""
+    files: list[tuple[str, str, str, int, str | None]] = []
+    held: list[str] = []
+    for name in await index.list_projects():
+        if stopping():
+            return
+        record = await index.get_project(name)
+        if record is None:
+            continue
+        for f in record.files:
+            if f.stored and f.sha256:
+                if f.origin == "upstream" and f.url and record.origin == "upstream":
+                    files.append((name, f.filename, f.sha256, f.size or 0,
+                                  f.metadata_sha256 if f.metadata_stored else None))
+                else:
+                    held.append(f.sha256)
+                    if f.metadata_stored and f.metadata_sha256:
+                        held.append(f.metadata_sha256)
+        if len(files) + len(held) >= 2000:
+            await in_thread(book.seed, files, held)
+            files, held = [], []
+    await in_thread(book.seed, files, held)
+
+
+# ------------------------------------------------------------------ server
+
+
+class CacheKeeper:
+    """The server's side: the running total, open blobs, batched access
+    times, and eviction when a store takes the total over ``limit``."""
+
+    def __init__(self, *, storage: Any, index: Any, data_dir: Path, limit: int, low_water: float,
+                 flush_interval: float, reactor: Any, threadpool: Any) -> None:
+        self.storage = storage  # the provider itself, under the TrackedStorage
+        self.index = index
+        self.limit = limit
+        self.low_water = low_water
+        self.flush_interval = flush_interval
+        self.reactor = reactor
+        self.threadpool = threadpool
+        self.book_path = Path(data_dir) / BOOK_FILE
+        self.book: Book | None = None
+        #: Bytes in storage; None until the start-up walk has counted them.
+        self.used: int | None = None
+        self._delta = 0  # changes while the walk runs
+        self.evictions = 0
+        self.evicted_bytes = 0
+        self._open: dict[str, int] = {}
+        self._deleting: dict[str, defer.Deferred[None]] = {}
+        self._touched: dict[str, float] = {}
+        self._stored: dict[tuple[str, str], tuple[str, str, str, int, str | None, float]] = {}
+        self._metadata: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._held: set[str] = set()
+        self._loop: task.LoopingCall | None = None
+        self._busy: set[defer.Deferred[Any]] = set()
+        self._evicting: defer.Deferred[Any] | None = None
+        self._stopping = False
+        self._ready = False
+
+    # ---------------------------------------------------------- lifecycle
+    def in_thread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.threadpool, f, *args, **kwargs)
+
+    def _track(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        self._busy.add(d)
+        d.addBoth(lambda result: (self._busy.discard(d), result)[1])
+        return d
+
+    def start(self) -> None:
+        self._track(defer.ensureDeferred(self._start()))
+
+    async def _start(self) -> None:
+        try:
+            self.book = await self.in_thread(Book, self.book_path)
+            await self.in_thread(self.book.reset_freed)  # the walk below counts what gc left
+            walked = await self.in_thread(walk_inventory, self.storage, lambda: self._stopping)
+            await seed_from_index(self.index, self.book, self.in_thread, lambda: self._stopping)
+        except Exception as e:
+            log.error("the cache size limit is off: cannot read what is stored: {error}", error=repr(e))
+            return
+        if self._stopping:
+            return
+        self.used = walked + self._delta
+        self._ready = True
+        log.info("cache: {used} bytes stored, limit {limit}", used=self.used, limit=self.limit)
+        self._loop = task.LoopingCall(self.flush)
+        self._loop.clock = self.reactor
+        self._loop.start(self.flush_interval, now=True).addErrback(
+            lambda f: log.failure("cache bookkeeping stopped", f))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        while self._busy:
+            await defer.DeferredList(list(self._busy), consumeErrors=True)
+        if self.book is not None:
+            try:
+                await self._flush()
+            except Exception as e:
+                log.warn("cache bookkeeping: last flush failed: {error}", error=repr(e))
+            await self.in_thread(self.book.close)
+            self.book = None
+
+    def usage(self) -> tuple[int | None, int]:
+        return self.used, self.limit
+
+    # ------------------------------------------------- hooks (O(1) each)
+    def opened(self, sha256: str) -> None:
+        self._open[sha256] = self._open.get(sha256, 0) + 1
+        self._touched[sha256] = self.reactor.seconds()
+
+    def closed(self, sha256: str) -> None:
+        n = self._open.get(sha256, 0) - 1
+        if n > 0:
+            self._open[sha256] = n
+        else:
+            self._open.pop(sha256, None)
+
+    def is_open(self, sha256: str) -> bool:
+        return sha256 in self._open
+
+    def deleting(self, sha256: str) -> defer.Deferred[None] | None:
+        return self._deleting.get(sha256)
+
+    def _on_deleting(self, sha256: str, d: defer.Deferred[None]) -> None:
+        self._deleting[sha256] = d
+        d.addBoth(lambda result: (self._deleting.pop(sha256, None), result)[1])
+
+    def added(self, size: int) -> None:
+        if self.used is None:
+            self._delta += size
+            return
+        self.used += size
+        if self.used > self.limit and self._evicting is None and not self._stopping:
+            self._evicting = self._track(defer.ensureDeferred(self._evict()))
+
+    def removed(self, size: int) -> None:
+        if self.used is None:
+            self._delta -= size
+        else:
+            self.used = max(0, self.used - size)
+
+    def note_stored(self, project: str, filename: str, record: Any) -> None:
+        f = record.file(filename) if record is not None else None
+        if f is None or not f.stored or not f.sha256:
+            return
+        if f.origin == "upstream" and f.url and record.origin == "upstream":
+            self._stored[(project, filename)] = (project, filename, f.sha256, f.size or 0,
+                                                 f.metadata_sha256 if f.metadata_stored else None,
+                                                 self.reactor.seconds())
+        else:
+            self._held.add(f.sha256)
+
+    def note_metadata(self, project: str, filename: str, record: Any) -> None:
+        f = record.file(filename) if record is not None else None
+        if f is None or not f.metadata_stored or not f.metadata_sha256:
+            return
+        if f.origin == "upstream" and record.origin == "upstream":
+            self._metadata[(project, filename)] = (project, filename, f.metadata_sha256)
+        else:
+            self._held.add(f.metadata_sha256)
+
+    def note_upload(self, record: Any, filename: str) -> None:
+        f = record.file(filename) if record is not None else None
+        if f is not None and f.sha256:
+            self._held.add(f.sha256)
+            if f.metadata_sha256:
+                self._held.add(f.metadata_sha256)
+
+    # --------------------------------------------------------- batching
+    def flush(self) -> defer.Deferred[Any]:
+        """Write the batch (LoopingCall); then evict if over the limit."""
+        return self._track(defer.ensureDeferred(self._flush_and_check()))
+
+    async def _flush_and_check(self) -> None:
+        try:
+            await self._flush()
+        except Exception as e:
+            log.warn("cache bookkeeping: flush failed (retried): {error}", error=repr(e))
+            return
+        if (self.used is not None and self.used > self.limit and self._evicting is None
+                and not self._stopping):
+            self._evicting = self._track(defer.ensureDeferred(self._evict()))
+
+    async def _flush(self) -> None:
+        if self.book is None:
+            return
+        stored, self._stored = self._stored, {}
+        touched, self._touched = self._touched, {}
+        metadata, self._metadata = self._metadata, {}
+        held, self._held = self._held, set()
+        try:
+            freed = await self.in_thread(self.book.apply, stored=list(stored.values()),
+                                         touched=list(touched.items()), held=list(held),
+                                         metadata=list(metadata.values()))
+        except BaseException:
+            for key, value in stored.items():  # again next time
+                self._stored.setdefault(key, value)
+            for sha, when in touched.items():
+                self._touched[sha] = max(when, self._touched.get(sha, 0.0))
+            self._held |= held
+            raise
+        if freed and self.used is not None:
+            self.used = max(0, self.used - freed)
+
+    async def _evict(self) -> None:
+        try:
+            while self.used is not None and self.used > self.limit and not self._stopping:
+                await self._flush()
+                assert self.book is not None
+                target = int(self.limit * self.low_water)
+                evictor = Evictor(book=self.book, index=self.index, storage=self.storage,
+                                  in_thread=self.in_thread, clock=self.reactor, is_open=self.is_open,
+                                  on_deleting=self._on_deleting)
+                report = await evictor.evict(self.used - target)
+                self.evictions += len(report.files)
+                self.evicted_bytes += report.freed
+                self.removed(report.freed)
+                if report.files:
+                    log.info("cache over its limit: {summary}", summary=report.summary())
+                if report.freed == 0:
+                    log.warn("cache: {used} bytes stored, over the limit of {limit}, and nothing more can "
+                             "be evicted (pinned, private or in use)", used=self.used, limit=self.limit)
+                    break
+        except Exception:
+            log.failure("cache eviction failed")
+        finally:
+            self._evicting = None
+
+
+# ---------------------------------------------------------------- wrappers
+
+
+@implementer(IBlobReader)
+class _Reader:
+    """A reader that tells the keeper when it is closed."""
+
+    __slots__ = ("_inner", "_keeper", "_sha256")
+
+    def __init__(self, inner: Any, keeper: CacheKeeper, sha256: str) -> None:
+        self._inner = inner
+        self._keeper = keeper
+        self._sha256 = sha256
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    def seek(self, offset: int) -> None:
+        self._inner.seek(offset)
+
+    def read(self, length: int) -> Any:
+        return self._inner.read(length)
+
+    def fileno(self) -> Any:
+        return self._inner.fileno()
+
+    def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.closed(self._sha256)
+            self._keeper = None  # type: ignore[assignment]
+        self._inner.close()
+
+
+@implementer(IBlobWriter)
+class _Writer:
+    """A writer whose commit is counted."""
+
+    def __init__(self, inner: Any, storage: TrackedStorage, expected: str | None) -> None:
+        self._inner = inner
+        self._storage = storage
+        self._expected = expected
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data)
+
+    async def _commit(self) -> Any:
+        keeper = self._storage.keeper
+        existed = self._expected is not None and await self._storage.inner.exists(self._expected)
+        info = await self._inner.commit()
+        if not existed:
+            keeper.added(info.size)
+        return info
+
+    def commit(self) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._commit())
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
+class TrackedStorage:
+    """The configured storage, counted: sizes in and out, open blobs, and
+    the access time of every blob opened (one dict update)."""
+
+    def __init__(self, inner: Any, keeper: CacheKeeper) -> None:
+        self.inner = inner
+        self.keeper = keeper
+        directlyProvides(self, providedBy(inner))
+
+    def open_read(self, sha256: str) -> defer.Deferred[Any]:
+        keeper = self.keeper
+        keeper.opened(sha256)
+        d = self.inner.open_read(sha256)
+
+        def opened(reader: Any) -> Any:
+            return _Reader(reader, keeper, sha256)
+
+        def failed(failure: Any) -> Any:
+            keeper.closed(sha256)
+            return failure
+
+        return d.addCallbacks(opened, failed)
+
+    def open_write(self, expected_sha256: str | None) -> Any:
+        return _Writer(self.inner.open_write(expected_sha256), self, expected_sha256)
+
+    async def _ingest(self, path: Any, sha256: str) -> Any:
+        pending = self.keeper.deleting(sha256)
+        if pending is not None:  # evicted this moment: let the delete land first
+            await pending
+        self.keeper.opened(sha256)
+        try:
+            existed = await self.inner.exists(sha256)
+            info = await self.inner.ingest(path, sha256)
+        finally:
+            self.keeper.closed(sha256)
+        if not existed:
+            self.keeper.added(info.size)
+        return info
+
+    def ingest(self, path: Any, sha256: str) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._ingest(path, sha256))
+
+    async def _delete(self, sha256: str) -> None:
+        try:
+            size = await self.inner.size(sha256)
+        except BlobNotFound:
+            size = 0
+        await self.inner.delete(sha256)
+        self.keeper.removed(size)
+
+    def delete(self, sha256: str) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._delete(sha256))
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+
+class TrackedIndex:
+    """The server's index, telling the keeper which stored files are cached
+    upstream files (evictable) and which are private (never)."""
+
+    def __init__(self, inner: Any, keeper: CacheKeeper) -> None:
+        self.inner = inner
+        self.keeper = keeper
+        directlyProvides(self, providedBy(inner))
+
+    def mark_stored(self, name: str, filename: str, blob: Any) -> defer.Deferred[Any]:
+        d = defer.maybeDeferred(self.inner.mark_stored, name, filename, blob)
+        return d.addCallback(lambda record: (self.keeper.note_stored(name, filename, record), record)[1])
+
+    def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred[Any]:
+        d = defer.maybeDeferred(self.inner.mark_metadata_stored, name, filename, sha256)
+        return d.addCallback(lambda record: (self.keeper.note_metadata(name, filename, record), record)[1])
+
+    def add_file(self, name: str, record: Any) -> defer.Deferred[Any]:
+        d = defer.maybeDeferred(self.inner.add_file, name, record)
+        return d.addCallback(lambda new: (self.keeper.note_upload(new, record.filename), new)[1])
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+
+def keep_cache(cache: Any, storage: Any, index: Any, *, data_dir: Path, reactor: Any,
+               threadpool: Any) -> tuple[CacheKeeper, TrackedStorage, TrackedIndex]:
+    """The keeper for ``[cache]`` and the storage and index to use instead
+    of the configured ones; ConfigError when a provider cannot be evicted from."""
+    from pypicache.errors import ConfigError
+    from pypicache.interfaces import IBlobInventory, IIndexRepair
+
+    if not IBlobInventory.providedBy(storage):
+        raise ConfigError("cache.max_size: the storage provider cannot list its blobs (IBlobInventory), "
+                          "so its size cannot be bounded")
+    if not IIndexRepair.providedBy(index):
+        raise ConfigError("cache.max_size: the index provider cannot mark files unstored (IIndexRepair), "
+                          "so nothing can be evicted")
+    keeper = CacheKeeper(storage=storage, index=index, data_dir=data_dir, limit=cache.max_size,
+                         low_water=cache.low_water, flush_interval=cache.access_flush, reactor=reactor,
+                         threadpool=threadpool)
+    return keeper, TrackedStorage(storage, keeper), TrackedIndex(index, keeper)
