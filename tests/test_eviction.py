@@ -19,6 +19,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
+from twisted.logger import LogLevel
 
 from pypicache.daemon import config as configuration
 from tests.blobs import deferred_sleep, get, wait_stored
@@ -96,7 +97,7 @@ async def fetch(server: RunningServer, project: str, filename: str) -> bytes:
 
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
-async def test_fill_to_twice_the_limit_under_concurrent_reads(tmp_path: Path, fake_upstream: Any) -> None:
+async def test_fill_to_twice_the_limit_under_concurrent_reads(tmp_path: Path, fake_upstream: Any, logs: Any) -> None:
     """The issue's test: 20 files of ~20 kB through a 200 kB limit while
     readers keep reading; storage ends within the limit plus one file, no
     read fails, the private upload and the pinned file stay, an evicted file
@@ -151,6 +152,8 @@ async def test_fill_to_twice_the_limit_under_concurrent_reads(tmp_path: Path, fa
 
         assert failures == []
         assert reads[0] > 20
+        assert logs.tracebacks == []
+        assert logs.lines(LogLevel.warn) == []
         on_disk = blob_bytes(server)
         largest = max(len(b) for b in files.values())
         assert sum(on_disk.values()) <= limit + largest, (sum(on_disk.values()), on_disk)

@@ -278,6 +278,7 @@ class Evictor:
 
     def __init__(self, *, book: Book, index: Any, storage: Any, in_thread: Callable[..., Any],
                  clock: Any, is_open: Callable[[str], bool] = lambda sha: False,
+                 stopping: Callable[[], bool] = lambda: False,
                  on_deleting: Callable[[str, defer.Deferred[None]], None] | None = None) -> None:
         self.book = book
         self.index = index
@@ -285,6 +286,7 @@ class Evictor:
         self.in_thread = in_thread
         self.clock = clock
         self.is_open = is_open
+        self.stopping = stopping
         self.on_deleting = on_deleting
         #: (project, filename, metadata) whose blob went but whose mark could
         #: not be undone (delete_first on a full disk); retried at the end.
@@ -298,13 +300,13 @@ class Evictor:
         seen: set[str] = set()
         forget: list[tuple[str, str]] = []
         try:
-            while report.freed < need:
+            while report.freed < need and not self.stopping():
                 rows = await self.in_thread(self.book.victims, cursor)
                 if not rows:
                     break
                 for row in rows:
                     cursor = (row.last_access, row.project, row.filename)
-                    if report.freed >= need:
+                    if report.freed >= need or self.stopping():
                         break
                     if row.sha256 in seen or self.is_open(row.sha256):
                         continue
@@ -372,10 +374,30 @@ class Evictor:
                 metadata = None
         if dry_run:
             return Evicted(row.project, row.filename, size)
+        # Until the blobs are gone, a store of the same bytes (the file
+        # fetched again this moment) waits: it must land after the delete.
+        gate: defer.Deferred[None] = defer.Deferred()
+        if self.on_deleting is not None:
+            for sha in (row.sha256, metadata):
+                if sha is not None:
+                    self.on_deleting(sha, gate)
+        try:
+            size -= await self._remove(row, files, metadata, blob_size, size - blob_size, delete_first)
+        finally:
+            gate.callback(None)
+        forget.extend(keys)
+        for r, _ in files:
+            log.info("evicted {project}/{filename} ({size} bytes)", project=r.project, filename=r.filename,
+                     size=r.size)
+        return Evicted(row.project, row.filename, size)
+
+    async def _remove(self, row: Row, files: list[tuple[Row, Any]], metadata: str | None, blob_size: int,
+                      metadata_size: int, delete_first: bool) -> int:
+        """Unmark and delete; the bytes that stayed after all (opened meanwhile)."""
         if delete_first:
-            await self._delete(row.sha256)
+            await self.storage.delete(row.sha256)
             if metadata is not None:
-                await self._delete(metadata)
+                await self.storage.delete(metadata)
         for r, current in files:
             marks = [False] + ([True] if metadata is not None and current.metadata_sha256 == metadata else [])
             for part in marks:
@@ -389,18 +411,21 @@ class Evictor:
                     # The blob is gone already (gc on a full disk): the next
                     # request finds it missing and fetches it again anyway.
                     self.unrecorded.append((r.project, r.filename, part))
-        if not delete_first:
-            if self.is_open(row.sha256):  # opened meanwhile: it stays, unmarked, and is fetched anew
-                size -= blob_size
+        if delete_first:
+            return 0
+        kept = 0
+        # Opened since it was chosen: it stays, unmarked, and a request that
+        # does not have it open fetches it anew.
+        if self.is_open(row.sha256):
+            kept += blob_size
+        else:
+            await self.storage.delete(row.sha256)
+        if metadata is not None:
+            if self.is_open(metadata):
+                kept += metadata_size
             else:
-                await self._delete(row.sha256)
-            if metadata is not None and not self.is_open(metadata):
-                await self._delete(metadata)
-        forget.extend(keys)
-        for r, _ in files:
-            log.info("evicted {project}/{filename} ({size} bytes)", project=r.project, filename=r.filename,
-                     size=r.size)
-        return Evicted(row.project, row.filename, size)
+                await self.storage.delete(metadata)
+        return kept
 
     async def _metadata_to_drop(self, files: list[tuple[Row, Any]], going: set[tuple[str, str]]) -> str | None:
         """The METADATA blob that goes with the file, unless another file keeps it."""
@@ -413,11 +438,6 @@ class Evictor:
         users = await self.in_thread(self.book.metadata_users, sha)
         return sha if set(users) <= going else None
 
-    async def _delete(self, sha256: str) -> None:
-        d = defer.maybeDeferred(self.storage.delete, sha256)
-        if self.on_deleting is not None:
-            self.on_deleting(sha256, d)
-        await d
 
 
 # --------------------------------------------------------------- inventory
@@ -652,7 +672,7 @@ class CacheKeeper:
                 target = int(self.limit * self.low_water)
                 evictor = Evictor(book=self.book, index=self.index, storage=self.storage,
                                   in_thread=self.in_thread, clock=self.reactor, is_open=self.is_open,
-                                  on_deleting=self._on_deleting)
+                                  stopping=lambda: self._stopping, on_deleting=self._on_deleting)
                 report = await evictor.evict(self.used - target)
                 self.evictions += len(report.files)
                 self.evicted_bytes += report.freed
@@ -717,6 +737,9 @@ class _Writer:
 
     async def _commit(self) -> Any:
         keeper = self._storage.keeper
+        pending = keeper.deleting(self._expected) if self._expected is not None else None
+        if pending is not None:  # evicted this moment: let the delete land first
+            await pending
         existed = self._expected is not None and await self._storage.inner.exists(self._expected)
         info = await self._inner.commit()
         if not existed:
