@@ -220,7 +220,7 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management",
         "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
         "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring",
-        "pypicache.services.eviction", "pypicache.cli.cache"]
+        "pypicache.services.eviction", "pypicache.services.cachebook", "pypicache.cli.cache"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
 from twisted.web.test.requesthelper import DummyRequest

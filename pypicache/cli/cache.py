@@ -57,7 +57,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _book(cfg: Any) -> Any:
-    from pypicache.services.eviction import BOOK_FILE, Book
+    from pypicache.services.cachebook import BOOK_FILE, Book
 
     return Book(cfg.data_dir / BOOK_FILE)
 
