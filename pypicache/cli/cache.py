@@ -216,6 +216,9 @@ async def gc_command(cfg: Any, args: argparse.Namespace, index: Any, context: An
         after = used - report.freed
         out.write(f"{report.summary()} ({_size(report.freed)}); storage "
                   f"{'would hold' if args.dry_run else 'holds'} {_size(after)}, target {_size(args.target)}\n")
+        if report.unrecorded:
+            err.write(f"pypicache: warning: {report.unrecorded} removed file(s) still marked stored in the "
+                      f"index (no room to record it); they are fetched again when asked for\n")
         if after > args.target:
             err.write("pypicache: the target was not reached: the rest is pinned, private or METADATA\n")
         return 0

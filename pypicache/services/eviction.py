@@ -54,6 +54,8 @@ class EvictionReport:
     files: list[Evicted] = attrs.field(factory=list)
     freed: int = 0
     dry_run: bool = False
+    #: Files whose blob went but whose index entry still says stored.
+    unrecorded: int = 0
 
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -111,20 +113,39 @@ class Evictor:
                         if on_file is not None:
                             on_file(done)
                 if not dry_run and forget:
-                    await self.in_thread(self.book.forget, forget)
+                    await self._forget(forget, delete_first)
                     forget = []
         finally:
             if not dry_run and forget:
-                await self.in_thread(self.book.forget, forget)
+                await self._forget(forget, delete_first)
         for project, filename, part in self.unrecorded:  # space was freed since
             try:
                 await self.index.mark_unstored(project, filename, part)
             except KeyError:
                 pass
+            except Exception as e:  # still no room: the blob's absence is found on the next request
+                report.unrecorded += 1
+                log.warn("{project}/{filename}: blob removed, but the index could not record it: {error}",
+                         project=project, filename=filename, error=repr(e))
         self.unrecorded = []
         if not dry_run and report.files:
-            await self.in_thread(self.book.compact)
+            try:
+                await self.in_thread(self.book.compact)
+            except Exception as e:
+                if not delete_first:
+                    raise
+                log.warn("cache bookkeeping: not compacted: {error}", error=repr(e))
         return report
+
+    async def _forget(self, keys: list[tuple[str, str]], tolerant: bool) -> None:
+        try:
+            await self.in_thread(self.book.forget, keys)
+        except Exception as e:
+            if not tolerant:
+                raise
+            # gc on a full disk: rows left behind are found stale and dropped later.
+            log.warn("cache bookkeeping: could not drop {n} evicted row(s) yet: {error}", n=len(keys),
+                     error=repr(e))
 
     async def _current(self, row: Row) -> Any:
         """The index's record of a row's file, if it is still a stored
@@ -282,6 +303,9 @@ class CacheKeeper:
     """The server's side: the running total, open blobs, batched access
     times, and eviction when a store takes the total over ``limit``."""
 
+    #: Seconds before trying again after an eviction that freed nothing.
+    FUTILE_PAUSE = 60.0
+
     def __init__(self, *, storage: Any, index: Any, data_dir: Path, limit: int, low_water: float,
                  flush_interval: float, reactor: Any, threadpool: Any) -> None:
         self.storage = storage  # the provider itself, under the TrackedStorage
@@ -308,7 +332,7 @@ class CacheKeeper:
         self._busy: set[defer.Deferred[Any]] = set()
         self._evicting: defer.Deferred[Any] | None = None
         self._stopping = False
-        self._ready = False
+        self._quiet_until = 0.0
 
     # ---------------------------------------------------------- lifecycle
     def in_thread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
@@ -334,7 +358,6 @@ class CacheKeeper:
         if self._stopping:
             return
         self.used = walked + self._delta
-        self._ready = True
         log.info("cache: {used} bytes stored, limit {limit}", used=self.used, limit=self.limit)
         self._loop = task.LoopingCall(self.flush)
         self._loop.clock = self.reactor
@@ -385,8 +408,16 @@ class CacheKeeper:
             self._delta += size
             return
         self.used += size
-        if self.used > self.limit and self._evicting is None and not self._stopping:
-            self._evicting = self._track(defer.ensureDeferred(self._evict()))
+        self._maybe_evict()
+
+    def _maybe_evict(self) -> None:
+        """Start an eviction when over the limit and none runs (O(1))."""
+        if (self._evicting is not None or self._stopping or self.used is None or self.used <= self.limit
+                or self.reactor.seconds() < self._quiet_until):
+            return
+        d = defer.ensureDeferred(self._evict())
+        if not d.called:
+            self._evicting = self._track(d)
 
     def removed(self, size: int) -> None:
         if self.used is None:
@@ -432,9 +463,7 @@ class CacheKeeper:
         except Exception as e:
             log.warn("cache bookkeeping: flush failed (retried): {error}", error=repr(e))
             return
-        if (self.used is not None and self.used > self.limit and self._evicting is None
-                and not self._stopping):
-            self._evicting = self._track(defer.ensureDeferred(self._evict()))
+        self._maybe_evict()
 
     async def _flush(self) -> None:
         if self.book is None:
@@ -473,6 +502,8 @@ class CacheKeeper:
                 if report.files:
                     log.info("cache over its limit: {summary}", summary=report.summary())
                 if report.freed == 0:
+                    # Said once a minute, not after every store.
+                    self._quiet_until = self.reactor.seconds() + self.FUTILE_PAUSE
                     log.warn("cache: {used} bytes stored, over the limit of {limit}, and nothing more can "
                              "be evicted (pinned, private or in use)", used=self.used, limit=self.limit)
                     break
