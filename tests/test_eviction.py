@@ -322,3 +322,44 @@ async def test_pin_commands_and_one_line_errors(tmp_path: Path, fake_upstream: A
     unpinned = await run_command(config_path, "unpin", "prod")
     assert unpinned.returncode == 0 and "unpinned prod" in unpinned.stdout
     assert (await run_command(config_path, "pins")).stdout == ""
+
+
+def _no_writes() -> None:
+    """In the child: no file may grow (RLIMIT_FSIZE 0), as on a full disk."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_gc_frees_space_when_nothing_can_be_written(tmp_path: Path, fake_upstream: Any) -> None:
+    """gc deletes blobs before it writes anything: with no file allowed to
+    grow (a full disk) it still removes files; the server, which still
+    thinks them stored, fetches them again when asked."""
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    files = add_bulk(fake_upstream, tmp_path / "dists", 4, pad=10_000)
+    config_path = write_config(tmp_path, fake_upstream.url, 'max_size = "1 GB"\naccess_flush = 0.2')
+    server = await start_server(configuration.load(config_path))
+    try:
+        await ready(server)
+        for i in range(4):
+            await fetch(server, f"bulk{i}", wheel_name(i))
+            await wait_stored(server, wheel_name(i), f"bulk{i}")
+        await server.app.cache_keeper.flush()
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        command = [sys.executable, "-m", "pypicache.cli.admin", "--config", str(config_path), "gc", "--to", "15kB"]
+        result = await deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=60, env=env,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_no_writes).addTimeout(90, reactor)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("removed bulk") >= 2, result.stdout
+        assert "still marked stored in the index" in result.stderr  # nothing could be written indeed
+        assert sum(blob_bytes(server).values()) <= 15_000
+        for i in range(4):
+            assert await fetch(server, f"bulk{i}", wheel_name(i)) == files[wheel_name(i)]
+    finally:
+        await server.stop()
