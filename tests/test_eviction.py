@@ -363,3 +363,35 @@ async def test_gc_frees_space_when_nothing_can_be_written(tmp_path: Path, fake_u
             assert await fetch(server, f"bulk{i}", wheel_name(i)) == files[wheel_name(i)]
     finally:
         await server.stop()
+
+
+def test_bookkeeping_file_gives_space_back_and_picks_victims_by_index(tmp_path: Path) -> None:
+    """Forgetting rows shrinks the file (auto_vacuum, WAL checkpointed);
+    choosing victims and recording access times search indexes, never scan
+    the table; the file is the server's user's only."""
+    from pypicache.services.cachebook import Book
+
+    book = Book(tmp_path / "cache.sqlite3")
+    try:
+        rows = [(f"p{i}", f"f{i}.whl", f"{i:064x}", 100, None, float(i)) for i in range(5000)]
+        book.apply(stored=rows)
+        book.compact()
+        full = os.stat(tmp_path / "cache.sqlite3").st_size
+        assert [r.project for r in book.victims(None, 3)] == ["p0", "p1", "p2"]
+        assert [r.project for r in book.victims((1.0, "p1", "f1.whl"), 2)] == ["p2", "p3"]
+        book.pin("prod", [("p2", "f2.whl", None)])
+        book.pin("other", [("p9", "f9.whl", f"{3:064x}")])  # same bytes as p3: kept too
+        assert [r.project for r in book.victims((1.0, "p1", "f1.whl"), 2)] == ["p4", "p5"]
+        book.forget([(r[0], r[1]) for r in rows])
+        book.compact()
+        assert os.stat(tmp_path / "cache.sqlite3").st_size < full / 10
+        assert os.stat(tmp_path / "cache.sqlite3").st_mode & 0o777 == 0o600
+        conn = sqlite3.connect(tmp_path / "cache.sqlite3")
+        from pypicache.services.cachebook import TOUCH_SQL, VICTIMS_SQL
+
+        plans = [" ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+                 for sql, args in ((VICTIMS_SQL, (0, "", "", 64)), (TOUCH_SQL, ("x", 1.0)))]
+        conn.close()
+        assert all("USING" in plan and "SCAN" not in plan for plan in plans), plans
+    finally:
+        book.close()

@@ -34,6 +34,17 @@ __all__ = ["BOOK_FILE", "Book", "Row"]
 BOOK_FILE = "cache.sqlite3"
 #: Victims read from the bookkeeping file per query.
 BATCH = 64
+
+#: The next victims: a search of the last-access index from a cursor, with
+#: the pins' indexes for the two exclusions (tests/test_eviction.py checks
+#: the plan), so each query costs what it returns.
+VICTIMS_SQL = (
+    "SELECT project, filename, sha256, size, metadata_sha256, last_access FROM cached "
+    "WHERE (last_access, project, filename) > (?, ?, ?) "
+    "AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.project = cached.project AND pins.filename = cached.filename) "
+    "AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.sha256 = cached.sha256) "
+    "ORDER BY last_access, project, filename LIMIT ?")
+TOUCH_SQL = "UPDATE cached SET last_access = max(last_access, ?2) WHERE sha256 = ?1"
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = (
@@ -74,9 +85,10 @@ class Book:
         self.path = Path(path)
 
         def build(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before any table: pages go back
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # pages go back to the file system...
             for statement in _SCHEMA:
                 conn.execute(statement)
+            conn.execute("VACUUM")  # ...once VACUUM applies it (the WAL switch created the file already)
 
         create_sqlite(self.path, build)
         self._lock = threading.Lock()
@@ -121,8 +133,7 @@ class Book:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, filename) DO UPDATE SET "
                 "sha256 = excluded.sha256, size = excluded.size, last_access = excluded.last_access, "
                 "metadata_sha256 = coalesce(excluded.metadata_sha256, metadata_sha256)", list(stored))
-            conn.executemany("UPDATE cached SET last_access = max(last_access, ?2) WHERE sha256 = ?1",
-                             list(touched))
+            conn.executemany(TOUCH_SQL, list(touched))
             conn.executemany("INSERT OR IGNORE INTO held (sha256) VALUES (?)", [(s,) for s in held])
             conn.executemany("UPDATE cached SET metadata_sha256 = ?3 WHERE project = ?1 AND filename = ?2",
                              list(metadata))
@@ -155,13 +166,7 @@ class Book:
     def victims(self, after: tuple[float, str, str] | None, limit: int = BATCH) -> list[Row]:
         """The next ``limit`` least recently used unpinned rows after ``after``."""
         last, project, filename = after if after is not None else (-1.0, "", "")
-        rows = self._read(
-            "SELECT project, filename, sha256, size, metadata_sha256, last_access FROM cached "
-            "WHERE (last_access, project, filename) > (?, ?, ?) "
-            "AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.project = cached.project "
-            "                AND pins.filename = cached.filename) "
-            "AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.sha256 = cached.sha256) "
-            "ORDER BY last_access, project, filename LIMIT ?", (last, project, filename, limit))
+        rows = self._read(VICTIMS_SQL, (last, project, filename, limit))
         return [Row(*r) for r in rows]
 
     def sharing(self, sha256: str) -> list[Row]:
@@ -198,7 +203,7 @@ class Book:
         """Hand free pages back and empty the write-ahead log: evicting
         never leaves the file bigger than its rows need."""
         with self._lock:
-            self._conn.execute("PRAGMA incremental_vacuum")
+            self._conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page only
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def count(self) -> int:
