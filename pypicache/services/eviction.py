@@ -26,6 +26,7 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from pypicache.interfaces import IBlobReader, IBlobWriter
@@ -590,6 +591,8 @@ class TrackedStorage:
         keeper = self.keeper
         keeper.opened(sha256)
         d = self.inner.open_read(sha256)
+        if d.called and not isinstance(d.result, Failure):  # the usual case: no callback machinery
+            return defer.succeed(_Reader(d.result, keeper, sha256))
 
         def opened(reader: Any) -> Any:
             return _Reader(reader, keeper, sha256)
