@@ -218,6 +218,14 @@ async def test_access_times_are_batched(tmp_path: Path, fake_upstream: Any) -> N
         with sqlite3.connect(book_file) as conn:
             (after,) = conn.execute("SELECT last_access FROM cached").fetchone()
         assert after > before
+        # A blob stored by another process (pypicache prefetch) is counted at the next recount.
+        used = keeper.used
+        data = b"stored elsewhere" * 100
+        blob = server.app.storage.path_of(hashlib.sha256(data).hexdigest())
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        await keeper._recount()
+        assert keeper.used == used + len(data)
     finally:
         await server.stop()
 

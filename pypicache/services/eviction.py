@@ -306,6 +306,8 @@ class CacheKeeper:
 
     #: Seconds before trying again after an eviction that freed nothing.
     FUTILE_PAUSE = 60.0
+    #: Seconds between counts of storage (the first is at start).
+    RECOUNT_INTERVAL = 3600.0
 
     def __init__(self, *, storage: Any, index: Any, data_dir: Path, limit: int, low_water: float,
                  flush_interval: float, reactor: Any, threadpool: Any) -> None:
@@ -320,7 +322,7 @@ class CacheKeeper:
         self.book: Book | None = None
         #: Bytes in storage; None until the start-up walk has counted them.
         self.used: int | None = None
-        self._delta = 0  # changes while the walk runs
+        self._delta = 0  # changes while a count runs
         self.evictions = 0
         self.evicted_bytes = 0
         self._open: dict[str, int] = {}
@@ -330,6 +332,8 @@ class CacheKeeper:
         self._metadata: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._held: set[str] = set()
         self._loop: task.LoopingCall | None = None
+        self._recount_loop: task.LoopingCall | None = None
+        self._walking = False
         self._busy: set[defer.Deferred[Any]] = set()
         self._evicting: defer.Deferred[Any] | None = None
         self._stopping = False
@@ -351,24 +355,44 @@ class CacheKeeper:
         try:
             self.book = await self.in_thread(Book, self.book_path)
             await self.in_thread(self.book.reset_freed)  # the walk below counts what gc left
-            walked = await self.in_thread(walk_inventory, self.storage, lambda: self._stopping)
+            await self._recount()
             await seed_from_index(self.index, self.book, self.in_thread, lambda: self._stopping)
         except Exception as e:
             log.error("the cache size limit is off: cannot read what is stored: {error}", error=repr(e))
             return
         if self._stopping:
             return
-        self.used = walked + self._delta
         log.info("cache: {used} bytes stored, limit {limit}", used=self.used, limit=self.limit)
         self._loop = task.LoopingCall(self.flush)
         self._loop.clock = self.reactor
         self._loop.start(self.flush_interval, now=True).addErrback(
             lambda f: log.failure("cache bookkeeping stopped", f))
+        # Another process may store files too (pypicache prefetch): counted
+        # again now and then, in the background, so the total cannot drift.
+        self._recount_loop = task.LoopingCall(lambda: self._track(defer.ensureDeferred(self._recount())))
+        self._recount_loop.clock = self.reactor
+        self._recount_loop.start(self.RECOUNT_INTERVAL, now=False).addErrback(
+            lambda f: log.failure("cache recount stopped", f))
+
+    async def _recount(self) -> None:
+        """Count the bytes in storage by listing it (blocking walk, in a thread)."""
+        self._delta = 0
+        self._walking = True
+        try:
+            walked = await self.in_thread(walk_inventory, self.storage, lambda: self._stopping)
+        except Exception as e:
+            log.warn("cache: counting storage failed: {error}", error=repr(e))
+            return
+        finally:
+            self._walking = False
+        if not self._stopping:
+            self.used = walked + self._delta
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._recount_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         while self._busy:
             await defer.DeferredList(list(self._busy), consumeErrors=True)
         if self.book is not None:
@@ -405,11 +429,11 @@ class CacheKeeper:
         d.addBoth(lambda result: (self._deleting.pop(sha256, None), result)[1])
 
     def added(self, size: int) -> None:
-        if self.used is None:
+        if self._walking:
             self._delta += size
-            return
-        self.used += size
-        self._maybe_evict()
+        if self.used is not None:
+            self.used += size
+            self._maybe_evict()
 
     def _maybe_evict(self) -> None:
         """Start an eviction when over the limit and none runs (O(1))."""
@@ -421,9 +445,9 @@ class CacheKeeper:
             self._evicting = self._track(d)
 
     def removed(self, size: int) -> None:
-        if self.used is None:
+        if self._walking:
             self._delta -= size
-        else:
+        if self.used is not None:
             self.used = max(0, self.used - size)
 
     def note_stored(self, project: str, filename: str, record: Any) -> None:
