@@ -68,13 +68,15 @@ class Evictor:
     ``pypicache gc``.
 
     ``is_open(sha256)`` says a blob is being read or written in this
-    process; ``delete_first`` (gc, maybe on a full disk) deletes blobs
+    process, ``is_held(sha256)`` that a private file uses it (not yet in
+    the bookkeeping file); ``delete_first`` (gc, maybe on a full disk) deletes blobs
     before recording anything, so it needs no free space to start.
     """
 
     def __init__(self, *, book: Book, index: Any, storage: Any, in_thread: Callable[..., Any],
                  clock: Any, is_open: Callable[[str], bool] = lambda sha: False,
                  stopping: Callable[[], bool] = lambda: False,
+                 is_held: Callable[[str], bool] = lambda sha: False,
                  on_deleting: Callable[[str, defer.Deferred[None]], None] | None = None) -> None:
         self.book = book
         self.index = index
@@ -83,6 +85,7 @@ class Evictor:
         self.clock = clock
         self.is_open = is_open
         self.stopping = stopping
+        self.is_held = is_held
         self.on_deleting = on_deleting
         #: (project, filename, metadata) whose blob went but whose mark could
         #: not be undone (delete_first on a full disk); retried at the end.
@@ -160,7 +163,7 @@ class Evictor:
 
     async def _one(self, row: Row, dry_run: bool, delete_first: bool,
                    forget: list[tuple[str, str]]) -> Evicted | None:
-        if await self.in_thread(self.book.held, row.sha256):  # a private file has these bytes
+        if self.is_held(row.sha256) or await self.in_thread(self.book.held, row.sha256):  # a private file's too
             forget.append((row.project, row.filename))
             return None
         files = []
@@ -248,7 +251,7 @@ class Evictor:
         if len(shas) != 1:
             return None
         (sha,) = shas
-        if sha is None or await self.in_thread(self.book.held, sha):
+        if sha is None or self.is_held(sha) or await self.in_thread(self.book.held, sha):
             return None
         users = await self.in_thread(self.book.metadata_users, sha)
         return sha if set(users) <= going else None
@@ -306,6 +309,8 @@ class CacheKeeper:
 
     #: Seconds before trying again after an eviction that freed nothing.
     FUTILE_PAUSE = 60.0
+    #: Seconds a blob stored but not yet indexed is kept from eviction at most.
+    FRESH_FOR = 60.0
     #: Seconds between counts of storage (the first is at start).
     RECOUNT_INTERVAL = 3600.0
 
@@ -326,11 +331,15 @@ class CacheKeeper:
         self.evictions = 0
         self.evicted_bytes = 0
         self._open: dict[str, int] = {}
+        self._fresh: dict[str, float] = {}  # stored, not yet indexed: sha256 -> when
         self._deleting: dict[str, defer.Deferred[None]] = {}
         self._touched: dict[str, float] = {}
         self._stored: dict[tuple[str, str], tuple[str, str, str, int, str | None, float]] = {}
         self._metadata: dict[tuple[str, str], tuple[str, str, str]] = {}
-        self._held: set[str] = set()
+        self._held: set[str] = set()  # the next batch
+        #: Every private blob seen by this process: the evictor checks it
+        #: besides the file, so a batch not yet written protects too.
+        self._private: set[str] = set()
         self._loop: task.LoopingCall | None = None
         self._recount_loop: task.LoopingCall | None = None
         self._walking = False
@@ -419,7 +428,20 @@ class CacheKeeper:
             self._open.pop(sha256, None)
 
     def is_open(self, sha256: str) -> bool:
-        return sha256 in self._open
+        return sha256 in self._open or sha256 in self._fresh
+
+    def stored(self, sha256: str, size: int, new: bool) -> None:
+        """A blob was stored (ingest, commit).  Until the index records whose
+        it is (:class:`TrackedIndex`), it counts as open: an upload of bytes
+        a cached file has must not lose them in between."""
+        self._fresh[sha256] = self.reactor.seconds()
+        if new:
+            self.added(size)
+
+    def indexed(self, *shas: str | None) -> None:
+        for sha in shas:
+            if sha is not None:
+                self._fresh.pop(sha, None)
 
     def deleting(self, sha256: str) -> defer.Deferred[None] | None:
         return self._deleting.get(sha256)
@@ -450,6 +472,10 @@ class CacheKeeper:
         if self.used is not None:
             self.used = max(0, self.used - size)
 
+    def _note_private(self, sha256: str) -> None:
+        self._held.add(sha256)
+        self._private.add(sha256)
+
     def note_stored(self, project: str, filename: str, record: Any) -> None:
         f = record.file(filename) if record is not None else None
         if f is None or not f.stored or not f.sha256:
@@ -459,7 +485,7 @@ class CacheKeeper:
                                                  f.metadata_sha256 if f.metadata_stored else None,
                                                  self.reactor.seconds())
         else:
-            self._held.add(f.sha256)
+            self._note_private(f.sha256)
 
     def note_metadata(self, project: str, filename: str, record: Any) -> None:
         f = record.file(filename) if record is not None else None
@@ -468,14 +494,14 @@ class CacheKeeper:
         if f.origin == "upstream" and record.origin == "upstream":
             self._metadata[(project, filename)] = (project, filename, f.metadata_sha256)
         else:
-            self._held.add(f.metadata_sha256)
+            self._note_private(f.metadata_sha256)
 
     def note_upload(self, record: Any, filename: str) -> None:
         f = record.file(filename) if record is not None else None
         if f is not None and f.sha256:
-            self._held.add(f.sha256)
+            self._note_private(f.sha256)
             if f.metadata_sha256:
-                self._held.add(f.metadata_sha256)
+                self._note_private(f.metadata_sha256)
 
     # --------------------------------------------------------- batching
     def flush(self) -> defer.Deferred[Any]:
@@ -497,6 +523,10 @@ class CacheKeeper:
         touched, self._touched = self._touched, {}
         metadata, self._metadata = self._metadata, {}
         held, self._held = self._held, set()
+        if self._fresh:  # a store whose index write failed: not protected forever
+            old = self.reactor.seconds() - self.FRESH_FOR
+            for sha in [sha for sha, when in self._fresh.items() if when < old]:
+                del self._fresh[sha]
         try:
             freed = await self.in_thread(self.book.apply, stored=list(stored.values()),
                                          touched=list(touched.items()), held=list(held),
@@ -519,7 +549,8 @@ class CacheKeeper:
                 target = int(self.limit * self.low_water)
                 evictor = Evictor(book=self.book, index=self.index, storage=self.storage,
                                   in_thread=self.in_thread, clock=self.reactor, is_open=self.is_open,
-                                  stopping=lambda: self._stopping, on_deleting=self._on_deleting)
+                                  stopping=lambda: self._stopping, is_held=self._private.__contains__,
+                                  on_deleting=self._on_deleting)
                 report = await evictor.evict(self.used - target)
                 self.evictions += len(report.files)
                 self.evicted_bytes += report.freed
@@ -591,8 +622,7 @@ class _Writer:
             await pending
         existed = self._expected is not None and await self._storage.inner.exists(self._expected)
         info = await self._inner.commit()
-        if not existed:
-            keeper.added(info.size)
+        keeper.stored(info.sha256, info.size, not existed)
         return info
 
     def commit(self) -> defer.Deferred[Any]:
@@ -638,10 +668,9 @@ class TrackedStorage:
         try:
             existed = await self.inner.exists(sha256)
             info = await self.inner.ingest(path, sha256)
+            self.keeper.stored(sha256, info.size, not existed)
         finally:
             self.keeper.closed(sha256)
-        if not existed:
-            self.keeper.added(info.size)
         return info
 
     def ingest(self, path: Any, sha256: str) -> defer.Deferred[Any]:
@@ -673,15 +702,18 @@ class TrackedIndex:
 
     def mark_stored(self, name: str, filename: str, blob: Any) -> defer.Deferred[Any]:
         d = defer.maybeDeferred(self.inner.mark_stored, name, filename, blob)
+        d.addBoth(lambda result: (self.keeper.indexed(getattr(blob, "sha256", None)), result)[1])
         return d.addCallback(lambda record: (self.keeper.note_stored(name, filename, record), record)[1])
 
     def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred[Any]:
         d = defer.maybeDeferred(self.inner.mark_metadata_stored, name, filename, sha256)
+        d.addBoth(lambda result: (self.keeper.indexed(sha256), result)[1])
         return d.addCallback(lambda record: (self.keeper.note_metadata(name, filename, record), record)[1])
 
     def add_file(self, name: str, record: Any) -> defer.Deferred[Any]:
         d = defer.maybeDeferred(self.inner.add_file, name, record)
-        return d.addCallback(lambda new: (self.keeper.note_upload(new, record.filename), new)[1])
+        d.addCallback(lambda new: (self.keeper.note_upload(new, record.filename), new)[1])
+        return d.addBoth(lambda result: (self.keeper.indexed(record.sha256, record.metadata_sha256), result)[1])
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.inner, attr)
