@@ -232,14 +232,14 @@ class Evictor:
         if delete_first:
             return 0
         kept = 0
-        # Opened since it was chosen: it stays, unmarked, and a request that
-        # does not have it open fetches it anew.
-        if self.is_open(row.sha256):
+        # Opened (or uploaded privately) since it was chosen: it stays,
+        # unmarked; a request that does not have it open fetches it anew.
+        if self.is_open(row.sha256) or self.is_held(row.sha256):
             kept += blob_size
         else:
             await self.storage.delete(row.sha256)
         if metadata is not None:
-            if self.is_open(metadata):
+            if self.is_open(metadata) or self.is_held(metadata):
                 kept += metadata_size
             else:
                 await self.storage.delete(metadata)
