@@ -405,3 +405,39 @@ def test_bookkeeping_file_gives_space_back_and_picks_victims_by_index(tmp_path: 
         assert all("USING" in plan and "SCAN" not in plan for plan in plans), plans
     finally:
         book.close()
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_pip_installs_an_evicted_file_again(tmp_path: Path, fake_upstream: Any) -> None:
+    """Real pip through a limited server: install, evict everything with
+    gc (the server running), install again: the wheel comes from the
+    upstream through the server a second time."""
+    from twisted.internet.threads import deferToThread
+
+    from tests.clients import pip_install
+
+    config_path = write_config(tmp_path, fake_upstream.url, 'max_size = "1 GB"\naccess_flush = 0.2')
+    server = await start_server(configuration.load(config_path))
+    wheel = "tinyproj-2.0-py3-none-any.whl"
+    try:
+        await ready(server)
+        first = await deferToThread(pip_install, server.simple, "tinyproj==2.0", target=tmp_path / "t1")
+        assert first.returncode == 0, first.stderr
+        await wait_stored(server, wheel)
+        await server.app.cache_keeper.flush()
+        gc = await run_command(config_path, "gc", "--to", "0")
+        assert gc.returncode == 0 and f"removed tinyproj {wheel}" in gc.stdout, (gc.stdout, gc.stderr)
+        assert not blob_bytes(server)
+        def fetched() -> list[str]:
+            return [path for method, path, _ in fake_upstream.requests if method == "GET" and wheel in path]
+
+        before = fetched()
+        second = await deferToThread(pip_install, server.simple, "tinyproj==2.0", target=tmp_path / "t2")
+        assert second.returncode == 0, second.stderr
+        assert (tmp_path / "t2" / "tinyproj" / "__init__.py").exists()
+        again = fetched()[len(before):]  # through this server, again: the wheel and its METADATA
+        assert sorted(p.rsplit("/", 1)[-1] for p in again) == [wheel, wheel + ".metadata"], again
+        await wait_stored(server, wheel)
+    finally:
+        await server.stop()
