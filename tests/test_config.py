@@ -414,6 +414,27 @@ def test_new_sections_refuse_unknown_keys(section):
         configuration.parse({section: {"nonsense": 1}})
 
 
+def test_cache_table_sizes_fractions_and_durations():
+    cfg = parse({"cache": {"max_size": "20 GiB", "low_water": 0.8, "access_flush": "1m"}})
+    assert (cfg.cache.max_size, cfg.cache.low_water, cfg.cache.access_flush) == (20 * 1024**3, 0.8, 60.0)
+    assert parse({"cache": {"max_size": 5000}}).cache.max_size == 5000
+    assert (Config().cache.max_size, Config().cache.low_water, Config().cache.access_flush) == (None, 0.9, 10.0)
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"max_size": "lots"}, r"^cache\.max_size: expected a size"),
+    ({"max_size": 0}, r"^cache\.max_size: must be more than 0 bytes"),
+    ({"max_size": 1.5}, r"^cache\.max_size: expected int or str"),
+    ({"low_water": 0.2}, r"^cache\.low_water: must be between 0.5 and 1.0"),
+    ({"low_water": True}, r"^cache\.low_water: expected"),
+    ({"access_flush": "soon"}, r"^cache\.access_flush: expected a duration"),
+    ({"access_flush": 0}, r"^cache\.access_flush: must be between"),
+])
+def test_a_bad_cache_key_is_named(table, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"cache": table})
+
+
 def test_policy_table_is_validated_into_seconds_and_names():
     cfg = parse({"policy": {"min_age": "3d", "min_age_exempt": ["Foo_Bar"],
                             "min_age_overrides": {"Slow.Pkg": "12h"}, "missing_upload_time": "hide",

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``add_parser(commands)`` (adds its sub-commands)
 #: and ``run(cfg, args) -> int`` (the exit status); ``COMMANDS`` names the
 #: sub-commands it adds.
-COMMAND_MODULES: tuple[str, ...] = ("bundles", "policy", "audit")
+COMMAND_MODULES: tuple[str, ...] = ("bundles", "policy", "audit", "cache")
 
 
 def _command_modules() -> list[Any]:

@@ -54,6 +54,7 @@ class App:
     monitoring: Any = None  # the Site for [monitoring] listen; None when not configured
     policy: Any = None  # the current PolicyConfig: replaced on reload (pypicache.daemon.reload)
     audit: Any = None  # the audit log (pypicache.services.audit)
+    cache_keeper: Any = None  # pypicache.services.eviction.CacheKeeper when [cache] max_size is set
 
     #: How long close() waits for verified downloads to be stored and indexed.
     SETTLE_TIMEOUT = 10.0
@@ -66,6 +67,8 @@ class App:
                 await self.scrubber.stop()
             if self.downloader is not None:
                 await self.downloader.settle(self.reactor, self.SETTLE_TIMEOUT)
+            if self.cache_keeper is not None:
+                await self.cache_keeper.stop()
             await self.index.close()
             if self.accounts is not None:
                 await self.accounts.close()
@@ -74,6 +77,13 @@ class App:
                 if IClosable.providedBy(provider):
                     await defer.maybeDeferred(provider.close)
             self.threadpool.stop()
+
+    def cache_usage(self) -> tuple[int | None, int | None]:
+        """(bytes in storage, ``[cache] max_size``): (None, None) without a
+        limit; the bytes are None until the start-up count is done."""
+        if self.cache_keeper is None:
+            return None, None
+        return self.cache_keeper.usage()
 
 
 def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
@@ -105,6 +115,16 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                     root_ttl=config.root_ttl, offline=config.offline, merge=config.uploads.merge,
                     not_found_ttl=config.not_found_ttl, memory_bytes=config.page_cache_bytes, traffic=traffic)
     index = mirror.index
+    keeper = None
+    if config.cache.max_size is not None:  # LRU eviction (services/eviction.py): imported only then
+        from pypicache.services.eviction import keep_cache
+
+        try:
+            keeper, storage, index = keep_cache(config.cache, storage, index, data_dir=data_dir,
+                                                reactor=reactor, threadpool=threadpool)
+        except BaseException:
+            stop_context(context)
+            raise
     downloader = Downloader(storage=storage, index=index, upstream=upstream, spool_dir=data_dir / "spool",
                             traffic=traffic)
     accounts = Accounts(AccountStore(data_dir / "accounts.sqlite3"), reactor,
@@ -163,7 +183,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         from pypicache.web.monitoring import Metrics
 
         if not metrics_route:
-            collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages)
+            collector = prometheus.ServerCollector(stats, upstream=upstream, pages=root.pages, cache=keeper)
             metrics_route.append(Metrics(prometheus.make_registry(collector),
                                          lambda registry: prometheus.scrape_in_thread(registry, traffic, in_thread),
                                          prometheus.CONTENT_TYPE_LATEST))
@@ -173,9 +193,13 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         from pypicache.services.usage import DiskUsage
         from pypicache.web.ui import build_ui
 
-        # The one place to re-point when the app keeps its own account of the cache's size.
-        limit = getattr(config.cache, "max_size", None)
-        usage = DiskUsage(storage, in_thread, reactor, limit)
+        if keeper is not None:  # the eviction's running total: no walk of the store
+            from pypicache.services.usage import Usage
+
+            async def usage() -> Usage:
+                return Usage(*keeper.usage())
+        else:
+            usage = DiskUsage(storage, in_thread, reactor, None)
         return build_ui(mirror, storage, downloader, stats, usage, in_thread)
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
@@ -213,7 +237,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
               accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic,
-              audit=audit, policy=config.policy)
+              audit=audit, policy=config.policy, cache_keeper=keeper)
     if config.monitoring.listen:  # its own listener: no gates, the same counters
         from pypicache.web.site import build_monitoring_root, monitoring_route_of
 
@@ -228,4 +252,6 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         raise ConfigError(str(e)) from None
     if scrubber is not None:
         scrubber.start()
+    if keeper is not None:
+        keeper.start()
     return app

@@ -94,6 +94,15 @@ class PrefetchConfig:
 class CacheConfig:
     """The size limit on cached upstream files and its eviction (docs/operations.md)."""
 
+    #: Bytes storage may hold before least recently used upstream files are
+    #: evicted; None: no limit.  Private uploads count but are never evicted.
+    max_size: int | None = None
+    #: Eviction frees down to this fraction of max_size, so it does not run
+    #: again at the very next store.
+    low_water: float = 0.9
+    #: Seconds between writes of the batched access times.
+    access_flush: float = 10.0
+
 
 @attrs.frozen
 class MonitoringConfig:
@@ -499,8 +508,22 @@ def _table(section: str, table: Any, known: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _cache(table: Any) -> CacheConfig:
-    _table("cache", table, {})
-    return CacheConfig()
+    table = _table("cache", table, {"max_size": (int, str), "low_water": (int, float),
+                                    "access_flush": (int, float, str)})
+    kwargs: dict[str, Any] = {}
+    if "max_size" in table:
+        kwargs["max_size"] = parse_size("cache.max_size", table["max_size"])
+        if kwargs["max_size"] <= 0:
+            raise ConfigError(f"cache.max_size: must be more than 0 bytes, got {table['max_size']!r}")
+    if "low_water" in table:
+        if not 0.5 <= table["low_water"] <= 1.0:
+            raise ConfigError(f"cache.low_water: must be between 0.5 and 1.0, got {table['low_water']!r}")
+        kwargs["low_water"] = float(table["low_water"])
+    if "access_flush" in table:
+        kwargs["access_flush"] = parse_duration("cache.access_flush", table["access_flush"])
+        if not 0.01 <= kwargs["access_flush"] <= 3600:
+            raise ConfigError(f"cache.access_flush: must be between 0.01 s and 1 h, got {table['access_flush']!r}")
+    return CacheConfig(**kwargs)
 
 
 def _monitoring(table: Any) -> MonitoringConfig:

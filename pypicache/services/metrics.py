@@ -44,10 +44,11 @@ class ServerCollector:
     """Reads ``stats``, ``upstream`` (its ``state`` when it is a circuit
     breaker) and ``pages`` (a PageCache: ``used``, ``budget``, ``len``)."""
 
-    def __init__(self, stats: Any, upstream: Any = None, pages: Any = None) -> None:
+    def __init__(self, stats: Any, upstream: Any = None, pages: Any = None, cache: Any = None) -> None:
         self.stats = stats
         self.upstream = upstream
         self.pages = pages
+        self.cache = cache  # an eviction CacheKeeper ([cache] max_size), or None
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("pypicache_build_info", "The running pypicache version (always 1).",
@@ -68,6 +69,15 @@ class ServerCollector:
                                     value=self.pages.used)
             yield GaugeMetricFamily("pypicache_memory_pages_limit_bytes",
                                     "The byte budget for rendered index pages in memory.", value=self.pages.budget)
+        if self.cache is not None:
+            used, limit = self.cache.usage()
+            if used is not None:
+                yield GaugeMetricFamily("pypicache_storage_used_bytes", "Bytes of blobs in storage.", value=used)
+            yield GaugeMetricFamily("pypicache_storage_limit_bytes", "[cache] max_size.", value=limit)
+            yield CounterMetricFamily("pypicache_cache_evictions", "Cached files evicted for the size limit.",
+                                      value=self.cache.evictions)
+            yield CounterMetricFamily("pypicache_cache_evicted_bytes", "Bytes freed by evicting cached files.",
+                                      value=self.cache.evicted_bytes)
 
 
 def make_registry(collector: ServerCollector) -> CollectorRegistry:
