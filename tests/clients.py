@@ -145,13 +145,25 @@ def locker_env(home: Path) -> dict[str, str]:
             "PDM_CHECK_UPDATE": "false",
             "PDM_IGNORE_SAVED_PYTHON": "1",
             "PDM_NON_INTERACTIVE": "1",
+            "PYTHONUNBUFFERED": "1",
         }
     )
     return env
 
 
-def run_tool(argv: list[str], *, cwd: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run one locker command in ``cwd``; output captured, not checked."""
-    return subprocess.run(
-        argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL
-    )
+def run_tool(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float = _TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run one locker command in ``cwd``; output captured, not checked.
+
+    A hang comes back as a failed run (return code -9) carrying what the tool
+    printed until then, so the test's message shows where it stuck."""
+    try:
+        return subprocess.run(
+            argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as expired:
+        def text(data: bytes | str | None) -> str:
+            return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+        return subprocess.CompletedProcess(argv, -9, text(expired.stdout), text(expired.stderr) + f"\n(timed out after {timeout} s)")

@@ -27,7 +27,7 @@ import treq
 from twisted.internet.threads import deferToThread
 
 from tests.clients import PDM, PIP_COMPILE, POETRY, UV, isolated_env, locker_env, run_tool
-from tests.server import make_config, start_server
+from tests.server import free_port, make_config, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -132,5 +132,84 @@ async def test_pdm_lock_and_install(tmp_path, fake_upstream):
         assert upstream_gets(fake_upstream, "/files/") == {f"/files/{w}" for w in WHEELS} | METADATA
         only_the_server_asked(fake_upstream)
         assert server.app.stats.file_misses >= 2
+    finally:
+        await server.stop()
+
+
+def requirement_hashes(text: str) -> dict[str, set[str]]:
+    """``name==version`` -> its ``--hash=sha256:`` values, from a compiled requirements file."""
+    found: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=\S)", text.replace("\\\n", " ")):
+        pin = re.match(r"([A-Za-z0-9_.-]+==[^\s;]+)", block)
+        if pin:
+            found[pin.group(1).lower()] = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return found
+
+
+def pip(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pip", *args]
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_hashes_from_a_prefilled_server_with_the_upstream_stopped(tmp_path, fake_upstream):
+    # public_url: pip-compile takes each file's sha256 from the JSON API
+    # (/pypi/<name>/json) only when its URLs are absolute and equal the pages'
+    # links; otherwise it downloads every file of each pinned version to hash
+    # it, and the sdists were never fetched.
+    port = await free_port()
+    config = make_config(tmp_path, fake_upstream.url, page_ttl=0, public_url=f"http://127.0.0.1:{port}/")
+    server = await start_server(attrs.evolve(config, prefetch=attrs.evolve(config.prefetch, open=True)), port)
+    try:
+        # Fill the server ahead, then take the upstream away: every page is
+        # now a stale copy, every file the stored one.
+        response = await treq.post(server.root + "/requirements.txt", b"depproj\n",
+                                   headers={"Content-Type": "text/plain"})
+        report = await response.json()
+        assert response.code == 200, report
+        assert {f["filename"] for f in report["files"] if f["status"] == "fetched"} == WHEELS
+        sha256 = {name: fake_upstream.sha256(name) for name in fake_upstream.files}
+        await fake_upstream.stop()
+        hits = server.app.stats.file_hits
+
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "requirements.in").write_text("depproj\n")
+        env = locker_env(tmp_path / "home")
+        pip_index = ("--isolated", "--no-cache-dir", "--disable-pip-version-check", "--index-url", server.simple)
+        expected = {
+            "depproj==1.0": {sha256["depproj-1.0-py3-none-any.whl"]},
+            "tinyproj==2.0": {sha256["tinyproj-2.0-py3-none-any.whl"], sha256["tinyproj-2.0.tar.gz"]},
+        }
+
+        # pip-tools: compile with hashes, then pip download and pip install by them.
+        ok(await deferToThread(run_tool, [
+            str(PIP_COMPILE), "--generate-hashes", "--no-header", "--no-emit-index-url",
+            "--cache-dir", str(tmp_path / "piptools-cache"), "--index-url", server.simple,
+            "--pip-args", "--isolated --no-cache-dir", "-o", "requirements.txt", "requirements.in",
+        ], cwd=work, env=env, timeout=60))
+        assert requirement_hashes((work / "requirements.txt").read_text()) == expected
+
+        ok(await deferToThread(run_tool, pip("download", *pip_index, "--require-hashes", "-r", "requirements.txt",
+                                             "-d", str(tmp_path / "dl")), cwd=work, env=env))
+        downloaded = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "dl").iterdir()}
+        assert downloaded == {name: sha256[name] for name in WHEELS}
+
+        ok(await deferToThread(run_tool, pip("install", *pip_index, "--require-hashes", "-r", "requirements.txt",
+                                             "--target", str(tmp_path / "pip-target")), cwd=work, env=env))
+        assert {p.name.split("-")[0] for p in (tmp_path / "pip-target").glob("*.dist-info")} == {"depproj", "tinyproj"}
+
+        # uv: the same two steps.
+        uv = (str(UV), "pip")
+        uv_opts = ("--no-cache", "--no-config", "--python", sys.executable, "--index-url", server.simple)
+        ok(await deferToThread(run_tool, [*uv, "compile", *uv_opts, "--generate-hashes", "--no-header",
+                                          "-o", "uv-requirements.txt", "requirements.in"], cwd=work, env=env))
+        assert requirement_hashes((work / "uv-requirements.txt").read_text()) == expected
+        ok(await deferToThread(run_tool, [*uv, "install", *uv_opts, "--require-hashes", "-r", "uv-requirements.txt",
+                                          "--target", str(tmp_path / "uv-target")], cwd=work, env=env))
+        assert {p.name.split("-")[0] for p in (tmp_path / "uv-target").glob("*.dist-info")} == {"depproj", "tinyproj"}
+
+        # Every file came from the server's store: 2 per download or install.
+        assert server.app.stats.file_hits - hits >= 6
+        assert server.app.stats.pages_stale >= 1
     finally:
         await server.stop()
