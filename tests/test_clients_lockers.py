@@ -26,11 +26,14 @@ import pytest_twisted
 import treq
 from twisted.internet.threads import deferToThread
 
-from tests.clients import PDM, PIP_COMPILE, POETRY, UV, isolated_env, locker_env, run_tool
+from tests.builders import build_wheel
+from tests.clients import PDM, PIP_COMPILE, POETRY, UV, locker_env, run_tool
 from tests.server import free_port, make_config, start_server
+from tests.uploads import PASSWORD, cheap_accounts
 
 pytestmark = pytest.mark.integration
 
+TWINE = Path(sys.executable).parent / "twine"
 #: The files ``depproj`` pulls in on this interpreter (tests/conftest.py: populate).
 WHEELS = {"depproj-1.0-py3-none-any.whl", "tinyproj-2.0-py3-none-any.whl"}
 
@@ -78,28 +81,62 @@ def lock_hashes(lock: dict) -> dict[str, str]:
     return found
 
 
+#: How each tool is pointed at the server alone, locks, and installs the lock
+#: (non-package mode: the project itself is not built).
+POETRY_SOURCE = """
+[tool.poetry]
+package-mode = false
+
+[[tool.poetry.source]]
+name = "pypicache"
+url = "{index}"
+priority = "primary"
+"""
+PDM_SOURCE = """
+[tool.pdm]
+distribution = false
+
+[[tool.pdm.source]]
+name = "pypi"
+url = "{index}"
+"""
+LOCKERS = {
+    "poetry": (POETRY_SOURCE, "poetry.lock", [[str(POETRY), "lock"], [str(POETRY), "install", "--no-root"]]),
+    "pdm": (PDM_SOURCE, "pdm.lock", [[str(PDM), "lock"], [str(PDM), "install", "--frozen-lockfile"]]),
+}
+
+
+async def lock_and_install(tool: str, tmp_path: Path, index: str, dependency: str) -> tuple[dict, set[str]]:
+    """Lock a one-dependency project against ``index`` and install it into the
+    project's own venv: the lock (parsed) and the distributions installed."""
+    source, lock_name, commands = LOCKERS[tool]
+    project = tmp_path / f"app-{tool}"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "app"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = ["{dependency}"]\n'
+        + source.format(index=index)
+    )
+    venv = make_venv(project / ".venv")
+    env = {**locker_env(tmp_path / "home"), "PDM_PYTHON": str(venv / "bin" / "python")}
+    for argv in commands:
+        ok(await deferToThread(run_tool, argv, cwd=project, env=env))
+    return tomllib.loads((project / lock_name).read_text()), site_packages(venv)
+
+
+@pytest.mark.parametrize("tool", sorted(LOCKERS))
 @pytest_twisted.ensureDeferred
-async def test_poetry_lock_and_install(tmp_path, fake_upstream):
+async def test_lock_and_install_through_the_server(tool, tmp_path, fake_upstream):
     server = await start_server(make_config(tmp_path, fake_upstream.url))
     try:
-        project = tmp_path / "app"
-        project.mkdir()
-        (project / "pyproject.toml").write_text(
-            '[project]\nname = "app"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = ["depproj"]\n\n'
-            "[tool.poetry]\npackage-mode = false\n\n"
-            f'[[tool.poetry.source]]\nname = "pypicache"\nurl = "{server.simple}"\npriority = "primary"\n'
-        )
-        venv = make_venv(project / ".venv")
-        env = locker_env(tmp_path / "home")
-
-        ok(await deferToThread(run_tool, [str(POETRY), "lock"], cwd=project, env=env))
-        lock = tomllib.loads((project / "poetry.lock").read_text())
+        lock, installed = await lock_and_install(tool, tmp_path, server.simple, "depproj")
         assert {p["name"] for p in lock["package"]} == {"depproj", "tinyproj"}
-        hashes = lock_hashes(lock)
-        assert hashes and all(digest == fake_upstream.sha256(name) for name, digest in hashes.items())
-
-        ok(await deferToThread(run_tool, [str(POETRY), "install", "--no-root"], cwd=project, env=env))
-        assert site_packages(venv) == {"depproj", "tinyproj"}
+        # Every file of each locked version, with the upstream's own sha256.
+        assert lock_hashes(lock) == {
+            name: fake_upstream.sha256(name)
+            for name in ("depproj-1.0-py3-none-any.whl", "tinyproj-2.0-py3-none-any.whl", "tinyproj-2.0.tar.gz")
+        }
+        assert installed == {"depproj", "tinyproj"}
+        # Resolved from PEP 658 files, then each wheel fetched once, all by the server.
         assert upstream_gets(fake_upstream, "/files/") == {f"/files/{w}" for w in WHEELS} | METADATA
         only_the_server_asked(fake_upstream)
         assert server.app.stats.file_misses >= 2
@@ -107,31 +144,24 @@ async def test_poetry_lock_and_install(tmp_path, fake_upstream):
         await server.stop()
 
 
+@pytest.mark.parametrize("tool", sorted(LOCKERS))
 @pytest_twisted.ensureDeferred
-async def test_pdm_lock_and_install(tmp_path, fake_upstream):
+async def test_private_upload_is_locked_and_installed(tool, tmp_path, fake_upstream):
     server = await start_server(make_config(tmp_path, fake_upstream.url))
     try:
-        project = tmp_path / "app"
-        project.mkdir()
-        (project / "pyproject.toml").write_text(
-            '[project]\nname = "app"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = ["depproj"]\n\n'
-            "[tool.pdm]\ndistribution = false\n\n"
-            f'[[tool.pdm.source]]\nname = "pypi"\nurl = "{server.simple}"\n'
-        )
-        venv = make_venv(project / ".venv")
-        env = {**locker_env(tmp_path / "home"), "PDM_PYTHON": str(venv / "bin" / "python")}
+        cheap_accounts(server).add_user("alice", PASSWORD)
+        wheel = build_wheel(tmp_path / "dist", "acme-tools", "1.0", requires_dist=["tinyproj<2"])
+        ok(await deferToThread(run_tool, [
+            str(TWINE), "upload", "--disable-progress-bar", "--non-interactive",
+            "--repository-url", server.root + "/legacy/", "-u", "alice", "-p", PASSWORD, str(wheel),
+        ], cwd=tmp_path, env={**locker_env(tmp_path / "home"), "TWINE_NON_INTERACTIVE": "1"}))
+        fake_upstream.reset_log()
 
-        ok(await deferToThread(run_tool, [str(PDM), "lock"], cwd=project, env=env))
-        lock = tomllib.loads((project / "pdm.lock").read_text())
-        assert {p["name"] for p in lock["package"]} == {"depproj", "tinyproj"}
-        hashes = lock_hashes(lock)
-        assert hashes and all(digest == fake_upstream.sha256(name) for name, digest in hashes.items())
-
-        ok(await deferToThread(run_tool, [str(PDM), "install", "--frozen-lockfile"], cwd=project, env=env))
-        assert site_packages(venv) == {"depproj", "tinyproj"}
-        assert upstream_gets(fake_upstream, "/files/") == {f"/files/{w}" for w in WHEELS} | METADATA
-        only_the_server_asked(fake_upstream)
-        assert server.app.stats.file_misses >= 2
+        lock, installed = await lock_and_install(tool, tmp_path, server.simple, "acme-tools")
+        assert {p["name"]: p["version"] for p in lock["package"]} == {"acme-tools": "1.0", "tinyproj": "1.0"}
+        assert lock_hashes(lock)[wheel.name] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+        assert installed == {"acme_tools", "tinyproj"}
+        assert not [path for _, path, _ in fake_upstream.requests if "acme" in path]  # private: never asked upstream
     finally:
         await server.stop()
 
