@@ -81,28 +81,24 @@ def lock_hashes(lock: dict) -> dict[str, str]:
     return found
 
 
-#: How each tool is pointed at the server alone, locks, and installs the lock
-#: (non-package mode: the project itself is not built).
-POETRY_SOURCE = """
-[tool.poetry]
-package-mode = false
-
-[[tool.poetry.source]]
-name = "pypicache"
-url = "{index}"
-priority = "primary"
-"""
-PDM_SOURCE = """
-[tool.pdm]
-distribution = false
-
-[[tool.pdm.source]]
-name = "pypi"
-url = "{index}"
-"""
+#: How each tool is pointed at the server alone (poetry: README's command; pdm:
+#: README's table, named "pypi" to replace the default), locks, and installs
+#: the lock (non-package mode: the project itself is not built).
 LOCKERS = {
-    "poetry": (POETRY_SOURCE, "poetry.lock", [[str(POETRY), "lock"], [str(POETRY), "install", "--no-root"]]),
-    "pdm": (PDM_SOURCE, "pdm.lock", [[str(PDM), "lock"], [str(PDM), "install", "--frozen-lockfile"]]),
+    "poetry": (
+        "[tool.poetry]\npackage-mode = false\n",
+        "poetry.lock",
+        lambda index: [
+            [str(POETRY), "source", "add", "--priority=primary", "pypicache", index],
+            [str(POETRY), "lock"],
+            [str(POETRY), "install", "--no-root"],
+        ],
+    ),
+    "pdm": (
+        '[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = "pypi"\nurl = "{index}"\n',
+        "pdm.lock",
+        lambda index: [[str(PDM), "lock"], [str(PDM), "install", "--frozen-lockfile"]],
+    ),
 }
 
 
@@ -114,11 +110,11 @@ async def lock_and_install(tool: str, tmp_path: Path, index: str, dependency: st
     project.mkdir()
     (project / "pyproject.toml").write_text(
         f'[project]\nname = "app"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = ["{dependency}"]\n'
-        + source.format(index=index)
+        + "\n" + source.format(index=index)
     )
     venv = make_venv(project / ".venv")
     env = {**locker_env(tmp_path / "home"), "PDM_PYTHON": str(venv / "bin" / "python")}
-    for argv in commands:
+    for argv in commands(index):
         ok(await deferToThread(run_tool, argv, cwd=project, env=env))
     return tomllib.loads((project / lock_name).read_text()), site_packages(venv)
 
