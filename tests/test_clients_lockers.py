@@ -59,6 +59,12 @@ def upstream_gets(fake_upstream, prefix: str) -> set[str]:
     return set(paths)
 
 
+def need(tool: Path) -> None:
+    """Skip, naming the tool, when the ``test`` extra did not install it."""
+    if not tool.exists():
+        pytest.skip(f"{tool.name} is not installed beside {sys.executable} (pip install -e '.[test]')")
+
+
 def make_venv(path: Path) -> Path:
     """An empty in-project venv for the tool to install into (never the test's own)."""
     ok(subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], capture_output=True, text=True))
@@ -122,6 +128,7 @@ async def lock_and_install(tool: str, tmp_path: Path, index: str, dependency: st
 @pytest.mark.parametrize("tool", sorted(LOCKERS))
 @pytest_twisted.ensureDeferred
 async def test_lock_and_install_through_the_server(tool, tmp_path, fake_upstream):
+    need(POETRY if tool == "poetry" else PDM)
     server = await start_server(make_config(tmp_path, fake_upstream.url))
     try:
         lock, installed = await lock_and_install(tool, tmp_path, server.simple, "depproj")
@@ -143,6 +150,7 @@ async def test_lock_and_install_through_the_server(tool, tmp_path, fake_upstream
 @pytest.mark.parametrize("tool", sorted(LOCKERS))
 @pytest_twisted.ensureDeferred
 async def test_private_upload_is_locked_and_installed(tool, tmp_path, fake_upstream):
+    need(POETRY if tool == "poetry" else PDM)
     server = await start_server(make_config(tmp_path, fake_upstream.url))
     try:
         cheap_accounts(server).add_user("alice", PASSWORD)
@@ -178,6 +186,7 @@ def pip(*args: str) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_require_hashes_from_a_prefilled_server_with_the_upstream_stopped(tmp_path, fake_upstream):
+    need(PIP_COMPILE)
     # public_url: pip-compile takes each file's sha256 from the JSON API
     # (/pypi/<name>/json) only when its URLs are absolute and equal the pages'
     # links; otherwise it downloads every file of each pinned version to hash
