@@ -6,7 +6,8 @@ only the server's requests (its User-Agent, never the tool's), and the
 server's counters show the downloads.  The tools run with a private home
 (tests/clients.py: ``locker_env``), blind to this machine's configuration.
 
-The ``--require-hashes`` flow is the air-gapped one: the server is filled
+Each lock is then installed again with the upstream stopped, from what the
+server holds.  The ``--require-hashes`` flow is the air-gapped one: the server is filled
 ahead (``POST /requirements.txt``), the upstream is stopped, and then a
 hashed requirements file is compiled and installed from the server alone.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -118,11 +120,24 @@ async def lock_and_install(tool: str, tmp_path: Path, index: str, dependency: st
         f'[project]\nname = "app"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = ["{dependency}"]\n'
         + "\n" + source.format(index=index)
     )
-    venv = make_venv(project / ".venv")
-    env = {**locker_env(tmp_path / "home"), "PDM_PYTHON": str(venv / "bin" / "python")}
     for argv in commands(index):
-        ok(await deferToThread(run_tool, argv, cwd=project, env=env))
-    return tomllib.loads((project / lock_name).read_text()), site_packages(venv)
+        ok(await deferToThread(run_tool, argv, cwd=project, env=env_in(project, tmp_path)))
+    return tomllib.loads((project / lock_name).read_text()), site_packages(project / ".venv")
+
+
+def env_in(project: Path, tmp_path: Path) -> dict[str, str]:
+    """The tool's environment, with a new empty venv in the project."""
+    venv = make_venv(project / ".venv")
+    return {**locker_env(tmp_path / "home"), "PDM_PYTHON": str(venv / "bin" / "python")}
+
+
+async def install_the_lock_again(tool: str, tmp_path: Path) -> set[str]:
+    """Install the project's lock once more, into a new venv, with a new (empty) cache."""
+    project = tmp_path / f"app-{tool}"
+    shutil.rmtree(project / ".venv")
+    shutil.rmtree(tmp_path / "home")
+    ok(await deferToThread(run_tool, LOCKERS[tool][2]("")[-1], cwd=project, env=env_in(project, tmp_path)))
+    return site_packages(project / ".venv")
 
 
 @pytest.mark.parametrize("tool", sorted(LOCKERS))
@@ -143,6 +158,12 @@ async def test_lock_and_install_through_the_server(tool, tmp_path, fake_upstream
         assert upstream_gets(fake_upstream, "/files/") == {f"/files/{w}" for w in WHEELS} | METADATA
         only_the_server_asked(fake_upstream)
         assert server.app.stats.file_misses >= 2
+
+        # The upstream gone, the lock installs again from what the server holds.
+        await fake_upstream.stop()
+        hits = server.app.stats.file_hits
+        assert await install_the_lock_again(tool, tmp_path) == {"depproj", "tinyproj"}
+        assert server.app.stats.file_hits - hits == 2
     finally:
         await server.stop()
 
