@@ -106,3 +106,64 @@ def uv_pip_install(
     return subprocess.run(
         cmd, env=isolated_env(env), capture_output=True, text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL
     )
+
+
+# ------------------------------------------------------------ the lockers: poetry, pdm, pip-tools
+#
+# Each keeps its own config, caches and credentials under the home directory:
+# HOME and the XDG folders point into the test's tmp_path, every POETRY_*/PDM_*
+# variable is dropped, keyring is the null backend (no desktop prompt, no
+# stored password found), and the tool never checks for its own updates.
+
+#: The tools installed beside the test interpreter by the ``test`` extra.
+POETRY = Path(sys.executable).parent / "poetry"
+PDM = Path(sys.executable).parent / "pdm"
+PIP_COMPILE = Path(sys.executable).parent / "pip-compile"
+
+
+def locker_env(home: Path) -> dict[str, str]:
+    """:func:`isolated_env` with a private home for poetry, pdm and pip-tools."""
+    env = {k: v for k, v in isolated_env().items() if not k.startswith(("POETRY_", "PDM_", "XDG_", "VIRTUAL_ENV"))}
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "XDG_DATA_HOME": str(home / "data"),
+            "XDG_STATE_HOME": str(home / "state"),
+            "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+            "POETRY_CONFIG_DIR": str(home / "poetry-config"),
+            "POETRY_CACHE_DIR": str(home / "poetry-cache"),
+            "POETRY_DATA_DIR": str(home / "poetry-data"),
+            "POETRY_VIRTUALENVS_IN_PROJECT": "true",
+            "POETRY_VIRTUALENVS_USE_POETRY_PYTHON": "true",
+            "POETRY_NO_INTERACTION": "1",
+            "PDM_HOME": str(home / "pdm-home"),
+            "PDM_CACHE_DIR": str(home / "pdm-cache"),
+            "PDM_CONFIG_FILE": str(home / "pdm-config.toml"),
+            "PDM_CHECK_UPDATE": "false",
+            "PDM_IGNORE_SAVED_PYTHON": "1",
+            "PDM_NON_INTERACTIVE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def run_tool(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float = _TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run one locker command in ``cwd``; output captured, not checked.
+
+    A hang comes back as a failed run (return code -9) carrying what the tool
+    printed until then, so the test's message shows where it stuck."""
+    try:
+        return subprocess.run(
+            argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as expired:
+        def text(data: bytes | str | None) -> str:
+            return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+        return subprocess.CompletedProcess(argv, -9, text(expired.stdout), text(expired.stderr) + f"\n(timed out after {timeout} s)")

@@ -65,12 +65,25 @@ class _TrackingSite:
         site.buildProtocol = build
 
 
-async def start_server(config: configuration.Config) -> RunningServer:
+async def start_server(config: configuration.Config, port: int = 0) -> RunningServer:
+    """Build the app and listen on 127.0.0.1 (``port`` 0: any free port;
+    else one from :func:`free_port`, for a config that must name its own URL)."""
     from twisted.internet import reactor
 
     from pypicache.daemon.app import build
 
     app = build(config, reactor)
     _TrackingSite(app.site)
-    port = reactor.listenTCP(0, app.factory, interface="127.0.0.1")
-    return RunningServer(app, port, f"http://127.0.0.1:{port.getHost().port}")
+    listening = reactor.listenTCP(port, app.factory, interface="127.0.0.1")
+    return RunningServer(app, listening, f"http://127.0.0.1:{listening.getHost().port}")
+
+
+async def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for ``[server] public_url``)."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    probe = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    number = probe.getHost().port
+    await probe.stopListening()
+    return number

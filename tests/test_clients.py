@@ -8,12 +8,14 @@ machine's pip configuration (tests/clients.py).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from pypicache.services.mirror import MAX_RETRY_AFTER
 from tests.clients import pip_install, uv_pip_install
 from tests.server import make_config, start_server
 
@@ -101,5 +103,24 @@ async def test_yanked_release_is_skipped_unless_pinned(tmp_path, fake_upstream):
         result = await deferToThread(pip_install, server.simple, "yanked-proj", target=tmp_path / "a")
         assert result.returncode != 0
         check(await deferToThread(pip_install, server.simple, "yanked-proj==1.0", target=tmp_path / "b"))
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pip_gives_up_quickly_on_a_file_the_upstream_cannot_send(tmp_path, fake_upstream):
+    """pip sleeps a 502/503's Retry-After before each of its 5 retries: the
+    server's hint stays short, or an install that cannot succeed during an
+    outage hangs for minutes (30 s of ours, 2.5 min; an upstream's 3600, 5 h)."""
+    server = await start_server(make_config(tmp_path, fake_upstream.url, page_ttl=0))
+    try:
+        check(await deferToThread(pip_install, server.simple, "tinyproj==1.0", target=tmp_path / "a"))
+        await fake_upstream.stop()
+        started = time.monotonic()
+        result = await deferToThread(pip_install, server.simple, "tinyproj==2.0", target=tmp_path / "b")
+        elapsed = time.monotonic() - started
+        assert result.returncode != 0
+        assert "tinyproj-2.0" in result.stdout + result.stderr
+        assert elapsed < 5 * MAX_RETRY_AFTER + 15, f"pip took {elapsed:.0f} s to fail"
     finally:
         await server.stop()

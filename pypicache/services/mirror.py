@@ -35,8 +35,12 @@ log = Logger()
 T = TypeVar("T")
 
 #: Retry-After when the upstream gave no usable hint, and the longest we pass on.
-DEFAULT_RETRY_AFTER = 30
-MAX_RETRY_AFTER = 3600
+#: Short on purpose: pip sleeps a 502/503's Retry-After before each of its 5
+#: retries, so an upstream's 120 (or 30 of our own) held a failing install for
+#: minutes (tests/test_clients_lockers.py).  The breaker, not the clients'
+#: patience, is what spares the upstream.
+DEFAULT_RETRY_AFTER = 2
+MAX_RETRY_AFTER = 5
 
 
 def retry_after_seconds(error: BaseException, default: int = DEFAULT_RETRY_AFTER) -> int:
