@@ -203,3 +203,27 @@ async def test_real_clients_install_through_pages_with_provenance(client, proxy,
 def test_record_fields_default_to_no_provenance() -> None:
     record = FileRecord("x-1.tar.gz")
     assert (record.provenance, record.provenance_sha256) == (None, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_counts_provenance_blobs_and_repairs_a_lost_one(proxy, fake_upstream) -> None:
+    from pypicache.services.verify import verify
+
+    fake_upstream.attest(WHEEL)
+    await get(proxy.simple + "tinyproj/", JSON)
+    code, _, body = await get(proxy.root + f"/files/tinyproj/{WHEEL}.provenance")
+    assert code == 200
+    index, storage = proxy.app.index, proxy.app.storage
+    sha = (await wait(index.get_project("tinyproj"))).file(WHEEL).provenance_sha256
+    report = await verify(index, storage)
+    assert report.ok and report.orphans == [] and report.blobs == 1
+    await wait(storage.delete(sha))
+    report = await verify(index, storage, repair=True)
+    (problem,) = report.problems
+    assert (problem.part, problem.kind, problem.action) == ("provenance", "missing", "marked not stored")
+    assert f"{WHEEL}.provenance" in str(problem)
+    assert (await wait(index.get_project("tinyproj"))).file(WHEEL).provenance_sha256 is None
+    # Asked again: fetched and checked again.
+    code, _, again = await get(proxy.root + f"/files/tinyproj/{WHEEL}.provenance")
+    assert (code, again) == (200, body)
+    assert fake_upstream.count("/provenance") == 2
