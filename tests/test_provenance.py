@@ -227,3 +227,41 @@ async def test_verify_counts_provenance_blobs_and_repairs_a_lost_one(proxy, fake
     code, _, again = await get(proxy.root + f"/files/tinyproj/{WHEEL}.provenance")
     assert (code, again) == (200, body)
     assert fake_upstream.count("/provenance") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_bundles_and_static_trees_carry_stored_provenance_only(proxy, fake_upstream, tmp_path) -> None:
+    """``export``/``import`` move a stored provenance blob with its file;
+    ``export --static`` writes it beside the file and links only what it wrote."""
+    from twisted.internet import reactor
+
+    from pypicache.providers.index.memory import MemoryIndex
+    from pypicache.providers.storage.memory import MemoryStorage
+    from pypicache.services import bundles
+    from pypicache.web.static import write_static
+
+    fake_upstream.attest(WHEEL)
+    fake_upstream.attest(SDIST)
+    await get(proxy.simple + "tinyproj/", JSON)
+    for path in (WHEEL, SDIST, WHEEL + ".provenance"):
+        code, _, body = await get(proxy.root + f"/files/tinyproj/{path}")
+        assert code == 200
+    provenance = body
+    await proxy.app.downloader.settle(reactor, 5)
+    app, pool = proxy.app, reactor.getThreadPool()
+    records = await bundles.select_all(app.index, projects=["tinyproj"])
+    bundle = tmp_path / "b.tgz"
+    await bundles.export_bundle(records, app.storage, bundle, reactor=reactor, threadpool=pool,
+                                created="2026-01-01T00:00:00Z")
+    storage, index = MemoryStorage(), MemoryIndex()
+    await bundles.import_bundle(bundle, storage, index, reactor=reactor, threadpool=pool, staging=tmp_path / "s")
+    record = await wait(index.get_project("tinyproj"))
+    wheel, sdist = record.file(WHEEL), record.file(SDIST)
+    assert wheel.provenance_sha256 is not None and sdist.provenance_sha256 is None
+    assert storage.blobs[wheel.provenance_sha256] == provenance
+
+    await write_static(records, app.storage, tmp_path / "tree", reactor=reactor, threadpool=pool)
+    page = json.loads((tmp_path / "tree" / "simple" / "tinyproj" / "index.json").read_bytes())
+    links = {f["filename"]: f.get("provenance") for f in page["files"]}
+    assert links == {WHEEL: f"../../files/tinyproj/{WHEEL}.provenance", SDIST: None}
+    assert (tmp_path / "tree" / "files" / "tinyproj" / f"{WHEEL}.provenance").read_bytes() == provenance
