@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
@@ -23,7 +26,7 @@ from pypicache.services.provenance import ProvenanceRejected, check_provenance
 from pypicache.testing import provenance_object, wait
 from pypicache.providers.upstream.parse import parse_project_html, parse_project_json
 from tests.anchors import anchors
-from tests.clients import pip_install, uv_pip_install
+from tests.clients import isolated_env, pip_install, uv_pip_install
 from tests.server import make_config, start_server
 
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -265,3 +268,51 @@ async def test_bundles_and_static_trees_carry_stored_provenance_only(proxy, fake
     links = {f["filename"]: f.get("provenance") for f in page["files"]}
     assert links == {WHEEL: f"../../files/tinyproj/{WHEEL}.provenance", SDIST: None}
     assert (tmp_path / "tree" / "files" / "tinyproj" / f"{WHEEL}.provenance").read_bytes() == provenance
+
+
+# ----------------------------------------------------------------- uploads
+
+
+@pytest_twisted.ensureDeferred
+async def test_twine_uploads_attestations_that_are_kept_and_served(tmp_path, fake_upstream) -> None:
+    """``twine upload --attestations``: the attestations about the file are
+    kept as its provenance and linked from the pages; ones about another
+    file are refused (400) and nothing is published."""
+    import hashlib
+
+    from tests.builders import build_wheel
+    from tests.uploads import PASSWORD, cheap_accounts
+
+    wheel = build_wheel(tmp_path / "dist", "acme-tools", "1.0")
+    other = build_wheel(tmp_path / "dist", "acme-tools", "2.0")
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    attestation = provenance_object(wheel.name, sha)["attestation_bundles"][0]["attestations"][0]
+    (tmp_path / "dist" / f"{wheel.name}.publish.attestation").write_text(json.dumps(attestation))
+    (tmp_path / "dist" / f"{other.name}.publish.attestation").write_text(json.dumps(attestation))  # a lie
+    server = await start_server(make_config(tmp_path, fake_upstream.url))
+    cheap_accounts(server).add_user("alice", PASSWORD)
+
+    def twine(dist: Path) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in isolated_env({"TWINE_NON_INTERACTIVE": "1"}).items()
+               if not k.startswith("TWINE_") or k == "TWINE_NON_INTERACTIVE"}
+        cmd = [str(Path(sys.executable).parent / "twine"), "upload", "--disable-progress-bar", "--non-interactive",
+               "--repository-url", server.root + "/legacy/", "-u", "alice", "-p", PASSWORD, "--attestations",
+               str(dist), str(dist.parent / f"{dist.name}.publish.attestation")]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    try:
+        result = await deferToThread(twine, wheel)
+        assert result.returncode == 0, result.stdout + result.stderr
+        result = await deferToThread(twine, other)
+        assert result.returncode != 0 and "400" in result.stdout + result.stderr
+        _, _, page = await get(server.simple + "acme-tools/", JSON)
+        (entry,) = json.loads(page)["files"]
+        assert entry["provenance"] == f"../../files/acme-tools/{wheel.name}.provenance"
+        for base in (server.simple, server.local):
+            code, headers, body = await get(urljoin(base + "acme-tools/", entry["provenance"]))
+            assert (code, headers["content-type"]) == (200, [INTEGRITY])
+            doc = json.loads(body)
+            assert doc["attestation_bundles"][0]["attestations"] == [attestation]
+            check_provenance(body, wheel.name, sha)
+    finally:
+        await server.stop()
