@@ -1,4 +1,4 @@
-"""Render Simple API pages (PEP 503/629/658/691/700) to bytes, without I/O.
+"""Render Simple API pages (PEP 503/629/658/691/700/740) to bytes, without I/O.
 
 The server caches what these functions return, so a page is rendered once
 per change, but that render still happens on the reactor thread and a project
