@@ -14,6 +14,8 @@ checked with ``providedBy``, never by probing for a method name:
 * :class:`IBlobQuarantine` (storage) -- blobs moved aside as corrupt: verify;
 * :class:`IIndexRepair`    (index)   -- unmark a stored file, find files by
   blob: verify and scrub repair the index with it;
+* :class:`IIndexProvenance` (index)  -- remember a file's stored PEP 740
+  provenance object, so it is served offline;
 * :class:`IClosable`       (storage, upstream) -- release resources at shutdown.
 
 A provider is made by a factory (:class:`IProviderFactory`) registered in the
@@ -355,3 +357,20 @@ class IIndexRepair(Interface):
         """Deferred firing with a list of ``(project, filename, part)`` for
         every file marked stored whose bytes (``part`` "file") or METADATA
         (``part`` "metadata") are the blob ``sha256``; sorted."""
+
+
+class IIndexProvenance(Interface):
+    """Optional for an index: remember where a file's PEP 740 provenance is.
+
+    The server fetches a provenance object from the upstream on its first
+    request, checks that it names the file (pypicache.services.provenance)
+    and stores it as a blob; with this capability the index records that
+    blob in the file's ``provenance_sha256``, so the object is served again
+    from storage, offline too.  Without it every request asks the upstream.
+    Records must keep ``provenance`` and ``provenance_sha256`` as written.
+    """
+
+    def mark_provenance_stored(name, filename, sha256):
+        """Record the provenance blob ``sha256`` of one file (None: it is
+        no longer stored).  Fails with KeyError for an unknown project or
+        file.  Deferred firing with the new ProjectRecord."""

@@ -113,6 +113,9 @@ class FileRecord:
     ``stored`` says that the file's bytes are in storage under ``hashes['sha256']``;
     ``metadata_stored`` the same for the METADATA file.
     ``listed`` is False when the upstream no longer lists a file we still hold.
+    ``provenance`` is the upstream's PEP 740 provenance URL (None: it gives
+    none); ``provenance_sha256`` the blob of the provenance object once it
+    was fetched, checked to name this file, and stored (None: not stored).
     """
 
     filename: str
@@ -136,6 +139,8 @@ class FileRecord:
     #: equals the one written whatever the index noted about it.
     first_seen: float | None = attrs.field(default=None, eq=False)
     yank_history: tuple[tuple[float, bool, str | None], ...] = attrs.field(default=(), eq=False)
+    provenance: str | None = None
+    provenance_sha256: str | None = None
 
     @property
     def sha256(self) -> str | None:

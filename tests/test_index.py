@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import statistics
 import threading
@@ -126,6 +127,42 @@ async def test_path_option(context: Any, opened: Any, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ SQLite specifics
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_4_database_keeps_its_data_and_gains_provenance(context: Any, opened: Any,
+                                                                      tmp_path: Path) -> None:
+    """Schema 5 adds each file's PEP 740 provenance URL and blob: files from
+    before keep every field (stored state, history) and have neither."""
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    try:
+        for step in (1, 2, 3, 4):  # the schema exactly as version 4 wrote it
+            for statement in sqlite._MIGRATIONS[step]:
+                conn.execute(statement) if isinstance(statement, str) else statement(conn)
+        conn.execute("INSERT INTO projects (name, origin, refreshed_at, meta) VALUES ('v4', 'upstream', 7.0, '{}')")
+        conn.execute("INSERT INTO files (project, filename, position, url, hashes, yanked, yanked_reason, "
+                     "stored, metadata_stored, listed, origin, upload_time, size, first_seen, yank_history) "
+                     "VALUES ('v4', 'v4-1.0.tar.gz', 0, 'https://u.example/f', ?, 1, 'bad', 1, 0, 1, "
+                     "'upstream', '2024-01-01T00:00:00Z', 3, 5.0, '[[6.0,true,\"bad\"]]')",
+                     (json.dumps({"sha256": "ab" * 32}),))
+        conn.execute("PRAGMA user_version = 4")
+        conn.commit()
+    finally:
+        conn.close()
+    index = sqlite.factory.create({}, context)
+    opened(index)
+    record = await wait(index.get_project("v4"))
+    (f,) = record.files
+    assert (f.filename, f.sha256, f.stored, f.size, f.yanked_reason, f.first_seen, f.yank_history) == (
+        "v4-1.0.tar.gz", "ab" * 32, True, 3, "bad", 5.0, ((6.0, True, "bad"),))
+    assert (f.provenance, f.provenance_sha256) == (None, None)
+    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) == 5
+    url = "https://u.example/integrity/v4/1.0/v4-1.0.tar.gz/provenance"
+    page = index_page("v4", index_file("v4-1.0.tar.gz", hashes={"sha256": "ab" * 32}, provenance=url))
+    await wait(index.save_upstream_page(page, 8.0))
+    await wait(index.mark_provenance_stored("v4", "v4-1.0.tar.gz", "cd" * 32))
+    (f,) = (await wait(index.get_project("v4"))).files
+    assert (f.stored, f.provenance, f.provenance_sha256) == (True, url, "cd" * 32)
 
 
 @pytest_twisted.ensureDeferred
@@ -427,7 +464,8 @@ async def test_version_3_database_keeps_its_data_and_gains_history(context: Any,
     assert [f.first_seen for f in record.files] == [None, None]
     assert [f.yank_history for f in record.files] == [(), ((0, True, "broken"),)]
     assert await wait(index.used_filename("mine-1.0.tar.gz")) == "cd" * 32
-    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) == 4
+    assert await wait(index._call(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])) \
+        == sqlite.SCHEMA_VERSION
     # The next page keeps the history and notes what changed, and when.
     page = index_page("v3", index_file("v3-1.0.tar.gz", yanked=True, yanked_reason="late"),
                       index_file("v3-2.0.tar.gz", yanked=True, yanked_reason="broken"), index_file("v3-3.0.tar.gz"))

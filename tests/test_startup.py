@@ -221,6 +221,7 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
         "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring",
         "pypicache.services.bundles", "pypicache.web.static", "pypicache.cli.bundles",
+        "pypicache.services.provenance",
         "packaging.requirements", "packaging.specifiers", "pypicache.cli.policy", "pypicache.cli.audit",
         "pypicache.web.asof",
         "pypicache.web.ui", "pypicache.web.ui.routes", "pypicache.services.usage",

@@ -20,7 +20,8 @@ BEFORE = [
     "_digest",
 ]
 #: What the package added: the upstream contract, its fake and the builders.
-ADDED = ["UpstreamContract", "FakeUpstream", "FAULTS", "build_wheel", "build_sdist", "wheel_metadata", "sha256_file"]
+ADDED = ["UpstreamContract", "FakeUpstream", "FAULTS", "build_wheel", "build_sdist", "wheel_metadata", "sha256_file",
+         "provenance_object"]
 
 
 def test_every_earlier_name_is_still_importable() -> None:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import attrs
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 
+from pypicache.interfaces import IIndexProvenance
 from pypicache.model import BlobInfo, FileRecord, InvalidName, ProjectPage, ProjectRecord, Validators, \
     is_sha256, normalize
 from pypicache.services.visibility import LOCAL, visible_files
@@ -147,10 +148,13 @@ async def select_for(index: Any, storage: Any, inputs: Any, envs: Sequence[Any],
 
 def _parts(f: FileRecord) -> list[tuple[str, str]]:
     """``(name, sha256)`` of a held file's blobs: its bytes, and its METADATA
-    (named filename + ``.metadata``) when stored."""
+    (named filename + ``.metadata``) and PEP 740 provenance (``.provenance``)
+    when stored."""
     parts = [(f.filename, f.sha256)]
     if f.metadata_stored and f.metadata_sha256 is not None:
         parts.append((f.filename + ".metadata", f.metadata_sha256))
+    if f.provenance_sha256 is not None:
+        parts.append((f.filename + ".provenance", f.provenance_sha256))
     return parts  # type: ignore[return-value]
 
 
@@ -189,6 +193,7 @@ def _file_entry(f: FileRecord) -> dict[str, Any]:
         "upload-time": f.upload_time, "url": f.url,
         "core-metadata": None if f.core_metadata is None else dict(f.core_metadata),
         "metadata-sha256": f.metadata_sha256 if f.metadata_stored else None,
+        "provenance": f.provenance, "provenance-sha256": f.provenance_sha256,
     }
 
 
@@ -272,6 +277,9 @@ def parse_manifest(data: bytes) -> Manifest:
                 raise BundleError(f"bad manifest: {where}: its blob is not listed with its size")
             if meta_sha is not None and meta_sha not in blobs:
                 raise BundleError(f"bad manifest: {where}: its METADATA blob is not listed")
+            prov_sha = e.get("provenance-sha256")
+            if prov_sha is not None and prov_sha not in blobs:
+                raise BundleError(f"bad manifest: {where}: its provenance blob is not listed")
             hashes = _need(e.get("hashes"), dict, f"{where}: hashes")
             if hashes.get("sha256") != sha or not all(isinstance(v, str) for v in hashes.values()):
                 raise BundleError(f"bad manifest: {where}: hashes")
@@ -282,14 +290,15 @@ def parse_manifest(data: bytes) -> Manifest:
             file_origin = e.get("origin")
             if file_origin != origin:
                 raise BundleError(f"bad manifest: {where}: origin {file_origin!r}")
-            referenced.update(s for s in (sha, meta_sha) if s is not None)
+            referenced.update(s for s in (sha, meta_sha, prov_sha) if s is not None)
             files.append(FileRecord(
                 filename=filename, url=_optional_str(e.get("url"), f"{where}: url") or "",
                 hashes=dict(hashes), requires_python=_optional_str(e.get("requires-python"), f"{where}: rp"),
                 yanked=bool(e.get("yanked")), yanked_reason=_optional_str(e.get("yanked-reason"), f"{where}: yr"),
                 core_metadata=None if core is None else dict(core), size=e["size"],
                 upload_time=_optional_str(e.get("upload-time"), f"{where}: upload-time"),
-                stored=True, metadata_stored=meta_sha is not None, origin=file_origin))
+                stored=True, metadata_stored=meta_sha is not None, origin=file_origin,
+                provenance=_optional_str(e.get("provenance"), f"{where}: provenance"), provenance_sha256=prov_sha))
         projects.append(ProjectRecord(name=name, files=tuple(files), origin=origin))
     if referenced != set(blobs):
         raise BundleError("bad manifest: it lists blobs no file uses")
@@ -580,5 +589,7 @@ async def _write(index: Any, p: ProjectRecord, here: ProjectRecord | None, merge
         await index.mark_stored(p.name, f.filename, BlobInfo(f.sha256, f.size))  # type: ignore[arg-type]
         if f.metadata_stored and f.metadata_sha256 is not None:
             await index.mark_metadata_stored(p.name, f.filename, f.metadata_sha256)
+        if f.provenance_sha256 is not None and IIndexProvenance.providedBy(index):
+            await index.mark_provenance_stored(p.name, f.filename, f.provenance_sha256)
         items.append(Item(p.name, f.filename, "imported", f.size))
     return items

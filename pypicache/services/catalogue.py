@@ -40,11 +40,13 @@ READS = frozenset({"get_project", "list_projects", "used_filename", "get_project
 
 #: Methods that change one project, named by their first argument, and fire
 #: with its new ProjectRecord.  The optional ``mark_unstored`` (verify and
-#: the scrub's repair) is one too, when the provider has it.  A new write
+#: the scrub's repair) and ``mark_provenance_stored`` are too, when the
+#: provider has them.  A new write
 #: method belongs here: tests/test_catalogue.py fails for an IIndex method
 #: that is in neither set.
 WRITES = frozenset({"save_upstream_page", "mark_refreshed", "mark_stored", "mark_metadata_stored",
-                    "add_file", "create_project", "set_yanked", "remove_file", "mark_unstored"})
+                    "add_file", "create_project", "set_yanked", "remove_file", "mark_unstored",
+                    "mark_provenance_stored"})
 
 
 @implementer(IIndex)

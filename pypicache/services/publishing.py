@@ -156,6 +156,11 @@ class Publisher:
             meta_writer = self.storage.open_write(None)
             meta_writer.write(valid.metadata_bytes)
             meta_blob = await meta_writer.commit()
+            provenance_sha256 = None
+            if valid.provenance is not None:  # PEP 740 attestations, checked against the file
+                provenance_writer = self.storage.open_write(None)
+                provenance_writer.write(valid.provenance)
+                provenance_sha256 = (await provenance_writer.commit()).sha256
             blob = await self.storage.ingest(valid.file.path, sha256)
             file_record = FileRecord(
                 filename=filename,
@@ -168,6 +173,7 @@ class Publisher:
                 stored=True,
                 metadata_stored=True,
                 origin="local",
+                provenance_sha256=provenance_sha256,
             )
             try:
                 await self.index.add_file(name, file_record)

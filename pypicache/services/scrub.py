@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pypicache.interfaces import IIndexRepair
-from pypicache.services.verify import FILE, mark_unstored
+from pypicache.services.verify import mark_unstored, part_name
 
 __all__ = ["Scrubber", "ScrubReport", "START_DELAY", "PASS_INTERVAL"]
 
@@ -209,7 +209,7 @@ class Scrubber:
                     continue
                 entry = (name, filename, part)
                 report.unstored.append(entry)
-                what = filename if part == FILE else f"{filename}.metadata"
+                what = part_name(filename, part)
                 if f.url:
                     log.warn("storage scrub: {project}/{what} was corrupt; it is fetched again from "
                              "the upstream when next requested", project=name, what=what)

@@ -1,7 +1,7 @@
 """Does the storage hold what the index says it holds?  And the right bytes?
 
-The index marks a file ``stored`` (and its METADATA ``metadata_stored``) only
-after the blob is in place, so after any crash every such mark must still
+The index marks a file ``stored`` (and its METADATA ``metadata_stored``, its
+PEP 740 provenance ``provenance_sha256``) only after the blob is in place, so after any crash every such mark must still
 point at a blob whose sha256 is its key.  :func:`verify` checks exactly that,
 for every file of every project, and reports:
 
@@ -47,7 +47,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
-from pypicache.interfaces import IBlobInventory, IBlobQuarantine, IIndexRepair
+from pypicache.interfaces import IBlobInventory, IBlobQuarantine, IIndexProvenance, IIndexRepair
 from pypicache.model import BlobInfo, BlobNotFound
 
 __all__ = ["Problem", "Report", "verify", "mark_unstored"]
@@ -56,6 +56,13 @@ _READ_CHUNK = 1024 * 1024
 
 FILE = "file"
 METADATA = "metadata"
+#: A file's PEP 740 provenance object (pypicache.services.provenance).
+PROVENANCE = "provenance"
+
+
+def part_name(filename: str, part: str) -> str:
+    """How a part of a file is named in messages: the file, or its sibling URL's name."""
+    return filename if part == FILE else f"{filename}.{part}"
 
 
 @attrs.frozen
@@ -76,7 +83,7 @@ class Problem:
     action: str | None = None
 
     def __str__(self) -> str:
-        what = self.filename if self.part == FILE else f"{self.filename}.metadata"
+        what = part_name(self.filename, self.part)
         text = f"{self.kind}: {self.project}/{what}"
         if self.sha256:
             text += f" (blob {self.sha256})"
@@ -194,6 +201,14 @@ async def mark_unstored(index: Any, project: str, filename: str, part: str) -> s
     server notices on the next request: the blob is gone, so it fetches the
     file again).
     """
+    if part == PROVENANCE:
+        if not IIndexProvenance.providedBy(index):
+            return None
+        try:  # fetched again from the upstream, and checked again, when next asked for
+            await index.mark_provenance_stored(project, filename, None)
+        except KeyError:
+            return "no longer in the index"
+        return "marked not stored"
     if not IIndexRepair.providedBy(index):
         return None
     try:
@@ -232,7 +247,8 @@ async def verify(index: Any, storage: Any, *, repair: bool = False, deep: bool =
         report.projects += 1
         for f in record.files:
             for part, stored, sha256 in ((FILE, f.stored, f.sha256),
-                                         (METADATA, f.metadata_stored, f.metadata_sha256)):
+                                         (METADATA, f.metadata_stored, f.metadata_sha256),
+                                         (PROVENANCE, f.provenance_sha256 is not None, f.provenance_sha256)):
                 if not stored:
                     if sha256 is not None:
                         wanted.setdefault(sha256, []).append((name, f.filename, part))

@@ -20,7 +20,7 @@ and waits (``_context``), the fault-injecting fake upstream
 (``_fake_upstream``) and the distribution builders (``_builders``).
 """
 
-from pypicache.testing._builders import build_sdist, build_wheel, sha256_file, wheel_metadata
+from pypicache.testing._builders import build_sdist, build_wheel, provenance_object, sha256_file, wheel_metadata
 from pypicache.testing._context import (
     TIMEOUT,
     make_context,
@@ -48,6 +48,7 @@ __all__ = [
     "index_page",
     "local_file",
     "make_context",
+    "provenance_object",
     "provider_context",
     "read_blob",
     "sha256_file",

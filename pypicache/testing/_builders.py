@@ -16,6 +16,7 @@ import base64
 import gzip
 import hashlib
 import io
+import json
 import random
 import re
 import tarfile
@@ -26,7 +27,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-__all__ = ["build_wheel", "build_sdist", "wheel_metadata", "sha256_file"]
+__all__ = ["build_wheel", "build_sdist", "wheel_metadata", "sha256_file", "provenance_object"]
 
 #: Zip timestamps must be >= 1980; a fixed one makes the archive reproducible.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -238,3 +239,38 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(_PAD_CHUNK), b""):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def provenance_object(filename: str, sha256: str, *, publisher: str = "example/project") -> dict:
+    """A PEP 740 provenance object for ``filename`` (bytes ``sha256``): one
+    bundle, one attestation whose in-toto statement names the file.
+
+    Shaped like PyPI's (``/integrity/.../provenance``); the signature and
+    certificate are placeholders, since the cache checks what an attestation
+    is about, never its signature.  Serialise with ``json.dumps``.
+    """
+    statement = {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": filename, "digest": {"sha256": sha256}}],
+        "predicateType": "https://docs.pypi.org/attestations/publish/v1",
+        "predicate": None,
+    }
+    owner, _, repository = publisher.partition("/")
+    return {
+        "version": 1,
+        "attestation_bundles": [{
+            "publisher": {"kind": "GitHub", "repository": publisher, "workflow": "release.yml",
+                          "environment": None, "claims": None},
+            "attestations": [{
+                "version": 1,
+                "verification_material": {
+                    "certificate": base64.b64encode(f"placeholder certificate for {owner}".encode()).decode(),
+                    "transparency_entries": [{"logIndex": "1", "kindVersion": {"kind": "dsse", "version": "0.0.1"}}],
+                },
+                "envelope": {
+                    "statement": base64.b64encode(json.dumps(statement).encode()).decode(),
+                    "signature": base64.b64encode(b"placeholder signature " + repository.encode()).decode(),
+                },
+            }],
+        }],
+    }

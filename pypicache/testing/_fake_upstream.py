@@ -21,9 +21,10 @@ Typical use (the ``fake_upstream`` fixtures of the test suite and of
     await fu.stop()
 
 Routes: ``/simple/`` (root list), ``/simple/<name>/`` (project page, HTML per
-PEP 503/629/592/658/714 or JSON per PEP 691/700, by ``Accept``), and
+PEP 503/629/592/658/714/740 or JSON per PEP 691/700/740, by ``Accept``),
 ``/files/<filename>`` plus ``/files/<filename>.metadata`` (GET and HEAD, single
-``Range`` supported).  Page links are relative (``../../files/...``) unless
+``Range`` supported), and for files given one with :meth:`FakeUpstream.attest`
+PyPI's ``/integrity/<project>/<version>/<filename>/provenance``.  Page links are relative (``../../files/...``) unless
 ``absolute_urls`` is set.
 
 Faults (``fail(name, path_prefix=None, *, times=None, **kw)``); the longest
@@ -88,7 +89,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
-from pypicache.testing._builders import sha256_file, wheel_metadata
+from pypicache.testing._builders import provenance_object, sha256_file, wheel_metadata
 
 __all__ = ["FakeUpstream", "FAULTS", "JSON_TYPE", "V1_HTML_TYPE", "TEXT_HTML_TYPE", "negotiate"]
 
@@ -135,6 +136,9 @@ class _File:
     yanked: bool | str
     metadata: bytes | None
     upload_time: str
+    #: PEP 740: the provenance object served, and the URL pages advertise.
+    provenance: bytes | None = None
+    provenance_url: str | None = None
 
     @property
     def metadata_sha256(self) -> str | None:
@@ -616,6 +620,23 @@ class FakeUpstream:
             del self._projects[record.project]
         self._rendered.clear()
 
+    def attest(self, filename: str, provenance: bytes | None = None, *, url: str | None = None) -> str:
+        """Give ``filename`` a PEP 740 provenance and advertise it on pages.
+
+        ``provenance`` defaults to a good object naming the file
+        (:func:`~pypicache.testing.provenance_object`); pass other bytes
+        for a lying or broken upstream.  ``url`` overrides the advertised
+        URL (default: PyPI's integrity path here).  Returns that URL.
+        """
+        record = self._by_filename[filename]
+        if provenance is None:
+            provenance = json.dumps(provenance_object(filename, record.sha256)).encode()
+        path = f"/integrity/{quote(record.project)}/{record.version}/{quote(filename)}/provenance"
+        record.provenance = provenance
+        record.provenance_url = url if url is not None else self.root_url + path.lstrip("/")
+        self._rendered.clear()
+        return record.provenance_url
+
     def sha256(self, filename: str) -> str:
         """The hash the pages advertise for ``filename``."""
         return self._by_filename[filename].sha256
@@ -838,6 +859,13 @@ class FakeUpstream:
         m = re.fullmatch(r"/files/([^/]+)", path)
         if m:
             return self._file(unquote(m[1]), headers)
+        m = re.fullmatch(r"/integrity/[^/]+/[^/]+/([^/]+)/provenance", path)
+        if m:
+            record = self._by_filename.get(unquote(m[1]))
+            if record is None or record.provenance is None:
+                return _text(404, "no provenance\n")
+            return _Response(200, {"Content-Type": "application/vnd.pypi.integrity.v1+json"},
+                             _BytesBody(record.provenance))
         return _text(404, "not found\n")
 
     def _page(self, request: Any, headers: dict[str, str], project: str | None) -> _Response:
@@ -924,6 +952,8 @@ class FakeUpstream:
             if f.metadata is not None:
                 attrs_.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
                 attrs_.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
+            if f.provenance_url is not None:
+                attrs_.append(f'data-provenance="{html.escape(f.provenance_url)}"')
             anchors.append(f'    <a {" ".join(attrs_)}>{html.escape(f.filename)}</a><br />\n')
         return (
             "<!DOCTYPE html>\n<html>\n  <head>\n"
@@ -947,6 +977,7 @@ class FakeUpstream:
                     "size": f.size,
                     # An empty upload_time: a file the upstream gives no time (PEP 700 makes it optional).
                     **({"upload-time": f.upload_time} if f.upload_time else {}),
+                    "provenance": f.provenance_url,
                 }
             )
         versions = sorted({f.version for f in proj.files.values()})

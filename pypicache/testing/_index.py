@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from pypicache.interfaces import IIndex
+from pypicache.interfaces import IIndex, IIndexProvenance, IIndexRepair
 from pypicache.model import BlobInfo, FileExists, FileRecord, ProjectList, ProjectPage, ProjectRecord, Validators
 from pypicache.providers import ProviderContext
 from pypicache.testing._context import TIMEOUT, make_context, stop_context, wait, wait_for_error
@@ -117,7 +117,8 @@ class IndexContract:
                        upload_time="2024-01-02T03:04:05.123456Z"),
             index_file("demo-1.0.tar.gz", yanked=True, core_metadata={}, size=0),
             index_file("Demo-0.1.zip", url="https://elsewhere.example/Demo-0.1.zip?x=1#frag",
-                       requires_python="", upload_time="2001-01-01T00:00:00Z"),
+                       requires_python="", upload_time="2001-01-01T00:00:00Z",
+                       provenance="https://index.example/integrity/demo/0.1/Demo-0.1.zip/provenance"),
         )
         page = index_page("demo", *files, validators=Validators('"etag-1"', "Tue, 01 Jan 2030 00:00:00 GMT"),
                           versions=("0.1", "1.0", "2.0"), meta={"tracks": ["https://x.example/simple/demo/"]})
@@ -309,6 +310,38 @@ class IndexContract:
         # A different digest than the page lists is not recorded.
         again = await wait(index.mark_metadata_stored("mm", hashed.filename, _digest("zz")))
         assert again.file(hashed.filename) == record.file(hashed.filename)
+
+    @pytest_twisted.ensureDeferred
+    async def test_mark_provenance_stored(self, index: Any) -> None:
+        """IIndexProvenance (optional): the provenance blob is recorded,
+        kept across refreshes of an unchanged file, and forgotten when the
+        file's bytes change or the page stops offering a provenance."""
+        if not IIndexProvenance.providedBy(index):
+            pytest.skip("the index does not provide IIndexProvenance")
+        url = "https://index.example/integrity/pv/1/pv-1-py3-none-any.whl/provenance"
+        wheel = index_file("pv-1-py3-none-any.whl", provenance=url)
+        other = index_file("pv-1.tar.gz", provenance=url.replace("-py3-none-any.whl", ".tar.gz"))
+        bare = index_file("pv-2.tar.gz")
+        await wait(index.save_upstream_page(index_page("pv", wheel, other, bare), 1.0))
+        await wait(index.mark_provenance_stored("pv", other.filename, _digest("p2")))
+        record = await wait(index.mark_provenance_stored("pv", wheel.filename, _digest("p1")))
+        assert record.file(wheel.filename) == attrs.evolve(wheel, provenance_sha256=_digest("p1"))
+        assert await wait(index.get_project("pv")) == record
+        if IIndexRepair.providedBy(index):
+            assert await wait(index.stored_with_blob(_digest("p1"))) == [("pv", wheel.filename, "provenance")]
+        # A refresh keeps it for the same bytes; new bytes or no provenance forget it.
+        page = index_page("pv", wheel, attrs.evolve(other, provenance=None), bare)
+        record = await wait(index.save_upstream_page(page, 2.0))
+        assert [f.provenance_sha256 for f in record.files] == [_digest("p1"), None, None]
+        page = index_page("pv", attrs.evolve(wheel, hashes={"sha256": _digest("new bytes")}), other, bare)
+        record = await wait(index.save_upstream_page(page, 3.0))
+        assert record.file(wheel.filename).provenance_sha256 is None
+        await wait(index.mark_provenance_stored("pv", other.filename, _digest("p3")))
+        record = await wait(index.mark_provenance_stored("pv", other.filename, None))
+        assert record.file(other.filename).provenance_sha256 is None
+        assert await wait(index.get_project("pv")) == record
+        await wait_for_error(KeyError, index.mark_provenance_stored, "pv", "pv-9.tar.gz", _digest("x"))
+        await wait_for_error(KeyError, index.mark_provenance_stored, "nope", "pv-9.tar.gz", _digest("x"))
 
     # --------------------------------------------------------- project list
 

@@ -18,6 +18,7 @@ import binascii
 import gzip
 import hashlib
 import hmac
+import json
 import lzma
 import posixpath
 import re
@@ -89,6 +90,9 @@ class ValidUpload:
     requires_python: str | None
     file: UploadedFile
     python_version: str
+    #: PEP 740: the provenance object made of the ``attestations`` sent
+    #: (twine ``--attestations``), checked to be about this file; None: none sent.
+    provenance: bytes | None = None
 
     @property
     def metadata_sha256(self) -> str:
@@ -133,6 +137,7 @@ def validate_upload(
     _check_version(form, fn_version, filename)
     _check_filetype(form, filetype, filename)
     _check_digests(form, upload)
+    provenance = _attestations(form, filename, upload.sha256)
 
     started = clock()
 
@@ -166,6 +171,7 @@ def validate_upload(
         requires_python=metadata["requires_python"],
         file=upload,
         python_version=python_version,
+        provenance=provenance,
     )
 
 
@@ -179,6 +185,37 @@ def _single(form: UploadForm, field: str) -> str | None:
         raise UploadError(400, f"field {field!r} was given more than once")
     value = values[0].strip() if values else ""
     return value or None
+
+
+#: The publisher recorded for attestations uploaded here: PEP 740 groups
+#: attestations by Trusted Publisher, which a private index does not have.
+#: Clients verify the signatures against their own identity policy.
+UPLOAD_PUBLISHER = {"kind": "pypicache-upload"}
+
+
+def _attestations(form: UploadForm, filename: str, sha256: str) -> bytes | None:
+    """The provenance object (PEP 740) of the ``attestations`` field, a JSON
+    list of attestation objects, or None when none was sent.  Every
+    attestation must be about this file (pypicache.services.provenance):
+    PyPI too refuses an upload whose attestations do not match it."""
+    text = _single(form, "attestations")
+    if text is None:
+        return None
+    from pypicache.services.provenance import ProvenanceRejected, check_provenance
+
+    try:
+        attestations = json.loads(text)
+    except ValueError:
+        raise UploadError(400, "'attestations' is not JSON") from None
+    if not isinstance(attestations, list) or not attestations:
+        raise UploadError(400, "'attestations' must be a non-empty JSON list of attestation objects")
+    body = json.dumps({"version": 1, "attestation_bundles": [
+        {"publisher": UPLOAD_PUBLISHER, "attestations": attestations}]}, separators=(",", ":")).encode()
+    try:
+        check_provenance(body, filename, sha256)
+    except ProvenanceRejected as e:
+        raise UploadError(400, f"attestations: {e}") from None
+    return body
 
 
 def _check_action(form: UploadForm) -> None:

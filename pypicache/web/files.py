@@ -1,4 +1,5 @@
-"""``/files/<project>/<filename>`` and its PEP 658 ``.metadata`` sibling.
+"""``/files/<project>/<filename>``, its PEP 658 ``.metadata`` and its PEP
+740 ``.provenance`` siblings.
 
 A stored file is answered from storage with Range, HEAD, a strong ETag (its
 sha256) and immutable cache headers.  An uncached file (proxy view only) is
@@ -32,6 +33,7 @@ from pypicache.model import (
 from pypicache.services.stats import Stats
 from pypicache.errors import CircuitOpen, DiskFull
 from pypicache.services.visibility import LOCAL, visible
+from pypicache.web.render import PROVENANCE_SUFFIX, has_provenance
 from pypicache.web.sending import send_body
 from pypicache.web.auth import client_of
 from pypicache.web.simple import project_allowed
@@ -41,6 +43,10 @@ log = Logger()
 
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: PEP 740's media type (pypicache.services.provenance.CONTENT_TYPE).
+_PROVENANCE_TYPE = b"application/vnd.pypi.integrity.v1+json"
+#: What ``_find`` says is asked for a ``<filename>.provenance`` URL.
+PROVENANCE = "provenance"
 #: Default of Files.range_wait: well inside pip's (15 s) and uv's (30 s) timeouts.
 RANGE_WAIT = 5.0
 
@@ -152,18 +158,22 @@ class Files(Resource):
             why = cooldown.reason(until)
             raise HTTPError(404, f"{record.filename} is held back by the release cooldown ({why})",
                             {b"x-pypicache-reason": why.encode()})
-        if metadata:
+        if metadata == PROVENANCE:
+            await self._serve_provenance(request, project, record)
+        elif metadata:
             await self._serve_metadata(request, project, record)
         else:
             await self._serve_file(request, project, record)
 
-    async def _find(self, project: str, filename: str, allowed: bool = True) -> tuple[FileRecord | None, bool]:
-        """The record for ``filename`` (or the file whose metadata it is);
-        not ``allowed`` by the policy: never asks the upstream."""
+    async def _find(self, project: str, filename: str, allowed: bool = True) -> tuple[FileRecord | None, Any]:
+        """The record for ``filename`` (or the file whose metadata or
+        provenance it is), and what is asked: False (the file), True (its
+        METADATA) or :data:`PROVENANCE`; not ``allowed`` by the policy:
+        never asks the upstream."""
 
         merged = project in self.mirror.merge
 
-        def lookup(rec: Any) -> tuple[FileRecord | None, bool]:
+        def lookup(rec: Any) -> tuple[FileRecord | None, Any]:
             # A file hidden by the visibility rule (an upstream file of a
             # private name) is as unknown here as on the pages.
             if rec is None:
@@ -175,6 +185,10 @@ class Files(Resource):
                 base = rec.file(filename[: -len(".metadata")])
                 if base is not None and base.core_metadata is not None and visible(rec, base, merged=merged):
                     return base, True
+            if filename.endswith(PROVENANCE_SUFFIX):
+                base = rec.file(filename[: -len(PROVENANCE_SUFFIX)])
+                if base is not None and has_provenance(base) and visible(rec, base, merged=merged):
+                    return base, PROVENANCE
             return None, False
 
         found = lookup(await self.mirror.load(project))
@@ -186,8 +200,11 @@ class Files(Resource):
                 raise HTTPError(503, f"upstream unavailable: {e.reason}",
                                 {b"retry-after": str(e.retry_after).encode()}) from None
             found = lookup(result.record if result is not None else None)
-        if self.local and found[0] is not None and not (found[0].metadata_stored if found[1] else found[0].stored):
-            return None, False
+        if self.local and found[0] is not None:
+            kept = found[0].provenance_sha256 if found[1] == PROVENANCE else \
+                found[0].metadata_stored if found[1] else found[0].stored
+            if not kept:
+                return None, False
         return found
 
     def _common_headers(self, request: Any, sha256: str | None, content_type: bytes) -> None:
@@ -324,3 +341,47 @@ class Files(Resource):
         except BlobNotFound:
             raise HTTPError(404, f"metadata of {record.filename} is missing from storage") from None
         await self._send_blob(request, reader, sha, b"application/octet-stream")
+
+    async def _serve_provenance(self, request: Any, project: str, record: FileRecord) -> None:
+        """The PEP 740 provenance object: from storage, else fetched, checked
+        against the file and stored (pypicache.services.provenance)."""
+        sha = record.provenance_sha256
+        if sha is not None:
+            try:
+                reader = await self.storage.open_read(sha)
+            except BlobNotFound:
+                log.error("index says {project}/{filename}.provenance is stored but storage lacks it",
+                          project=project, filename=record.filename)
+            else:
+                await self._send_blob(request, reader, sha, _PROVENANCE_TYPE)
+                return
+        if not self.allow_upstream or not record.provenance:
+            raise HTTPError(404, f"provenance of {record.filename} is not stored here")
+        from pypicache.services.provenance import ProvenanceRejected  # rare: not loaded at start-up
+        try:
+            sha = await self.provenance.fetch(project, record)
+        except UpstreamNotFound:
+            raise HTTPError(404, f"upstream has no provenance for {record.filename}") from None
+        except ProvenanceRejected as e:
+            raise HTTPError(502, str(e), {b"retry-after": b"30"}) from None
+        except DiskFull as e:
+            raise _disk_full(record.filename + PROVENANCE_SUFFIX, e) from None
+        except UpstreamError as e:
+            raise _upstream_failed(project, record.filename + PROVENANCE_SUFFIX, e) from None
+        try:
+            reader = await self.storage.open_read(sha)
+        except BlobNotFound:
+            raise HTTPError(404, f"provenance of {record.filename} is missing from storage") from None
+        await self._send_blob(request, reader, sha, _PROVENANCE_TYPE)
+
+    @property
+    def provenance(self) -> Any:
+        """The :class:`~pypicache.services.provenance.ProvenanceFetcher`,
+        made on first use from the downloader's providers."""
+        fetcher = self.__dict__.get("_provenance")
+        if fetcher is None:
+            from pypicache.services.provenance import ProvenanceFetcher
+            d = self.downloader
+            fetcher = self.__dict__["_provenance"] = ProvenanceFetcher(
+                storage=d.storage, index=d.index, upstream=d.upstream, traffic=d.traffic)
+        return fetcher

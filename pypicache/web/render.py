@@ -1,4 +1,4 @@
-"""Render Simple API pages (PEP 503/629/658/691/700) to bytes, without I/O.
+"""Render Simple API pages (PEP 503/629/658/691/700/740) to bytes, without I/O.
 
 The server caches what these functions return, so a page is rendered once
 per change, but that render still happens on the reactor thread and a project
@@ -49,14 +49,31 @@ _HTML_HEAD = (
 
 #: PEP 708 (``tracks``, ``alternate-locations``) arrived with API version 1.2.
 _API_VERSION_TRACKS = "1.2"
+#: PEP 740 (``provenance``) with 1.3: announced by pages that carry it.
+_API_VERSION_PROVENANCE = "1.3"
+#: Where a file's provenance is served: beside it, as ``.metadata`` is
+#: (web/files.py), so the relative link works under every view's prefix.
+PROVENANCE_SUFFIX = ".provenance"
+
+
+def has_provenance(record: FileRecord) -> bool:
+    """True when the page offers ``record``'s PEP 740 provenance: the
+    upstream gave a URL for it, or an object for it is stored here."""
+    return record.provenance is not None or record.provenance_sha256 is not None
+
+
+def _page_version(meta: Mapping[str, Any] | None, provenance: bool) -> str:
+    if provenance:
+        return _API_VERSION_PROVENANCE
+    return _API_VERSION_TRACKS if _has_tracks(meta) else API_VERSION
 
 
 def _has_tracks(meta: Mapping[str, Any] | None) -> bool:
     return bool(meta and meta.get("tracks"))
 
 
-def _html_head(title: str, meta: Mapping[str, Any] | None) -> list[str]:
-    parts = [_HTML_HEAD.format(version=_API_VERSION_TRACKS if _has_tracks(meta) else API_VERSION)]
+def _html_head(title: str, meta: Mapping[str, Any] | None, provenance: bool = False) -> list[str]:
+    parts = [_HTML_HEAD.format(version=_page_version(meta, provenance))]
     if meta:
         tracks = meta.get("tracks")
         if isinstance(tracks, str):
@@ -104,7 +121,7 @@ def _project_html(
     name: str, files: Sequence[FileRecord], file_base: str, meta: Mapping[str, Any] | None
 ) -> bytes:
     title = "Links for " + escape(name)
-    parts = _html_head(title, meta)
+    parts = _html_head(title, meta, any(map(has_provenance, files)))
     append = parts.append
     # requires-python specifiers repeat across a project's files: escape once.
     escaped: dict[str, str] = {}
@@ -137,6 +154,11 @@ def _project_html(
             attrs.append('" data-dist-info-metadata="')
             attrs.append(value)
             attrs.append('"')
+        if record.provenance is not None or record.provenance_sha256 is not None:
+            attrs.append(' data-provenance="')
+            attrs.append(base)
+            attrs.append(html_quoted)
+            attrs.append(PROVENANCE_SUFFIX + '"')
         attrs.append(">")
         attrs.append(html_text)
         attrs.append("</a><br/>\n")
@@ -158,6 +180,7 @@ def _project_json(
     # the json module's own string encoder, and the tests compare the result
     # with json.loads.
     with_size = all(record.size is not None for record in files)
+    provenance = False
     base = _json_str(file_base)[1:-1]
     entries = []
     append = entries.append
@@ -190,13 +213,16 @@ def _project_json(
         if record.upload_time:
             parts.append(',"upload-time":')
             parts.append(_json_str(record.upload_time))
+        if record.provenance is not None or record.provenance_sha256 is not None:
+            provenance = True
+            parts.append(',"provenance":"' + base + quoted + PROVENANCE_SUFFIX + '"')
         parts.append("}")
         append("".join(parts))
 
     if not with_size:
         version = _API_VERSION_NO_SIZE
     else:
-        version = _API_VERSION_TRACKS if _has_tracks(meta) else API_VERSION
+        version = _page_version(meta, provenance)
     page_meta: dict[str, Any] = {"api-version": version}
     if meta:
         for key, value in meta.items():

@@ -151,9 +151,10 @@ def etag_matches(header: bytes | None, *etags: str) -> bool:
 
 
 def same_listing(old: tuple[FileRecord, ...], new: tuple[FileRecord, ...]) -> bool:
-    """True when two files tuples differ at most in ``stored`` and
-    ``metadata_stored``: the same proxy page (the local view lists stored files
-    only, so it never uses this)."""
+    """True when two files tuples differ at most in ``stored``,
+    ``metadata_stored`` and ``provenance_sha256`` (the proxy page links a
+    provenance the upstream offers whether or not it is stored): the same
+    proxy page (the local view lists stored files only, so it never uses this)."""
     if len(old) != len(new):
         return False
     listing = _LISTING
@@ -165,7 +166,7 @@ def same_listing(old: tuple[FileRecord, ...], new: tuple[FileRecord, ...]) -> bo
 
 #: Every FileRecord field but where its bytes are (fields added later count).
 _LISTING = operator.attrgetter(*(f.name for f in attrs.fields(FileRecord)
-                                 if f.name not in ("stored", "metadata_stored")))
+                                 if f.name not in ("stored", "metadata_stored", "provenance_sha256")))
 
 
 def without_held_versions(versions: Sequence[str] | None, visible: Sequence[FileRecord],
@@ -192,7 +193,11 @@ def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta
     if held.count:
         meta = {**meta, "_pypicache": {"held_back": held.count}}
         versions = without_held_versions(versions, visible, held.files)
-    body = render_project(fmt, name, held.files, "../../files/" + name + "/", versions, meta)
+    shown = held.files
+    if local:  # what is stored only: a provenance not fetched yet is not offered
+        shown = tuple(f if f.provenance is None or f.provenance_sha256 else attrs.evolve(f, provenance=None)
+                      for f in shown)
+    body = render_project(fmt, name, shown, "../../files/" + name + "/", versions, meta)
     page = Rendered(record.files, body, etag_for(body), policy=policy, held=held.count, until=held.until)
     if gzipped and len(body) >= GZIP_MIN:
         page.gzipped()

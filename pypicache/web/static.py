@@ -81,6 +81,8 @@ async def write_static(records: Sequence[ProjectRecord], storage: Any, dest: Pat
                 parts = [(f.filename, f.sha256)]
                 if f.metadata_stored and f.metadata_sha256 is not None:
                     parts.append((f.filename + ".metadata", f.metadata_sha256))
+                if f.provenance_sha256 is not None:
+                    parts.append((f.filename + ".provenance", f.provenance_sha256))
                 for filename, sha in parts:
                     got = await read_blob_in_thread(storage, sha, reactor, threadpool,
                                                     lambda read, t=folder / filename: _copy(read, t))
@@ -92,7 +94,8 @@ async def write_static(records: Sequence[ProjectRecord], storage: Any, dest: Pat
                 on_item(item)
             # Metadata only advertised where it is written beside the file:
             # pip and uv fail on an advertised .metadata that answers 404.
-            shown = [f if f.metadata_stored else _without_metadata(f) for f in record.files]
+            # The same for a PEP 740 provenance: only one written here is linked.
+            shown = [_without_unstored(f) for f in record.files]
             base = f"../../files/{name}/"
             for fmt, page in ((HTML, "index.html"), (JSON, "index.json")):
                 await run(_write, temp / "simple" / name / page, render_project(fmt, name, shown, base))
@@ -107,10 +110,16 @@ async def write_static(records: Sequence[ProjectRecord], storage: Any, dest: Pat
     return items
 
 
-def _without_metadata(f: Any) -> Any:
+def _without_unstored(f: Any) -> Any:
+    """``f`` without the METADATA and provenance links it has no blob for."""
     import attrs
 
-    return attrs.evolve(f, core_metadata=None)
+    changes: dict[str, Any] = {}
+    if not f.metadata_stored and f.core_metadata is not None:
+        changes["core_metadata"] = None
+    if f.provenance_sha256 is None and f.provenance is not None:
+        changes["provenance"] = None
+    return attrs.evolve(f, **changes) if changes else f
 
 
 def _swap(temp: Path, dest: Path) -> None:

@@ -21,12 +21,13 @@ from pypicache.providers.index.rules import (
     with_file_stored,
     with_metadata_stored,
     with_origin,
+    with_provenance_stored,
     with_upload,
     with_yanked,
     without_file,
     without_stored,
 )
-from pypicache.interfaces import IIndex, IIndexRepair, IProviderFactory
+from pypicache.interfaces import IIndex, IIndexProvenance, IIndexRepair, IProviderFactory
 from pypicache.model import (
     BlobInfo,
     FileExists,
@@ -40,7 +41,7 @@ from pypicache.model import (
 from pypicache.providers import check_options
 
 
-@implementer(IIndex, IIndexRepair)
+@implementer(IIndex, IIndexRepair, IIndexProvenance)
 class MemoryIndex:
     """A dict of records: for tests and for throw-away servers.
 
@@ -81,6 +82,10 @@ class MemoryIndex:
 
     def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred:
         return defer.maybeDeferred(self._mark, with_metadata_stored, name, filename, sha256)
+
+    def mark_provenance_stored(self, name: str, filename: str, sha256: str | None) -> defer.Deferred:
+        """IIndexProvenance."""
+        return defer.maybeDeferred(self._mark, with_provenance_stored, name, filename, sha256)
 
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:

@@ -72,6 +72,7 @@ def _fresh(page_file: FileRecord, prior: FileRecord | None, at: float) -> FileRe
         core_metadata=None if page_file.core_metadata is None else dict(page_file.core_metadata),
         stored=False,
         metadata_stored=False,
+        provenance_sha256=None,
         listed=True,
         origin=UPSTREAM,
         first_seen=first_seen,
@@ -88,15 +89,20 @@ def _carry_state(prior: FileRecord | None, new: FileRecord) -> FileRecord:
     change, so the state is kept and our verified digest (and size) carried
     over -- otherwise a hash-less upstream would make us forget every file on
     each refresh.  ``metadata_stored`` follows the same rule for the METADATA
-    digest and is also reset when the file itself changed.
+    digest and is also reset when the file itself changed; so does the
+    stored provenance, kept while the page still offers one.
     """
     if prior is None:
         return new
-    if not (prior.stored or prior.metadata_stored):
+    if not (prior.stored or prior.metadata_stored or prior.provenance_sha256):
         return new
     changes: dict[str, Any] = {}
     prior_sha, new_sha = prior.sha256, new.sha256
     file_same = prior_sha is None or new_sha is None or prior_sha == new_sha
+    if prior.provenance_sha256 and file_same and new.provenance is not None:
+        # The provenance was checked to name these bytes: still good while
+        # the page offers one for them (an upstream may re-sign, not rebind).
+        changes["provenance_sha256"] = prior.provenance_sha256
     if prior.stored and prior_sha is not None and file_same:
         changes["stored"] = True
         if new_sha is None:
@@ -238,6 +244,22 @@ def with_metadata_stored(record: ProjectRecord, filename: str,
     return _replace_file(record, old, new), new
 
 
+def with_provenance_stored(record: ProjectRecord, filename: str,
+                           sha256: str | None) -> tuple[ProjectRecord, FileRecord]:
+    """``record`` with ``filename``'s PEP 740 provenance object recorded as
+    the blob ``sha256`` (None: forget it, the blob is gone).
+
+    The caller checked that the object names this file's sha256 and
+    filename (:mod:`pypicache.services.provenance`).  KeyError for an
+    unknown filename; unchanged (the same objects) when already so.
+    """
+    old = _find(record, filename)
+    if old.provenance_sha256 == sha256:
+        return record, old
+    new = attrs.evolve(old, provenance_sha256=sha256)
+    return _replace_file(record, old, new), new
+
+
 def without_stored(record: ProjectRecord, filename: str,
                    metadata: bool) -> tuple[ProjectRecord, FileRecord]:
     """``record`` with ``filename``'s bytes (or, with ``metadata``, its
@@ -256,14 +278,17 @@ def without_stored(record: ProjectRecord, filename: str,
 
 def stored_with_blob(record: ProjectRecord, sha256: str) -> list[tuple[str, str, str]]:
     """``(project, filename, part)`` of each of ``record``'s files marked
-    stored whose bytes (part "file") or METADATA (part "metadata") are the
-    blob ``sha256`` (:meth:`IIndexRepair.stored_with_blob`)."""
+    stored whose bytes (part "file"), METADATA (part "metadata") or
+    provenance (part "provenance") are the blob ``sha256``
+    (:meth:`IIndexRepair.stored_with_blob`)."""
     found = []
     for f in record.files:
         if f.stored and f.sha256 == sha256:
             found.append((record.name, f.filename, "file"))
         if f.metadata_stored and f.metadata_sha256 == sha256:
             found.append((record.name, f.filename, "metadata"))
+        if f.provenance_sha256 == sha256:
+            found.append((record.name, f.filename, "provenance"))
     return found
 
 

@@ -41,12 +41,13 @@ from pypicache.providers.index.rules import (
     with_file_stored,
     with_metadata_stored,
     with_origin,
+    with_provenance_stored,
     with_upload,
     with_yanked,
     without_file,
     without_stored,
 )
-from pypicache.interfaces import IIndex, IIndexRepair, IProviderFactory
+from pypicache.interfaces import IIndex, IIndexProvenance, IIndexRepair, IProviderFactory
 from pypicache.model import (
     BlobInfo,
     FileExists,
@@ -65,7 +66,7 @@ T = TypeVar("T")
 
 #: PRAGMA user_version this code writes.  Bump it and add a step to
 #: ``_MIGRATIONS`` to change the schema; older files are upgraded on open.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Milliseconds a statement waits for another process's lock before failing.
 BUSY_TIMEOUT_MS = 10_000
@@ -149,16 +150,24 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
         "ALTER TABLE files ADD COLUMN yank_history TEXT",
         _note_known_yanks,
     ),
+    # PEP 740: the upstream's provenance URL of each file, and the blob of
+    # the provenance object once fetched and checked (NULL: none / not yet).
+    5: (
+        "ALTER TABLE files ADD COLUMN provenance TEXT",
+        "ALTER TABLE files ADD COLUMN provenance_sha256 TEXT",
+    ),
 }
 
 _FILE_COLUMNS = ("filename, url, hashes, requires_python, yanked, yanked_reason, core_metadata, "
-                 "size, upload_time, stored, metadata_stored, listed, origin, first_seen, yank_history")
+                 "size, upload_time, stored, metadata_stored, listed, origin, first_seen, yank_history, "
+                 "provenance, provenance_sha256")
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE project = ? ORDER BY position"
 _INSERT_FILE = (f"INSERT INTO files (project, position, {_FILE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UPDATE_FILE = ("UPDATE files SET url = ?, hashes = ?, requires_python = ?, yanked = ?, "
                 "yanked_reason = ?, core_metadata = ?, size = ?, upload_time = ?, stored = ?, "
-                "metadata_stored = ?, listed = ?, origin = ?, first_seen = ?, yank_history = ? "
+                "metadata_stored = ?, listed = ?, origin = ?, first_seen = ?, yank_history = ?, "
+                "provenance = ?, provenance_sha256 = ? "
                 "WHERE project = ? AND filename = ?")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -258,12 +267,14 @@ def _json_or_none(value: Any) -> str | None:
 
 def _file_from_row(row: tuple) -> FileRecord:
     (filename, url, hashes, requires_python, yanked, yanked_reason, core_metadata,
-     size, upload_time, stored, metadata_stored, listed, origin, first_seen, yank_history) = row
+     size, upload_time, stored, metadata_stored, listed, origin, first_seen, yank_history,
+     provenance, provenance_sha256) = row
     return FileRecord(
         filename, url, _loads(hashes), requires_python, bool(yanked), yanked_reason,
         None if core_metadata is None else _loads(core_metadata), size, upload_time,
         bool(stored), bool(metadata_stored), bool(listed), origin, first_seen,
         () if yank_history is None else tuple((when, bool(y), why) for when, y, why in _loads(yank_history)),
+        provenance, provenance_sha256,
     )
 
 
@@ -273,7 +284,8 @@ def _file_values(f: FileRecord) -> tuple:
             f.yanked_reason,
             None if f.core_metadata is None else _dumps(dict(f.core_metadata)),
             f.size, f.upload_time, int(f.stored), int(f.metadata_stored), int(f.listed), f.origin,
-            f.first_seen, _dumps([list(event) for event in f.yank_history]) if f.yank_history else None)
+            f.first_seen, _dumps([list(event) for event in f.yank_history]) if f.yank_history else None,
+            f.provenance, f.provenance_sha256)
 
 
 def _load_project(conn: sqlite3.Connection, name: str) -> ProjectRecord | None:
@@ -416,7 +428,8 @@ def _q_stored_with_blob(conn: sqlite3.Connection, sha256: str) -> list[tuple[str
     with _transaction(conn, write=False):
         names = [name for (name,) in conn.execute(
             "SELECT DISTINCT project FROM files WHERE (stored AND instr(hashes, ?1)) "
-            "OR (metadata_stored AND instr(coalesce(core_metadata, ''), ?1))", (sha256,))]
+            "OR (metadata_stored AND instr(coalesce(core_metadata, ''), ?1)) "
+            "OR provenance_sha256 = ?1", (sha256,))]
         found = []
         for name in names:
             record = _load_project(conn, name)
@@ -489,7 +502,7 @@ def _q_save_project_list(conn: sqlite3.Connection, project_list: ProjectList,
 # ------------------------------------------------------------------ provider
 
 
-@implementer(IIndex, IIndexRepair)
+@implementer(IIndex, IIndexRepair, IIndexProvenance)
 class SQLiteIndex:
     """The catalog in one SQLite file, answered from a private thread.
 
@@ -567,6 +580,10 @@ class SQLiteIndex:
 
     def mark_metadata_stored(self, name: str, filename: str, sha256: str) -> defer.Deferred:
         return self._call(_cache_write(_q_mark), with_metadata_stored, name, filename, sha256)
+
+    def mark_provenance_stored(self, name: str, filename: str, sha256: str | None) -> defer.Deferred:
+        """IIndexProvenance."""
+        return self._call(_cache_write(_q_mark), with_provenance_stored, name, filename, sha256)
 
     def set_yanked(self, name: str, filename: str, yanked: bool,
                    reason: str | None) -> defer.Deferred:

@@ -319,6 +319,16 @@ def _json_metadata(entry: Mapping[str, Any]) -> dict[str, str] | None:
     return None
 
 
+def _provenance_url(value: object, resolve: Callable[[str], str | None]) -> str | None:
+    """PEP 740's ``provenance`` (JSON) / ``data-provenance`` (HTML): a URL,
+    resolved like a file's; anything else (null, junk, not http(s)) is None.
+    Whether it may be fetched is the upstream provider's call (its policy)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    url = resolve(value)
+    return None if url is None else urldefrag(url)[0]
+
+
 def _json_file(entry: object, resolve: Callable[[str], str | None]) -> FileRecord | None:
     if not isinstance(entry, dict):
         return None
@@ -346,6 +356,7 @@ def _json_file(entry: object, resolve: Callable[[str], str | None]) -> FileRecor
         core_metadata=_json_metadata(entry),
         size=size,
         upload_time=_optional_str(entry.get("upload-time")),
+        provenance=_provenance_url(entry.get("provenance"), resolve),
     )
 
 
@@ -491,12 +502,13 @@ def _html_file(attrs: Mapping[str, str | None], text: str, resolve: Callable[[st
         yanked=yanked,
         yanked_reason=_optional_str(attrs.get("data-yanked")) if yanked else None,
         core_metadata=_html_metadata(attrs),
+        provenance=_provenance_url(attrs.get("data-provenance"), resolve),
     )
 
 
 @_only_value_errors
 def parse_project_html(body: bytes, page_url: str, *, name: str | None = None) -> ProjectPage:
-    """A PEP 503 project page (with the PEP 592/629/658/714 attributes).
+    """A PEP 503 project page (with the PEP 592/629/658/714/740 attributes).
 
     Attribute values arrive unescaped (``&lt;`` is ``<``).  Links resolve
     against ``<base href>`` when the page has one, else ``page_url``.

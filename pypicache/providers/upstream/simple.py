@@ -45,6 +45,7 @@ from zope.interface import implementer
 from pypicache.errors import ConfigError
 from pypicache.interfaces import IClosable, IProviderFactory, IUpstream, IUpstreamDownload
 from pypicache.model import (
+    FileRecord,
     InvalidName,
     NotModified,
     ProjectList,
@@ -560,8 +561,26 @@ class SimpleUpstream:
         page = await self._parse(final, parse_project, body, content_type, final, name=name)
         if not _looks_like_project_page(body, content_type, page):
             raise UpstreamError(f"{final}: not a Simple API page (an error or login page answered 200?)")
-        return ProjectPage(name=name, files=page.files, validators=got, versions=page.versions,
-                           meta=page.meta)
+        return ProjectPage(name=name, files=self._fetchable_provenance(page.files), validators=got,
+                           versions=page.versions, meta=page.meta)
+
+    def _fetchable_provenance(self, files: tuple[FileRecord, ...]) -> tuple[FileRecord, ...]:
+        """``files`` with every PEP 740 provenance URL the fetch policy would
+        refuse dropped: a URL is only kept if the server can fetch it (and a
+        page cannot point it at an internal host through us)."""
+        if not any(f.provenance for f in files):
+            return files
+        out = []
+        for f in files:
+            if f.provenance:
+                try:
+                    self.policy.check_url(f.provenance)
+                except UpstreamRefused:
+                    log.debug("dropping provenance of {filename}: {url} is refused by the fetch policy",
+                              filename=f.filename, url=f.provenance)
+                    f = attrs.evolve(f, provenance=None)
+            out.append(f)
+        return tuple(out)
 
     async def _project_list(self, validators: Validators) -> ProjectList:
         body, content_type, final, got = await self._page(self.url, validators)
