@@ -438,3 +438,11 @@ def test_policy_table_is_validated_into_seconds_and_names():
 def test_a_bad_policy_names_the_key(table, message):
     with pytest.raises(ConfigError, match=message):
         parse({"policy": table})
+
+
+def test_shutdown_timeout():
+    assert Config().shutdown_timeout == 30.0
+    assert parse({"server": {"shutdown_timeout": 5}}).shutdown_timeout == 5.0
+    assert parse({"server": {"shutdown_timeout": 0}}).shutdown_timeout == 0.0
+    for bad in (-1, 3601, "30s", True):
+        assert _error({"server": {"shutdown_timeout": bad}}).startswith("server.shutdown_timeout: ")

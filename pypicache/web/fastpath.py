@@ -157,6 +157,7 @@ class FastHTTP(protocol.Protocol):
         close = _CONNECTION.get(headers.get(b"connection", b"").lower())
         if close is None:
             return None
+        close = close or self.factory.draining  # shutting down: this answer is the connection's last
         view = self.factory.views[1 if m.group(2) else 0]
         found = view.fast_page(m.group(3).decode("ascii"), headers.get(b"accept"), headers.get(b"accept-encoding"),
                                headers.get(b"if-none-match"))
@@ -226,6 +227,8 @@ class FastPathFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.connections = 0
         self.live: set[FastHTTP] = set()
+        #: Set when the server shuts down (pypicache.web.draining): answers close their connection.
+        self.draining = False
 
     def buildProtocol(self, addr: Any) -> FastHTTP:
         return FastHTTP(self, addr)

@@ -146,6 +146,8 @@ class QuietSite(Site):
     #: (bytes/s); None turns the check off.  See pypicache.web.limits.
     header_timeout: float | None = None
     min_body_rate: float | None = None
+    #: Set when the server shuts down: no more keep-alive (pypicache.web.draining).
+    draining = False
 
     def __init__(self, resource: Resource, *, access_log: bool = True, upload_limit: int = 0,
                  read_gate: Any = None, upload_gate: Any = None, header_timeout: float | None = None,
