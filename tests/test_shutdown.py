@@ -364,6 +364,7 @@ async def test_a_restart_under_a_client_loop_fails_no_request(tmp_path, fake_ups
     request succeeds, some of them queued in the socket while no process
     served it."""
     from twisted.internet import reactor
+    from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
     conf = daemon_config(tmp_path, fake_upstream.url)
@@ -378,7 +379,7 @@ async def test_a_restart_under_a_client_loop_fails_no_request(tmp_path, fake_ups
                                                         if f["filename"] == wheel))
 
     pool = HTTPConnectionPool(reactor, persistent=True)  # keep-alive, as pip and uv do
-    keep_alive = treq.HTTPClient(Agent(reactor, pool=pool))
+    keep_alive = HTTPClient(Agent(reactor, pool=pool))
     done: list[tuple[float, float]] = []  # (sent, answered)
     failures: list[str] = []
     running = True
