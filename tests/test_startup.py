@@ -219,7 +219,8 @@ app = build(cfg, reactor)
 lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.web.manage",
         "pypicache.uploads.multipart", "pypicache.services.publishing", "pypicache.services.management",
         "pypicache.metadata", "pypicache.services.projectjson", "packaging.metadata",
-        "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring"]
+        "prometheus_client", "pypicache.services.metrics", "pypicache.services.health", "pypicache.web.monitoring",
+        "pypicache.web.draining"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
 from twisted.web.test.requesthelper import DummyRequest

@@ -169,9 +169,9 @@ class Server(service.MultiService):
             super().startService()
         except ConfigError as e:
             self.abort(f"config error: {e}", e)
-        if self.twistd is not None:
-            from twisted.internet import reactor
+        from twisted.internet import reactor
 
+        if self.twistd is not None and not reactor.running:  # not inside a test's or an embedder's reactor
             reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
