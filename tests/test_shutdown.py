@@ -108,6 +108,10 @@ def wheel_of(fake_upstream: Any) -> tuple[str, bytes]:
     return name, fake_upstream.files[name].read_bytes()
 
 
+#: Longer than the drain gives a connection that has sent nothing yet.
+FRESH_GRACE_AND_A_BIT = draining.FRESH_GRACE + 0.5
+
+
 def slow_file(fake_upstream: Any, filename: str, seconds: float) -> None:
     """The upstream sends ``filename`` over about ``seconds`` (a first
     download the server streams to its client as it arrives)."""
@@ -157,6 +161,46 @@ async def test_drain_closes_idle_connections_and_finishes_requests_in_flight(tmp
         assert await drained is True
         assert not server.app.factory.live
         assert reactor.seconds() - began < 10.0
+    finally:
+        for client in clients:
+            client.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_requests_half_received_when_the_drain_starts_are_answered(tmp_path, fake_upstream, fast_path):
+    """A head begun (on the fast path or twisted.web) and a body begun are
+    requests in flight: each is answered, with ``Connection: close``."""
+    from twisted.internet import reactor
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url, fast_path=fast_path))
+    port = server.port.getHost().port
+    clients: list[RawClient] = []
+    try:
+        warm = RawClient(port)
+        clients.append(warm)
+        warm.send(get("/simple/tinyproj/", close=True))  # cached: the fast path can answer it now
+        await warm.until(lambda c: c.closed)
+        head, body = RawClient(port), RawClient(port)
+        clients += [head, body]
+        request = get("/simple/tinyproj/")
+        head.send(request[:20])
+        body.send(b"POST /simple/ HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n12345")
+        await sleep(0.3)
+        await stop_listening(server)
+        drained = defer.ensureDeferred(draining.drain(server.app.factory, reactor, 10.0))
+        await sleep(FRESH_GRACE_AND_A_BIT)
+        assert not head.closed and not body.closed
+        head.send(request[20:])
+        body.send(b"67890")
+        for client in (head, body):
+            await client.until(lambda c: c.closed)
+            answer_head = client.received.partition(b"\r\n\r\n")[0].lower()
+            assert b"\r\nconnection: close" in answer_head, client.received[:300]
+        assert head.received.startswith(b"HTTP/1.1 200"), head.received[:200]
+        assert body.received.startswith(b"HTTP/1.1 405"), body.received[:200]
+        assert await drained is True
     finally:
         for client in clients:
             client.close()
