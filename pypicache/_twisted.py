@@ -272,3 +272,14 @@ def handling_request(channel: Any) -> bool:
 def reading_head(channel: Any) -> bool:
     """Has the channel received part of a request's head, and not all of it?"""
     return bool(channel.line_mode and not channel._handlingRequest and (channel._receivedHeaderSize or channel._buffer))
+
+
+# ------------------------------------------------------------ systemd
+
+
+def systemd_sockets() -> dict[str, int]:
+    """The sockets (name -> descriptor) that Twisted's ``systemd:`` endpoint
+    found inherited when it was imported (it reads and removes ``LISTEN_*``)."""
+    from twisted.internet import endpoints
+
+    return endpoints._SystemdParser._sddaemon.inheritedNamedDescriptors()

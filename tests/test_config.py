@@ -481,3 +481,10 @@ def test_monitoring_table():
 def test_a_bad_monitoring_key_is_named(table, message):
     with pytest.raises(ConfigError, match=message):
         parse({"monitoring": table})
+
+def test_shutdown_timeout():
+    assert Config().shutdown_timeout == 30.0
+    assert parse({"server": {"shutdown_timeout": 5}}).shutdown_timeout == 5.0
+    assert parse({"server": {"shutdown_timeout": 0}}).shutdown_timeout == 0.0
+    for bad in (-1, 3601, "30s", True):
+        assert _error({"server": {"shutdown_timeout": bad}}).startswith("server.shutdown_timeout: ")

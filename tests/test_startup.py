@@ -225,7 +225,8 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "packaging.requirements", "packaging.specifiers", "pypicache.cli.policy", "pypicache.cli.audit",
         "pypicache.web.asof",
         "pypicache.web.ui", "pypicache.web.ui.routes", "pypicache.services.usage",
-        "pypicache.services.eviction", "pypicache.services.cachebook", "pypicache.cli.cache"]
+        "pypicache.services.eviction", "pypicache.services.cachebook", "pypicache.cli.cache",
+        "pypicache.web.draining"]
 before = [m for m in lazy if m in sys.modules]
 root = app.site.resource
 before += [m for m in ["pypicache.web.accesslog"] if m in sys.modules]  # only with access_log_format = "json"

@@ -163,6 +163,8 @@ class Config:
     min_body_rate: int = 1000
     max_connections: int = 768
     max_connections_per_client: int = 128
+    #: Seconds SIGTERM waits for requests in flight (docs/operations.md "Restarts").
+    shutdown_timeout: float = 30.0
     storage: ProviderConfig = ProviderConfig("filesystem")
     index: ProviderConfig = ProviderConfig("sqlite")
     upstream: ProviderConfig = ProviderConfig("simple")
@@ -192,6 +194,7 @@ _SERVER_KEYS: dict[str, Any] = {
     "min_body_rate": int,
     "max_connections": int,
     "max_connections_per_client": int,
+    "shutdown_timeout": (int, float),
 }
 _HTTP_KEYS = {"connect_timeout", "read_timeout", "page_timeout", "user_agent", "max_page_bytes",
               "breaker_threshold", "breaker_cooldown"}
@@ -277,6 +280,11 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path |
         kwargs["threads"] = server["threads"]
     if "header_timeout" in server:
         kwargs["header_timeout"] = _positive("server.header_timeout", server["header_timeout"], upper=3600)
+    if "shutdown_timeout" in server:
+        if not 0 <= server["shutdown_timeout"] <= 3600:
+            raise ConfigError(f"server.shutdown_timeout: must be between 0 and 3600 seconds, "
+                              f"got {server['shutdown_timeout']!r}")
+        kwargs["shutdown_timeout"] = float(server["shutdown_timeout"])
     for key, low, high in (("min_body_rate", 1, 10**9), ("max_connections", 1, 100_000),
                            ("max_connections_per_client", 1, 100_000)):
         if key in server:

@@ -181,6 +181,22 @@ def bind_early(endpoint: str) -> socket.socket | None:
     return sock
 
 
+def _inherited() -> str:
+    """What this process inherited from systemd, for an error message.
+
+    Twisted read (and removed) ``LISTEN_*`` from the environment when its
+    endpoint module was imported; it keeps what it found.
+    """
+    from pypicache import _twisted
+
+    found = _twisted.systemd_sockets()
+    if not found:
+        return ("no socket inherited from systemd (LISTEN_FDS and LISTEN_FDNAMES unset, or LISTEN_PID "
+                "is not this process: start pypicache.socket, or use a tcp: endpoint)")
+    names = ", ".join(f"{name!r} (index {i})" for i, name in enumerate(found))
+    return f"no such socket inherited from systemd; inherited: {names}"
+
+
 def listen(reactor: Any, endpoint: str, factory: protocol.Factory, early: socket.socket | None = None) -> Any:
     """Listen on ``endpoint``; a Deferred firing with the listening port.
 
@@ -202,6 +218,10 @@ def listen(reactor: Any, endpoint: str, factory: protocol.Factory, early: socket
 
     try:
         server = endpoints.serverFromString(reactor, endpoint)
+    except (IndexError, KeyError) as e:
+        if endpoint.startswith("systemd:"):  # Twisted says only "list index out of range"
+            raise ListenError(f"server.listen: cannot listen on {endpoint!r}: {_inherited()}") from None
+        raise ListenError(f"config error: server.listen: bad endpoint {endpoint!r}: {e}") from None
     except Exception as e:
         raise ListenError(f"config error: server.listen: bad endpoint {endpoint!r}: {e}") from None
     try:

@@ -63,6 +63,8 @@ class AppService(service.Service):
         self.monitoring = listening.PendingFactory()
         self.app: Any = None
         self._reaper: Any = None
+        #: After stopping: False if the drain had to cut requests (server.shutdown_timeout).
+        self.drained: bool | None = None
 
     def startService(self) -> None:
         """Build the App; ConfigError if a provider is wrong."""
@@ -100,7 +102,17 @@ class AppService(service.Service):
             self._reloader.stop()
         if self.app is None:
             return None
-        return defer.ensureDeferred(self.app.close())
+        return defer.ensureDeferred(self._stop(self.app))
+
+    async def _stop(self, app: Any) -> None:
+        """Drain the connections (the listeners stopped first), then close."""
+        try:
+            if hasattr(app.factory, "live"):
+                from pypicache.web import draining
+
+                self.drained = await draining.drain(app.factory, app.reactor, app.config.shutdown_timeout)
+        finally:
+            await app.close()
 
 
 class Server(service.MultiService):
@@ -132,6 +144,7 @@ class Server(service.MultiService):
             listener.setServiceParent(self)
         self._started_early = False
         self._gc_paused = False
+        self._shutting_down = False
 
     def start_early(self) -> None:
         """The first step of starting, which imports nothing of Twisted's
@@ -168,6 +181,62 @@ class Server(service.MultiService):
             super().startService()
         except ConfigError as e:
             self.abort(f"config error: {e}", e)
+        from twisted.internet import reactor
+
+        if self.twistd is not None and not reactor.running:  # not inside a test's or an embedder's reactor
+            reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        """Run by twistd, once the reactor runs: every listener listens and
+        the app is built.  SIGTERM becomes a graceful stop, and systemd
+        hears that the server is ready."""
+        import signal
+
+        from pypicache.daemon import systemd
+
+        # Twisted's own handler (installed as the reactor started) stops the
+        # reactor too, but makes twistd end by re-raising SIGTERM on itself:
+        # exit status 143, even after a clean stop.
+        signal.signal(signal.SIGTERM, self._sigterm)
+        systemd.notify("READY=1", f"STATUS=serving on {', '.join(self.config.listen)}")
+
+    def _sigterm(self, signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.shut_down)
+
+    def shut_down(self) -> None:
+        """Stop gracefully: listeners first, then the drain (bounded by
+        ``server.shutdown_timeout``), then the app; twistd then exits 0, or
+        1 if the drain had to cut requests (:meth:`stopService`)."""
+        from twisted.internet import error, reactor
+
+        from pypicache.daemon import systemd
+
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        log.info("SIGTERM: no new connections; requests in flight get up to {timeout:g} s (server.shutdown_timeout)",
+                 timeout=self.config.shutdown_timeout)
+        systemd.notify("STOPPING=1", "STATUS=finishing the requests in flight")
+        try:
+            reactor.stop()
+        except error.ReactorNotRunning:
+            pass
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        if self.twistd is not None:
+            d.addCallback(lambda _: self._exit_status())
+        return d
+
+    def _exit_status(self) -> None:
+        """A drain that had to cut requests makes twistd exit with status 1,
+        so a supervisor sees it (twistd itself ends with 0 whatever happened)."""
+        if self.app_service.drained is False:
+            import atexit
+
+            atexit.register(_exit_failed)
 
     def abort(self, message: str, error: BaseException | None = None) -> NoReturn:
         """Print one line and exit 1, after releasing what start-up created.
@@ -219,6 +288,18 @@ class Server(service.MultiService):
                 os.unlink(pidfile)
             except OSError:
                 pass
+
+
+def _exit_failed() -> None:
+    """The last exit handler: status 1 (after twistd removed its pid file)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(1)
 
 
 def _pause_gc() -> bool:

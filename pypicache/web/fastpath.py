@@ -158,6 +158,7 @@ class FastHTTP(protocol.Protocol):
         close = _CONNECTION.get(headers.get(b"connection", b"").lower())
         if close is None:
             return None
+        close = close or self.factory.draining  # shutting down: this answer is the connection's last
         local = m.group(2) is not None
         view = self.factory.views[1 if local else 0]
         found = view.fast_page(m.group(3).decode("ascii"), headers.get(b"accept"), headers.get(b"accept-encoding"),
@@ -233,6 +234,8 @@ class FastPathFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.connections = 0
         self.live: set[FastHTTP] = set()
+        #: Set when the server shuts down (pypicache.web.draining): answers close their connection.
+        self.draining = False
 
     def buildProtocol(self, addr: Any) -> FastHTTP:
         return FastHTTP(self, addr)

@@ -68,12 +68,16 @@ class _Guard(protocol.Protocol):
         self._fast = factory.fast_path
         self._tail = b""  # the end of an unfinished head (a terminator may straddle two reads)
         self._deadline: Any = None
+        #: Has a byte arrived?  A connection that has not sent its first
+        #: request yet is not idle for the shutdown drain (pypicache.web.draining).
+        self.used = False
 
     def connectionMade(self) -> None:
         self.factory._opened(self)
         self.inner.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
+        self.used = True
         self.inner.dataReceived(data)
         transport = self.transport
         if not self._fast:
@@ -258,6 +262,13 @@ class LimitedChannel(HTTPChannel):
             if self._body_watch.active():
                 self._body_watch.cancel()
             self._body_watch = None
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """Also no keep-alive once the server shuts down (pypicache.web.draining)."""
+        if getattr(self.site, "draining", False):
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()

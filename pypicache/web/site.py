@@ -201,6 +201,8 @@ class QuietSite(Site):
     #: (bytes/s); None turns the check off.  See pypicache.web.limits.
     header_timeout: float | None = None
     min_body_rate: float | None = None
+    #: Set when the server shuts down: no more keep-alive (pypicache.web.draining).
+    draining = False
 
     #: Requests by route and status (pypicache.services.traffic), counted
     #: whether or not the access log is on.
