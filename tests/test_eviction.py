@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -513,7 +514,8 @@ async def test_private_uploads_neither_count_nor_go(tmp_path: Path, fake_upstrea
 @pytest_twisted.ensureDeferred
 async def test_gc_without_bookkeeping_file_on_a_full_disk(tmp_path: Path, fake_upstream: Any) -> None:
     """No server ever ran with a limit (no cache.sqlite3) and no file may
-    grow: gc plans in memory from the index, oldest first_seen first, frees
+    grow: gc plans in memory from the index, in the order of the blobs'
+    last use (the storage's atime/mtime), frees
     space, writes no bookkeeping file, leaves the private upload alone."""
     from twisted.internet import reactor
     from twisted.internet.threads import deferToThread
@@ -530,13 +532,17 @@ async def test_gc_without_bookkeeping_file_on_a_full_disk(tmp_path: Path, fake_u
             await wait_stored(server, wheel_name(i), f"bulk{i}")
         book = tmp_path / "data" / "cache.sqlite3"
         assert not book.exists()
+        # The blobs' times say bulk0 was used last (first_seen would put it first).
+        now = time.time()
+        for i, when in enumerate((now, now - 3000, now - 2000, now - 1000)):
+            os.utime(server.app.storage.path_of(hashlib.sha256(files[wheel_name(i)]).hexdigest()), (when, when))
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         command = [sys.executable, "-m", "pypicache.cli.admin", "--config", str(config_path), "gc", "--to", "15kB"]
         result = await deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=60, env=env,
                                      stdin=subprocess.DEVNULL, preexec_fn=_no_writes).addTimeout(90, reactor)
         assert result.returncode == 0, result.stderr
         removed = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("removed bulk")]
-        assert removed[:2] == [wheel_name(0), wheel_name(1)], result.stdout  # the oldest first
+        assert removed[:2] == [wheel_name(1), wheel_name(2)], result.stdout  # the least recently used first
         assert "still marked stored in the index" in result.stderr  # nothing could be written indeed
         assert not book.exists() and not list(book.parent.glob("*cache.sqlite3*"))
         assert hashlib.sha256(private).hexdigest() in blob_bytes(server)
@@ -585,3 +591,24 @@ async def test_files_another_process_stored_are_evicted_without_a_restart(
         assert await fetch(server, f"bulk{evicted[0]}", wheel_name(evicted[0])) == files[wheel_name(evicted[0])]
     finally:
         await server.stop()
+
+
+def test_seeding_guesses_last_use_and_writes_only_what_is_new() -> None:
+    """New rows take the storage's last use, else first_seen; a book that
+    knows every file is not written (gc on a full disk, the hourly
+    recount); only cached files' blobs and METADATA count, private ones not."""
+    from pypicache.services.cachebook import Book
+
+    book = Book.in_memory()
+    try:
+        sha = [f"{i:064x}" for i in range(5)]
+        rows = [("a", "a.whl", sha[0], 100, sha[3], 50.0), ("b", "b.whl", sha[1], 200, None, 10.0)]
+        assert book.seed(rows, [sha[2]], lambda s: 5.0 if s == sha[0] else None) == 2
+        assert [(r.project, r.last_access) for r in book.victims(None)] == [("a", 5.0), ("b", 10.0)]
+        writes = book.writes
+        assert book.seed(rows, [sha[2]]) == 0 and book.writes == writes
+        assert book.counted([(sha[0], 100), (sha[1], 200), (sha[2], 400), (sha[3], 7), (sha[4], 1000)]) == 307
+        book.seed([("c", "c.whl", sha[2], 400, None, 0.0)], [])  # a cached file sharing a private blob
+        assert book.counted([(sha[2], 400)]) == 0
+    finally:
+        book.close()

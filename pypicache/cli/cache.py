@@ -14,8 +14,8 @@
 All of them work while the server runs (the bookkeeping file and the index
 are SQLite in WAL mode).  ``gc`` deletes a blob before writing anything, so
 it frees space on a disk that is already full; without a bookkeeping file
-(no server ran with a limit) it plans in memory from the index, the oldest
-``first_seen`` first; a running server that still
+(no server ran with a limit) it plans in memory from the index, the blobs'
+last use (else ``first_seen``) giving the order; a running server that still
 thinks a removed file is stored finds the blob missing on the next request
 and fetches the file again.
 """
@@ -189,7 +189,7 @@ async def gc_command(cfg: Any, args: argparse.Namespace, index: Any, context: An
         raise CommandError(f"gc: cannot open the bookkeeping file {cfg.data_dir / BOOK_FILE}: {e}") from None
     try:
         try:  # files stored by another process: writes only rows the book lacks
-            await seed_from_index(index, book, in_thread)
+            await seed_from_index(index, book, in_thread, storage=storage)
         except Exception as e:
             err.write(f"pypicache: warning: files stored since the server last counted are not candidates "
                       f"(cannot record them: {e})\n")

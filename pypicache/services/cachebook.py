@@ -158,10 +158,12 @@ class Book:
 
         return self._write(work)
 
-    def seed(self, files: Iterable[tuple[str, str, str, int, str | None, float]], held: Iterable[str]) -> int:
+    def seed(self, files: Iterable[tuple[str, str, str, int, str | None, float]], held: Iterable[str],
+             last_used: Callable[[str], float | None] | None = None) -> int:
         """Rows for files stored before (or by another process than) the one
         that keeps this book, with ``last_access`` the best guess there is;
-        existing rows are kept.  Reads first and writes only what is new,
+        existing rows are kept; ``last_used(sha256)``, when given, is a better
+        guess for the new rows.  Reads first and writes only what is new,
         so a book that knows everything is not written at all (gc on a full
         disk, the server's hourly recount).  Returns the rows added."""
         files, held = list(files), list(held)
@@ -173,6 +175,8 @@ class Book:
                 "SELECT 1 FROM held WHERE sha256 = ?", (s,)).fetchone() is None]
         if not new_files and not new_held:
             return 0
+        if last_used is not None:
+            new_files = [(*f[:5], last_used(f[2]) or f[5]) for f in new_files]
 
         def work(conn: sqlite3.Connection) -> int:
             conn.executemany("INSERT OR IGNORE INTO cached (project, filename, sha256, size, metadata_sha256, "

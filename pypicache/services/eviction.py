@@ -291,14 +291,18 @@ def count_cached(storage: Any, book: Book, stopping: Callable[[], bool] = lambda
 
 
 async def seed_from_index(index: Any, book: Book, in_thread: Callable[..., Any],
-                          stopping: Callable[[], bool] = lambda: False) -> set[str]:
+                          stopping: Callable[[], bool] = lambda: False, storage: Any = None) -> set[str]:
     """Rows for every stored upstream file the book does not know yet, and
     every private file's blobs, a batch of projects at a time: at start and
     at each recount, in the background, so a file stored by another process
     (``pypicache prefetch``, ``pypicache import``) or before the limit was
-    set can be evicted too.  A new row's last access is the file's
-    ``first_seen`` (0 when the index does not know it): the best proxy there
-    is.  Returns the private blobs."""
+    set can be evicted too.  A new row's last access is the best proxy
+    there is: the blob's last use if ``storage`` can say
+    (:class:`~pypicache.interfaces.IBlobAccessTime`), else the file's
+    ``first_seen`` (else 0).  Returns the private blobs."""
+    from pypicache.interfaces import IBlobAccessTime
+
+    last_used = storage.last_used if storage is not None and IBlobAccessTime.providedBy(storage) else None
     files: list[tuple[str, str, str, int, str | None, float]] = []
     held: list[str] = []
     private: set[str] = set()
@@ -318,10 +322,10 @@ async def seed_from_index(index: Any, book: Book, in_thread: Callable[..., Any],
                     if f.metadata_stored and f.metadata_sha256:
                         held.append(f.metadata_sha256)
         if len(files) + len(held) >= 2000:
-            await in_thread(book.seed, files, held)
+            await in_thread(book.seed, files, held, last_used)
             private.update(held)
             files, held = [], []
-    await in_thread(book.seed, files, held)
+    await in_thread(book.seed, files, held, last_used)
     private.update(held)
     return private
 
@@ -425,7 +429,7 @@ class CacheKeeper:
         try:
             await self._flush()  # what this process stored is in the book before the walk
             self._private |= await seed_from_index(self.index, self.book, self.in_thread,
-                                                   lambda: self._stopping)
+                                                   lambda: self._stopping, self.storage)
             walked = await self.in_thread(count_cached, self.storage, self.book, lambda: self._stopping)
         except Exception as e:
             log.warn("cache: counting storage failed: {error}", error=repr(e))
