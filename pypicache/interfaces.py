@@ -12,6 +12,7 @@ checked with ``providedBy``, never by probing for a method name:
 
 * :class:`IBlobInventory`  (storage) -- list and re-hash blobs: scrub, verify;
 * :class:`IBlobQuarantine` (storage) -- blobs moved aside as corrupt: verify;
+* :class:`IBlobAccessTime` (storage) -- when a blob was last used: eviction;
 * :class:`IIndexRepair`    (index)   -- unmark a stored file, find files by
   blob: verify and scrub repair the index with it;
 * :class:`IIndexProvenance` (index)  -- remember a file's stored PEP 740
@@ -177,6 +178,20 @@ class IBlobQuarantine(Interface):
 
         :return: True when it was deleted, False when it was already gone.
         """
+
+
+class IBlobAccessTime(Interface):
+    """Optional for a storage: when a blob was last read or written.
+
+    Eviction's guess at the least recently used order for files it has no
+    record of (stored by another process, or before a server ran with
+    ``[cache] max_size``); without it the index's ``first_seen`` is used.
+    """
+
+    def last_used(sha256):
+        """Seconds since the epoch the blob was last read or written, as far
+        as the storage can tell, or None (no such blob, or it cannot say).
+        Blocking: called in a thread."""
 
 
 # ------------------------------------------------------------- any provider

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,14 +219,14 @@ async def test_access_times_are_batched(tmp_path: Path, fake_upstream: Any) -> N
         with sqlite3.connect(book_file) as conn:
             (after,) = conn.execute("SELECT last_access FROM cached").fetchone()
         assert after > before
-        # A blob stored by another process (pypicache prefetch) is counted at the next recount.
+        # A blob no file names (not a cached file's) does not count against the limit.
         used = keeper.used
         data = b"stored elsewhere" * 100
         blob = server.app.storage.path_of(hashlib.sha256(data).hexdigest())
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
         await keeper._recount()
-        assert keeper.used == used + len(data)
+        assert keeper.used == used
     finally:
         await server.stop()
 
@@ -441,3 +442,173 @@ async def test_pip_installs_an_evicted_file_again(tmp_path: Path, fake_upstream:
         await wait_stored(server, wheel)
     finally:
         await server.stop()
+
+
+async def cached_bytes(server: RunningServer, projects: list[str]) -> int:
+    """What the limit bounds: the blobs of ``projects``' stored files and their METADATA."""
+    shas = set()
+    for name in projects:
+        record = await server.app.index.get_project(name)
+        for f in record.files:
+            if f.stored:
+                shas.add(f.sha256)
+            if f.metadata_stored:
+                shas.add(f.metadata_sha256)
+    on_disk = blob_bytes(server)
+    return sum(on_disk.get(sha, 0) for sha in shas)
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_private_uploads_neither_count_nor_go(tmp_path: Path, fake_upstream: Any, logs: Any) -> None:
+    """Private uploads past the limit and a few cached files under it:
+    nothing is evicted, no warning, and the gauge, the start-up count, the
+    recount and the UI all say the cached bytes only."""
+    from tests.builders import build_wheel
+
+    add_bulk(fake_upstream, tmp_path / "dists", 3, pad=10_000)
+    limit = 60_000
+    config_path = write_config(tmp_path, fake_upstream.url, f"max_size = {limit}\naccess_flush = 0.2")
+    server = await start_server(configuration.load(config_path))
+    try:
+        cheap_accounts(server).add_user("alice", PASSWORD)
+        await ready(server)
+        private = {}
+        for version in ("1.0", "2.0", "3.0"):
+            data = build_wheel(tmp_path / f"private{version}", "acme-tools", version, extra_bytes=30_000).read_bytes()
+            filename = f"acme_tools-{version}-py3-none-any.whl"
+            answer = await post(server, form(data, filename, version=version))
+            assert answer.code == 200, answer.body
+            private[hashlib.sha256(data).hexdigest()] = len(data)
+        assert sum(private.values()) > limit
+        for i in range(3):
+            await fetch(server, f"bulk{i}", wheel_name(i))
+            await wait_stored(server, wheel_name(i), f"bulk{i}")
+        keeper = server.app.cache_keeper
+        await settled(server)
+        expected = await cached_bytes(server, ["bulk0", "bulk1", "bulk2"])
+        assert 30_000 < expected < limit
+        assert keeper.evictions == 0 and keeper.used == expected
+        assert set(private) <= set(blob_bytes(server))
+        assert sum(blob_bytes(server).values()) > limit  # storage itself is over: private bytes do not count
+        metrics = await (await treq.get(f"{server.root}/metrics", persistent=False)).text()
+        assert f"pypicache_storage_used_bytes {float(expected)}" in metrics
+        html = await (await treq.get(f"{server.root}/statistics", persistent=False)).text()
+        assert "disk used (cached files)" in html
+        await keeper._recount()  # the hourly count
+        assert keeper.used == expected and keeper.evictions == 0
+        assert logs.lines(LogLevel.warn) == []
+    finally:
+        await server.stop()
+    server = await start_server(configuration.load(config_path))  # the start-up count
+    try:
+        await ready(server)
+        await settled(server)
+        assert server.app.cache_keeper.used == expected and server.app.cache_keeper.evictions == 0
+        assert set(private) <= set(blob_bytes(server))
+    finally:
+        await server.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_gc_without_bookkeeping_file_on_a_full_disk(tmp_path: Path, fake_upstream: Any) -> None:
+    """No server ever ran with a limit (no cache.sqlite3) and no file may
+    grow: gc plans in memory from the index, in the order of the blobs'
+    last use (the storage's atime/mtime), frees
+    space, writes no bookkeeping file, leaves the private upload alone."""
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    files = add_bulk(fake_upstream, tmp_path / "dists", 4, pad=10_000)
+    config_path = write_config(tmp_path, fake_upstream.url, "")
+    server = await start_server(configuration.load(config_path))
+    try:
+        cheap_accounts(server).add_user("alice", PASSWORD)
+        private = build_wheel(tmp_path / "private", "acme-tools", "1.0", extra_bytes=30_000).read_bytes()
+        assert (await post(server, form(private))).code == 200
+        for i in range(4):
+            await fetch(server, f"bulk{i}", wheel_name(i))
+            await wait_stored(server, wheel_name(i), f"bulk{i}")
+        book = tmp_path / "data" / "cache.sqlite3"
+        assert not book.exists()
+        # The blobs' times say bulk0 was used last (first_seen would put it first).
+        now = time.time()
+        for i, when in enumerate((now, now - 3000, now - 2000, now - 1000)):
+            os.utime(server.app.storage.path_of(hashlib.sha256(files[wheel_name(i)]).hexdigest()), (when, when))
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        command = [sys.executable, "-m", "pypicache.cli.admin", "--config", str(config_path), "gc", "--to", "15kB"]
+        result = await deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=60, env=env,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_no_writes).addTimeout(90, reactor)
+        assert result.returncode == 0, result.stderr
+        removed = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("removed bulk")]
+        assert removed[:2] == [wheel_name(1), wheel_name(2)], result.stdout  # the least recently used first
+        assert "still marked stored in the index" in result.stderr  # nothing could be written indeed
+        assert not book.exists() and not list(book.parent.glob("*cache.sqlite3*"))
+        assert hashlib.sha256(private).hexdigest() in blob_bytes(server)
+        assert await cached_bytes(server, [f"bulk{i}" for i in range(4)]) <= 15_000
+        for i in range(4):
+            assert await fetch(server, f"bulk{i}", wheel_name(i)) == files[wheel_name(i)]
+        assert await fetch(server, "acme-tools", WHEEL_NAME) == private
+    finally:
+        await server.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_files_another_process_stored_are_evicted_without_a_restart(
+        tmp_path: Path, fake_upstream: Any, monkeypatch: Any) -> None:
+    """``pypicache prefetch`` stores files past the limit while the server
+    runs: the next recount learns them and evicts down to the limit; an
+    evicted one is still listed and fetched again."""
+    from pypicache.services.eviction import CacheKeeper
+
+    monkeypatch.setattr(CacheKeeper, "RECOUNT_INTERVAL", 0.5)
+    files = add_bulk(fake_upstream, tmp_path / "dists", 6, pad=15_000)
+    limit = 50_000
+    config_path = write_config(tmp_path, fake_upstream.url, f"max_size = {limit}\naccess_flush = 0.2")
+    server = await start_server(configuration.load(config_path))
+    try:
+        await ready(server)
+        requirements = tmp_path / "requirements.txt"
+        requirements.write_text("".join(f"bulk{i}==1.0\n" for i in range(6)))
+        prefetched = await run_command(config_path, "prefetch", str(requirements))
+        assert prefetched.returncode == 0, (prefetched.stdout, prefetched.stderr)
+        keeper = server.app.cache_keeper
+        for _ in range(200):
+            if keeper.evictions:
+                break
+            await deferred_sleep(0.05)
+        await settled(server)
+        assert keeper.evictions > 0
+        names = [f"bulk{i}" for i in range(6)]
+        assert keeper.used == await cached_bytes(server, names) <= limit
+        evicted = [i for i in range(6)
+                   if not (await server.app.index.get_project(f"bulk{i}")).file(wheel_name(i)).stored]
+        assert evicted
+        page = await treq.get(f"{server.simple}bulk{evicted[0]}/", persistent=False)
+        assert wheel_name(evicted[0]) in (await page.text())
+        assert await fetch(server, f"bulk{evicted[0]}", wheel_name(evicted[0])) == files[wheel_name(evicted[0])]
+    finally:
+        await server.stop()
+
+
+def test_seeding_guesses_last_use_and_writes_only_what_is_new() -> None:
+    """New rows take the storage's last use, else first_seen; a book that
+    knows every file is not written (gc on a full disk, the hourly
+    recount); only cached files' blobs and METADATA count, private ones not."""
+    from pypicache.services.cachebook import Book
+
+    book = Book.in_memory()
+    try:
+        sha = [f"{i:064x}" for i in range(5)]
+        rows = [("a", "a.whl", sha[0], 100, sha[3], 50.0), ("b", "b.whl", sha[1], 200, None, 10.0)]
+        assert book.seed(rows, [sha[2]], lambda s: 5.0 if s == sha[0] else None) == 2
+        assert [(r.project, r.last_access) for r in book.victims(None)] == [("a", 5.0), ("b", 10.0)]
+        writes = book.writes
+        assert book.seed(rows, [sha[2]]) == 0 and book.writes == writes
+        assert book.counted([(sha[0], 100), (sha[1], 200), (sha[2], 400), (sha[3], 7), (sha[4], 1000)]) == 307
+        book.seed([("c", "c.whl", sha[2], 400, None, 0.0)], [])  # a cached file sharing a private blob
+        assert book.counted([(sha[2], 400)]) == 0
+    finally:
+        book.close()

@@ -8,11 +8,14 @@
   requirements file, which lists them).
 * ``unpin NAME`` drops a pin; ``pins`` lists them.
 * ``gc [--dry-run] [--to SIZE]`` evicts least recently used cached files
-  down to ``SIZE`` (default: ``[cache] max_size`` times ``low_water``).
+  until they take at most ``SIZE`` (default: ``[cache] max_size`` times
+  ``low_water``); private uploads neither count nor go.
 
 All of them work while the server runs (the bookkeeping file and the index
 are SQLite in WAL mode).  ``gc`` deletes a blob before writing anything, so
-it frees space on a disk that is already full; a running server that still
+it frees space on a disk that is already full; without a bookkeeping file
+(no server ran with a limit) it plans in memory from the index, the blobs'
+last use (else ``first_seen``) giving the order; a running server that still
 thinks a removed file is stored finds the blob missing on the next request
 and fetches the file again.
 """
@@ -44,7 +47,7 @@ def add_parser(commands: Any) -> None:
     commands.add_parser("pins", help="list pins and how many files each keeps")
     p = commands.add_parser("gc", help="evict least recently used cached files now",
                             description="Evict cached upstream files, least recently used first, until "
-                                        "storage holds at most the target.  Never private uploads, pinned "
+                                        "cached files take at most the target.  Private uploads neither count nor go; nor pinned "
                                         "files or METADATA another file needs.  Safe while the server runs.")
     p.add_argument("--dry-run", "-n", action="store_true", help="only list what would be removed")
     p.add_argument("--to", default=None, metavar="SIZE",
@@ -162,7 +165,8 @@ async def gc_command(cfg: Any, args: argparse.Namespace, index: Any, context: An
     from pypicache.cli.admin import CommandError, _open_storage
     from pypicache.cli.prefetch import _size
     from pypicache.interfaces import IBlobInventory, IIndexRepair
-    from pypicache.services.eviction import Evictor, seed_from_index, walk_inventory
+    from pypicache.services.cachebook import BOOK_FILE, Book
+    from pypicache.services.eviction import Evictor, count_cached, seed_from_index
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -176,17 +180,23 @@ async def gc_command(cfg: Any, args: argparse.Namespace, index: Any, context: An
         raise CommandError(f"gc: the storage provider {cfg.storage.name!r} cannot list its blobs")
     if not IIndexRepair.providedBy(index):
         raise CommandError(f"gc: the index provider {cfg.index.name!r} cannot mark files unstored")
+    # No bookkeeping file yet (no server ran with a limit): plan in memory
+    # from the index, so nothing is written before the first delete.
+    on_disk = (cfg.data_dir / BOOK_FILE).exists()
     try:
-        book = await in_thread(_book, cfg)
+        book = await in_thread(_book, cfg) if on_disk else Book.in_memory()
     except Exception as e:
-        raise CommandError(f"gc: cannot open the bookkeeping file {cfg.data_dir / 'cache.sqlite3'}: {e}") from None
+        raise CommandError(f"gc: cannot open the bookkeeping file {cfg.data_dir / BOOK_FILE}: {e}") from None
     try:
-        used = await in_thread(walk_inventory, storage)
-        if await in_thread(book.count) == 0:  # never kept by a server with max_size: learn the files
-            await seed_from_index(index, book, in_thread)
+        try:  # files stored by another process: writes only rows the book lacks
+            await seed_from_index(index, book, in_thread, storage=storage)
+        except Exception as e:
+            err.write(f"pypicache: warning: files stored since the server last counted are not candidates "
+                      f"(cannot record them: {e})\n")
+        used = await in_thread(count_cached, storage, book)
         need = used - args.target
         if need <= 0:
-            out.write(f"nothing to do: {_size(used)} stored, target {_size(args.target)}\n")
+            out.write(f"nothing to do: cached files take {_size(used)}, target {_size(args.target)}\n")
             return 0
         bar = None
         if err.isatty() and not args.dry_run:
@@ -207,15 +217,15 @@ async def gc_command(cfg: Any, args: argparse.Namespace, index: Any, context: An
         report = await evictor.evict(need, dry_run=args.dry_run, delete_first=True, on_file=one)
         if bar is not None:
             bar.close()
-        if not args.dry_run and report.freed:
+        if not args.dry_run and report.freed and on_disk:
             try:  # tell a running server what it no longer holds
                 await in_thread(book.add_freed, report.freed)
             except Exception as e:
                 err.write(f"pypicache: warning: a running server will count the freed bytes only "
                           f"after a restart: {e}\n")
         after = used - report.freed
-        out.write(f"{report.summary()} ({_size(report.freed)}); storage "
-                  f"{'would hold' if args.dry_run else 'holds'} {_size(after)}, target {_size(args.target)}\n")
+        out.write(f"{report.summary()} ({_size(report.freed)}); cached files "
+                  f"{'would take' if args.dry_run else 'take'} {_size(after)}, target {_size(args.target)}\n")
         if report.unrecorded:
             err.write(f"pypicache: warning: {report.unrecorded} removed file(s) still marked stored in the "
                       f"index (no room to record it); they are fetched again when asked for\n")

@@ -79,8 +79,9 @@ class App:
             self.threadpool.stop()
 
     def cache_usage(self) -> tuple[int | None, int | None]:
-        """(bytes in storage, ``[cache] max_size``): (None, None) without a
-        limit; the bytes are None until the start-up count is done."""
+        """(bytes of cached files and their METADATA, ``[cache] max_size``):
+        (None, None) without a limit; the bytes are None until the start-up
+        count is done.  Private uploads do not count."""
         if self.cache_keeper is None:
             return None, None
         return self.cache_keeper.usage()
@@ -196,8 +197,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
         if keeper is not None:  # the eviction's running total: no walk of the store
             from pypicache.services.usage import Usage
 
-            async def usage() -> Usage:
-                return Usage(*keeper.usage())
+            async def usage() -> Usage:  # what max_size bounds: cached files, not private uploads
+                return Usage(*keeper.usage(), counts="cached files")
         else:
             usage = DiskUsage(storage, in_thread, reactor, None)
         return build_ui(mirror, storage, downloader, stats, usage, in_thread)

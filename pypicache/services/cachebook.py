@@ -81,8 +81,16 @@ class Book:
     One connection, guarded by a lock, shared by the pool's threads.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        if self.path is None:  # see in_memory()
+            self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA temp_store = MEMORY")
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self.writes = 0
+            return
 
         def build(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # pages go back to the file system...
@@ -91,7 +99,6 @@ class Book:
             conn.execute("VACUUM")  # ...once VACUUM applies it (the WAL switch created the file already)
 
         create_sqlite(self.path, build)
-        self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -99,6 +106,13 @@ class Book:
         self._conn.execute("PRAGMA journal_size_limit = 1048576")
         #: Write transactions so far (the tests count them: none per request).
         self.writes = 0
+
+    @classmethod
+    def in_memory(cls) -> Book:
+        """A book that writes nothing to disk: what ``pypicache gc`` plans
+        with when no server with a limit has written the file yet (the disk
+        may be full, and the plan comes from the index anyway)."""
+        return cls(None)
 
     def close(self) -> None:
         with self._lock:
@@ -144,15 +158,50 @@ class Book:
 
         return self._write(work)
 
-    def seed(self, files: Iterable[tuple[str, str, str, int, str | None]], held: Iterable[str]) -> None:
-        """Rows for files stored before this process knew of them (as the
-        least recently used: last access 0); existing rows are kept."""
-        def work(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT OR IGNORE INTO cached (project, filename, sha256, size, metadata_sha256, "
-                             "last_access) VALUES (?, ?, ?, ?, ?, 0)", list(files))
-            conn.executemany("INSERT OR IGNORE INTO held (sha256) VALUES (?)", [(s,) for s in held])
+    def seed(self, files: Iterable[tuple[str, str, str, int, str | None, float]], held: Iterable[str],
+             last_used: Callable[[str], float | None] | None = None) -> int:
+        """Rows for files stored before (or by another process than) the one
+        that keeps this book, with ``last_access`` the best guess there is;
+        existing rows are kept; ``last_used(sha256)``, when given, is a better
+        guess for the new rows.  Reads first and writes only what is new,
+        so a book that knows everything is not written at all (gc on a full
+        disk, the server's hourly recount).  Returns the rows added."""
+        files, held = list(files), list(held)
+        with self._lock:
+            conn = self._conn
+            new_files = [f for f in files if conn.execute(
+                "SELECT 1 FROM cached WHERE project = ? AND filename = ?", (f[0], f[1])).fetchone() is None]
+            new_held = [s for s in set(held) if conn.execute(
+                "SELECT 1 FROM held WHERE sha256 = ?", (s,)).fetchone() is None]
+        if not new_files and not new_held:
+            return 0
+        if last_used is not None:
+            new_files = [(*f[:5], last_used(f[2]) or f[5]) for f in new_files]
 
-        self._write(work)
+        def work(conn: sqlite3.Connection) -> int:
+            conn.executemany("INSERT OR IGNORE INTO cached (project, filename, sha256, size, metadata_sha256, "
+                             "last_access) VALUES (?, ?, ?, ?, ?, ?)", new_files)
+            conn.executemany("INSERT OR IGNORE INTO held (sha256) VALUES (?)", [(s,) for s in new_held])
+            return len(new_files)
+
+        return self._write(work)
+
+    def counted(self, blobs: Iterable[tuple[str, int]]) -> int:
+        """The bytes of ``blobs`` (sha256, size) that ``max_size`` bounds: a
+        cached file's or its METADATA's, and no private file's."""
+        total = 0
+        with self._lock:
+            conn = self._conn
+            for sha, size in blobs:
+                if (conn.execute("SELECT 1 FROM held WHERE sha256 = ?", (sha,)).fetchone() is None
+                        and (conn.execute("SELECT 1 FROM cached WHERE sha256 = ? LIMIT 1", (sha,)).fetchone()
+                             or conn.execute("SELECT 1 FROM cached WHERE metadata_sha256 = ? LIMIT 1",
+                                             (sha,)).fetchone())):
+                    total += size
+        return total
+
+    def all_held(self) -> set[str]:
+        return {r[0] for r in self._read("SELECT sha256 FROM held")}
 
     def reset_freed(self) -> None:
         self._write(lambda conn: conn.execute("DELETE FROM counters WHERE name = 'freed'"))

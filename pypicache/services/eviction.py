@@ -1,8 +1,9 @@
 """The size limit on cached files: the running total, access times, eviction.
 
-``[cache] max_size`` bounds the bytes in storage.  Everything stored counts
-(cached upstream files, their METADATA, private uploads), but only files
-fetched from the upstream are ever removed: the least recently used first,
+``[cache] max_size`` bounds the bytes of cached upstream files and their
+METADATA.  Private uploads (and a blob a private file shares) neither count
+nor are ever removed: a server whose private packages outgrow the limit
+still caches.  Cached files are removed least recently used first,
 never one pinned (``pypicache pin``), never a blob a private file also
 uses, never one open for reading or writing in this process.  Evicting a
 file marks it not stored in the index (:class:`~pypicache.interfaces.IIndexRepair`)
@@ -34,7 +35,7 @@ from pypicache.model import BlobNotFound
 from pypicache.services.cachebook import BOOK_FILE, Book, Row
 
 __all__ = ["BOOK_FILE", "Book", "CacheKeeper", "Evicted", "EvictionReport", "Evictor", "TrackedIndex",
-           "TrackedStorage", "seed_from_index", "walk_inventory"]
+           "TrackedStorage", "count_cached", "seed_from_index", "walk_inventory"]
 
 log = Logger()
 
@@ -271,17 +272,43 @@ def walk_inventory(storage: Any, stopping: Callable[[], bool] = lambda: False) -
     return total
 
 
+def count_cached(storage: Any, book: Book, stopping: Callable[[], bool] = lambda: False,
+                 batch: int = 512) -> int:
+    """The bytes in storage that ``max_size`` bounds: blobs of cached
+    upstream files and their METADATA the book knows, not private ones; a
+    batch of blobs per look-up so the server's flush is not held up
+    (blocking: in a thread)."""
+    total = 0
+    chunk: list[tuple[str, int]] = []
+    for blob in storage.iter_blobs():
+        chunk.append(blob)
+        if len(chunk) >= batch:
+            total += book.counted(chunk)
+            chunk = []
+            if stopping():
+                return total
+    return total + book.counted(chunk)
+
+
 async def seed_from_index(index: Any, book: Book, in_thread: Callable[..., Any],
-                          stopping: Callable[[], bool] = lambda: False) -> None:
-    """Rows for every stored upstream file and every private file's blobs,
-    a batch of projects at a time: once at start, in the background, so a
-    file stored by another process (``pypicache prefetch``) or before the
-    limit was set can be evicted too."""
-    files: list[tuple[str, str, str, int, str | None]] = []
+                          stopping: Callable[[], bool] = lambda: False, storage: Any = None) -> set[str]:
+    """Rows for every stored upstream file the book does not know yet, and
+    every private file's blobs, a batch of projects at a time: at start and
+    at each recount, in the background, so a file stored by another process
+    (``pypicache prefetch``, ``pypicache import``) or before the limit was
+    set can be evicted too.  A new row's last access is the best proxy
+    there is: the blob's last use if ``storage`` can say
+    (:class:`~pypicache.interfaces.IBlobAccessTime`), else the file's
+    ``first_seen`` (else 0).  Returns the private blobs."""
+    from pypicache.interfaces import IBlobAccessTime
+
+    last_used = storage.last_used if storage is not None and IBlobAccessTime.providedBy(storage) else None
+    files: list[tuple[str, str, str, int, str | None, float]] = []
     held: list[str] = []
+    private: set[str] = set()
     for name in await index.list_projects():
         if stopping():
-            return
+            return private
         record = await index.get_project(name)
         if record is None:
             continue
@@ -289,15 +316,18 @@ async def seed_from_index(index: Any, book: Book, in_thread: Callable[..., Any],
             if f.stored and f.sha256:
                 if f.origin == "upstream" and f.url and record.origin == "upstream":
                     files.append((name, f.filename, f.sha256, f.size or 0,
-                                  f.metadata_sha256 if f.metadata_stored else None))
+                                  f.metadata_sha256 if f.metadata_stored else None, f.first_seen or 0.0))
                 else:
                     held.append(f.sha256)
                     if f.metadata_stored and f.metadata_sha256:
                         held.append(f.metadata_sha256)
         if len(files) + len(held) >= 2000:
-            await in_thread(book.seed, files, held)
+            await in_thread(book.seed, files, held, last_used)
+            private.update(held)
             files, held = [], []
-    await in_thread(book.seed, files, held)
+    await in_thread(book.seed, files, held, last_used)
+    private.update(held)
+    return private
 
 
 # ------------------------------------------------------------------ server
@@ -311,7 +341,8 @@ class CacheKeeper:
     FUTILE_PAUSE = 60.0
     #: Seconds a blob stored but not yet indexed is kept from eviction at most.
     FRESH_FOR = 60.0
-    #: Seconds between counts of storage (the first is at start).
+    #: Seconds between counts of storage (the first is at start); each also
+    #: adds rows for files another process stored.  Tests shorten it.
     RECOUNT_INTERVAL = 3600.0
 
     def __init__(self, *, storage: Any, index: Any, data_dir: Path, limit: int, low_water: float,
@@ -325,13 +356,17 @@ class CacheKeeper:
         self.threadpool = threadpool
         self.book_path = Path(data_dir) / BOOK_FILE
         self.book: Book | None = None
-        #: Bytes in storage; None until the start-up walk has counted them.
+        #: Bytes of cached files and their METADATA in storage (private
+        #: blobs do not count); None until the start-up walk has counted them.
         self.used: int | None = None
         self._delta = 0  # changes while a count runs
         self.evictions = 0
         self.evicted_bytes = 0
         self._open: dict[str, int] = {}
         self._fresh: dict[str, float] = {}  # stored, not yet indexed: sha256 -> when
+        #: New blobs not counted yet: only the index says whether they are a
+        #: cached file's (counted) or a private one's: sha256 -> (size, when).
+        self._pending: dict[str, tuple[int, float]] = {}
         self._deleting: dict[str, defer.Deferred[None]] = {}
         self._touched: dict[str, float] = {}
         self._stored: dict[tuple[str, str], tuple[str, str, str, int, str | None, float]] = {}
@@ -364,8 +399,9 @@ class CacheKeeper:
         try:
             self.book = await self.in_thread(Book, self.book_path)
             await self.in_thread(self.book.reset_freed)  # the walk below counts what gc left
-            await self._recount()
-            await seed_from_index(self.index, self.book, self.in_thread, lambda: self._stopping)
+            self._private |= await self.in_thread(self.book.all_held)
+            if not await self._recount():
+                raise RuntimeError("the first count of storage failed")
         except Exception as e:
             log.error("the cache size limit is off: cannot read what is stored: {error}", error=repr(e))
             return
@@ -376,26 +412,34 @@ class CacheKeeper:
         self._loop.clock = self.reactor
         self._loop.start(self.flush_interval, now=True).addErrback(
             lambda f: log.failure("cache bookkeeping stopped", f))
-        # Another process may store files too (pypicache prefetch): counted
-        # again now and then, in the background, so the total cannot drift.
+        # Another process may store files too (pypicache prefetch, import):
+        # learnt and counted again now and then, in the background, so they
+        # become candidates and the total cannot drift.
         self._recount_loop = task.LoopingCall(lambda: self._track(defer.ensureDeferred(self._recount())))
         self._recount_loop.clock = self.reactor
         self._recount_loop.start(self.RECOUNT_INTERVAL, now=False).addErrback(
             lambda f: log.failure("cache recount stopped", f))
 
-    async def _recount(self) -> None:
-        """Count the bytes in storage by listing it (blocking walk, in a thread)."""
+    async def _recount(self) -> bool:
+        """Learn the stored files the book does not know (another process
+        stored them), then count the bytes the limit bounds by listing
+        storage (a walk in a thread).  False when it failed."""
         self._delta = 0
         self._walking = True
         try:
-            walked = await self.in_thread(walk_inventory, self.storage, lambda: self._stopping)
+            await self._flush()  # what this process stored is in the book before the walk
+            self._private |= await seed_from_index(self.index, self.book, self.in_thread,
+                                                   lambda: self._stopping, self.storage)
+            walked = await self.in_thread(count_cached, self.storage, self.book, lambda: self._stopping)
         except Exception as e:
             log.warn("cache: counting storage failed: {error}", error=repr(e))
-            return
+            return False
         finally:
             self._walking = False
         if not self._stopping:
             self.used = walked + self._delta
+            self._maybe_evict()  # files learnt may take the total over the limit
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -436,7 +480,16 @@ class CacheKeeper:
         a cached file has must not lose them in between."""
         self._fresh[sha256] = self.reactor.seconds()
         if new:
-            self.added(size)
+            self._pending[sha256] = (size, self.reactor.seconds())
+
+    def _count(self, sha256: str) -> None:
+        """The index says the new blob ``sha256`` is a cached file's: it counts."""
+        pending = self._pending.pop(sha256, None)
+        if pending is not None and sha256 not in self._private:
+            self.added(pending[0])
+
+    def is_private(self, sha256: str) -> bool:
+        return sha256 in self._private
 
     def indexed(self, *shas: str | None) -> None:
         for sha in shas:
@@ -473,6 +526,7 @@ class CacheKeeper:
             self.used = max(0, self.used - size)
 
     def _note_private(self, sha256: str) -> None:
+        self._pending.pop(sha256, None)  # never counted
         self._held.add(sha256)
         self._private.add(sha256)
 
@@ -484,6 +538,7 @@ class CacheKeeper:
             self._stored[(project, filename)] = (project, filename, f.sha256, f.size or 0,
                                                  f.metadata_sha256 if f.metadata_stored else None,
                                                  self.reactor.seconds())
+            self._count(f.sha256)
         else:
             self._note_private(f.sha256)
 
@@ -493,6 +548,7 @@ class CacheKeeper:
             return
         if f.origin == "upstream" and record.origin == "upstream":
             self._metadata[(project, filename)] = (project, filename, f.metadata_sha256)
+            self._count(f.metadata_sha256)
         else:
             self._note_private(f.metadata_sha256)
 
@@ -527,6 +583,10 @@ class CacheKeeper:
             old = self.reactor.seconds() - self.FRESH_FOR
             for sha in [sha for sha, when in self._fresh.items() if when < old]:
                 del self._fresh[sha]
+        if self._pending:  # never indexed: the next recount counts it if it is a cached file's
+            old = self.reactor.seconds() - self.FRESH_FOR
+            for sha in [sha for sha, (_, when) in self._pending.items() if when < old]:
+                del self._pending[sha]
         try:
             freed = await self.in_thread(self.book.apply, stored=list(stored.values()),
                                          touched=list(touched.items()), held=list(held),
@@ -682,7 +742,8 @@ class TrackedStorage:
         except BlobNotFound:
             size = 0
         await self.inner.delete(sha256)
-        self.keeper.removed(size)
+        if not self.keeper.is_private(sha256):
+            self.keeper.removed(size)
 
     def delete(self, sha256: str) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._delete(sha256))

@@ -72,7 +72,9 @@ class ServerCollector:
         if self.cache is not None:
             used, limit = self.cache.usage()
             if used is not None:
-                yield GaugeMetricFamily("pypicache_storage_used_bytes", "Bytes of blobs in storage.", value=used)
+                yield GaugeMetricFamily("pypicache_storage_used_bytes",
+                                        "Bytes of cached upstream files and their METADATA in storage: what "
+                                        "[cache] max_size bounds (private uploads do not count).", value=used)
             yield GaugeMetricFamily("pypicache_storage_limit_bytes", "[cache] max_size.", value=limit)
             yield CounterMetricFamily("pypicache_cache_evictions", "Cached files evicted for the size limit.",
                                       value=self.cache.evictions)

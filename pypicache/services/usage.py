@@ -25,10 +25,13 @@ log = Logger()
 @attrs.frozen
 class Usage:
     """``used``: bytes held (None when the storage cannot say);
-    ``limit``: the configured maximum (None: no limit)."""
+    ``limit``: the configured maximum (None: no limit); ``counts``: what
+    ``used`` sums, said on the page ("storage": every blob; "cached files":
+    what ``[cache] max_size`` bounds, private uploads left out)."""
 
     used: int | None
     limit: int | None
+    counts: str = "storage"
 
 
 class DiskUsage:

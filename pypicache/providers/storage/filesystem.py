@@ -49,6 +49,7 @@ from zope.interface import implementer
 from pypicache.durable import fsync_dir
 from pypicache.errors import ConfigError
 from pypicache.interfaces import (
+    IBlobAccessTime,
     IBlobInventory,
     IBlobQuarantine,
     IBlobReader,
@@ -135,7 +136,7 @@ def _subdirs(path: Path | str, width: int) -> list[str]:
         return []
 
 
-@implementer(IStorage, IBlobInventory, IBlobQuarantine)
+@implementer(IStorage, IBlobInventory, IBlobQuarantine, IBlobAccessTime)
 class FilesystemStorage:
     """Content-addressed blobs under ``root``; see the module docstring.
 
@@ -490,6 +491,15 @@ class FilesystemStorage:
                             yield name, entry.stat(follow_symlinks=False).st_size
                         except FileNotFoundError:
                             continue
+
+    def last_used(self, sha256: str) -> float | None:
+        """The later of the blob's atime and mtime (atime alone may be
+        frozen: ``noatime`` mounts).  Blocking."""
+        try:
+            st = os.stat(self.path_of(sha256))
+        except (OSError, ValueError):
+            return None
+        return max(st.st_atime, st.st_mtime)
 
     def quarantined(self) -> list[Path]:
         """The files in ``.quarantine/`` (blocking; cheap)."""

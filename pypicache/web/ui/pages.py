@@ -153,7 +153,7 @@ def statistics_page(stats: Stats, usage: Usage, top: Sequence[tuple[str, int]]) 
     facts = [("file hit ratio", ratio),
              ("bytes saved (served from the cache)", human_size(stats.bytes_from_cache)),
              ("bytes fetched from the upstream", human_size(stats.bytes_from_upstream)),
-             ("disk used", f"{used} {limit}"),
+             (f"disk used ({usage.counts})", f"{used} {limit}"),
              ("pages served", f"{stats.pages} ({stats.pages_not_modified} not modified, "
                               f"{stats.pages_stale} stale)")]
     charts = [
@@ -166,7 +166,8 @@ def statistics_page(stats: Stats, usage: Usage, top: Sequence[tuple[str, int]]) 
     ]
     if usage.used is not None:
         total = usage.limit if usage.limit is not None else max(usage.used, 1)
-        title = "Disk used against the limit" if usage.limit is not None else "Disk used (no limit)"
+        title = (f"Disk used by {usage.counts} against the limit" if usage.limit is not None
+                 else "Disk used (no limit)")
         charts.append(split_bar(title, [("used", usage.used)], total, fmt=lambda v: human_size(int(v))))
     body = ("<h1>Statistics</h1><p class=muted>Since the server started; the JSON counters are at "
             '<a href="stats">stats</a>.</p>'
