@@ -48,7 +48,7 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pypicache", description="Manage a pypicache server's accounts and catalog.")
+    parser = _Parser(prog="pypicache", description="Run a pypicache server's chores: accounts, catalogue, pre-filling, bundles, policy, audit, cache.")
     parser.add_argument("--config", "-c", metavar="FILE", default=None,
                         help="the server's TOML config file (default: the embedded default)")
     commands = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser)

@@ -22,12 +22,12 @@ from typing import Any, Callable
 from twisted.web.resource import Resource
 
 from pypicache.services import cooldown
-from pypicache.services.mirror import Mirror, UpstreamUnavailable
+from pypicache.services.mirror import Mirror
 from pypicache.services.stats import Stats
 from pypicache.services.visibility import LOCAL, visible
 from pypicache.web.render import etag_for, render_project
-from pypicache.web.simple import PageCache, Rendered, SimpleIndex, project_allowed
-from pypicache.web.util import HTTPError, refused
+from pypicache.web.simple import PageCache, Rendered, SimpleIndex, find_project
+from pypicache.web.util import HTTPError
 
 
 class AsOf(Resource):
@@ -87,17 +87,8 @@ class AsOfIndex(SimpleIndex):
 
     async def _project(self, request: Any, name: str) -> None:
         fmt = self._format(request)
-        rules = self.mirror.blocklist.rules  # the block and allow lists hold in the past too
-        allowed = project_allowed(rules, name)  # 403 for a project blocked by name
-        try:
-            result = await self.mirror.project(name, allow_upstream=self.allow_upstream and allowed)
-        except UpstreamUnavailable as e:
-            raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
-                            {b"retry-after": str(e.retry_after).encode()}) from None
-        if result is None or not (allowed or result.record.origin == LOCAL):
-            if not allowed:
-                raise refused(404, f"not proxied by policy: {name} is not in policy.allow_only")
-            raise HTTPError(404, f"no such project: {name}")
+        # The block and allow lists of today hold in the past too.
+        result, rules, _ = await find_project(self.mirror, name, allow_upstream=self.allow_upstream)
         record = result.record
         merged = name in self.mirror.merge
         # What was listed then may be unlisted now: files still held are shown.

@@ -30,13 +30,12 @@ from twisted.web.resource import Resource
 
 from pypicache.model import InvalidName, normalize
 from pypicache.services import cooldown
-from pypicache.services.mirror import Mirror, UpstreamUnavailable
+from pypicache.services.mirror import Mirror
 from pypicache.services.projectjson import ProjectJson
-from pypicache.services.visibility import LOCAL, visible_files
-from pypicache.web.simple import project_allowed
+from pypicache.services.visibility import visible_files
 from pypicache.web.negotiation import accepts_gzip
 from pypicache.web.render import etag_for
-from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches, without_held_versions
+from pypicache.web.simple import GZIP_MIN, PageCache, Rendered, etag_matches, find_project, without_held_versions
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header, send_error
 
 JSON_TYPE = b"application/json"
@@ -133,15 +132,8 @@ class JsonAPI(Resource):
 
     # ------------------------------------------------------------ answers
     async def _answer(self, request: Any, name: str, version: Version | None) -> None:
-        rules, generation = self.mirror.blocklist.rules, self.mirror.blocklist.generation
-        allowed = project_allowed(rules, name)
-        try:
-            result = await self.mirror.project(name, allow_upstream=self.allow_upstream and allowed)
-        except UpstreamUnavailable as e:
-            raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
-                            {b"retry-after": str(e.retry_after).encode()}) from None
-        if result is None or not (allowed or result.record.origin == LOCAL):
-            raise HTTPError(404, "Not Found")
+        result, rules, generation = await find_project(self.mirror, name, allow_upstream=self.allow_upstream,
+                                                       missing="Not Found")
         record = result.record
         policy = self.policy()
         visible = visible_files(record, local=self.local, merged=name in self.mirror.merge, rules=rules)

@@ -204,6 +204,32 @@ def render_page(fmt: Any, record: ProjectRecord, local: bool, merged: bool, meta
     return page
 
 
+async def find_project(mirror: Mirror, name: str, *, allow_upstream: bool,
+                       missing: str | None = None) -> tuple[Any, Any, int]:
+    """``(result, rules, generation)``: the project as the mirror has it,
+    under the block and allow lists of this moment -- the one prologue of
+    every view of a project (Simple pages, as-of pages, the JSON API).
+
+    403 for a project blocked by name; 404 with the reason for one
+    ``allow_only`` leaves out (never asked of the upstream); 503 when the
+    upstream is needed and cannot answer; 404 (``missing``, else "no such
+    project") when there is no such project.
+    """
+    blocklist = mirror.blocklist
+    rules, generation = blocklist.rules, blocklist.generation
+    allowed = project_allowed(rules, name)
+    try:
+        result = await mirror.project(name, allow_upstream=allow_upstream and allowed)
+    except UpstreamUnavailable as e:
+        raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
+                        {b"retry-after": str(e.retry_after).encode()}) from None
+    if result is None or not (allowed or result.record.origin == LOCAL):
+        if not allowed:
+            raise refused(404, f"not proxied by policy: {name} is not in policy.allow_only")
+        raise HTTPError(404, missing or f"no such project: {name}")
+    return result, rules, generation
+
+
 def project_allowed(rules: Any, name: str) -> bool:
     """False when the policy lets no upstream file of ``name`` through
     (allow_only); a project blocked by name raises the 403."""
@@ -283,18 +309,7 @@ class SimpleIndex(Resource):
 
     async def _project(self, request: Any, name: str) -> None:
         fmt = self._format(request)
-        blocklist = self.mirror.blocklist
-        rules, generation = blocklist.rules, blocklist.generation
-        allowed = project_allowed(rules, name)
-        try:
-            result = await self.mirror.project(name, allow_upstream=self.allow_upstream and allowed)
-        except UpstreamUnavailable as e:
-            raise HTTPError(503, f"upstream unavailable and {name} is not cached: {e.reason}",
-                            {b"retry-after": str(e.retry_after).encode()}) from None
-        if result is None or not (allowed or result.record.origin == LOCAL):
-            if not allowed:
-                raise refused(404, f"not proxied by policy: {name} is not in policy.allow_only")
-            raise HTTPError(404, f"no such project: {name}")
+        result, rules, generation = await find_project(self.mirror, name, allow_upstream=self.allow_upstream)
         record = result.record
         merged = name in self.mirror.merge
         if self.local and not any(f.stored and visible(record, f, merged=merged) for f in record.files):
