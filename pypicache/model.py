@@ -19,6 +19,7 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
+from packaging.version import InvalidVersion, Version  # already loaded by packaging.utils
 
 #: The Simple API version this server speaks (PEP 691 / PEP 700).
 API_VERSION = "1.1"
@@ -69,6 +70,17 @@ def file_key(filename: str) -> str:
     except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
         pass
     return f"file:{filename}"
+
+
+def version_of(filename: str) -> Version | None:
+    """The version a wheel or sdist filename names, or None when it names
+    none that parses (an egg, an installer, junk)."""
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[1]
+        return parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
 
 
 def is_sha256(value: object) -> bool:

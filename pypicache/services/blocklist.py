@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import attrs
 
+from pypicache.model import version_of
 from pypicache.services.visibility import LOCAL
 #: The runtime additions made by ``pypicache policy`` (in the data dir).
 RUNTIME_FILE = "policy.json"
@@ -88,7 +89,7 @@ class Rules:
         rules = self.by_name.get(name)
         if not rules:
             return None
-        version = _version_of(filename)
+        version = version_of(filename)
         for rule in rules:
             if not rule.specifier or version is None or rule.specifier.contains(version, prereleases=True):
                 return rule.reason
@@ -119,19 +120,6 @@ class Rules:
 
 
 NO_RULES = Rules()
-
-
-def _version_of(filename: str) -> Any:
-    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, \
-        parse_wheel_filename
-    from packaging.version import InvalidVersion
-
-    try:
-        if filename.endswith(".whl"):
-            return parse_wheel_filename(filename)[1]
-        return parse_sdist_filename(filename)[1]
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return None
 
 
 def parse_rule(spec: str, note: str | None = None) -> Rule:

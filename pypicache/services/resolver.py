@@ -16,18 +16,12 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 import attrs
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    canonicalize_name,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
-from packaging.version import InvalidVersion, Version
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from resolvelib import AbstractProvider, BaseReporter, Resolver
 from resolvelib.resolvers import ResolutionError, ResolutionImpossible
 
-from pypicache.model import FileRecord
+from pypicache.model import FileRecord, version_of
 from pypicache.services.environments import Environment
 from pypicache.services.lockfiles import Wanted
 
@@ -48,15 +42,6 @@ class Source(Protocol):
 
     def warm(self, requirements: Iterable[Requirement], env: Environment) -> None:
         """A hint: these will be asked for soon (start fetching, do not wait)."""
-
-
-def version_of(filename: str) -> Version | None:
-    try:
-        if filename.endswith(".whl"):
-            return parse_wheel_filename(filename)[1]
-        return parse_sdist_filename(filename)[1]
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return None
 
 
 def matches_hashes(record: FileRecord, hashes: frozenset[tuple[str, str]]) -> bool:
