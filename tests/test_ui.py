@@ -156,6 +156,10 @@ async def test_a_big_project_is_rendered_off_the_reactor_and_kept(proxy):
     assert response.code == 200
     assert html.count("<tr><td>") == count and html.index('id="v1.2499"') < html.index('id="v1.0"')
     assert (await text(proxy.root + "/project/bigproj/"))[1] == html
+    apply_policy(proxy.app, PolicyConfig(block=("bigproj>=1.2000",)))  # marked in the thread pool too
+    _, html = await text(proxy.root + "/project/bigproj/")
+    assert html.count("<span class='tag blocked'>blocked by policy: bigproj&gt;=1.2000</span>") == 500
+    assert "<dt>policy</dt><dd>500 files blocked, 0 held back (cooldown)</dd>" in html
 
 
 @pytest_twisted.ensureDeferred
@@ -355,6 +359,23 @@ async def test_the_statistics_page_shows_the_policy_in_force(proxy):
     _, html = await text(proxy.root + "/statistics")  # read at request time
     assert facts(html) == {"cooldown (min_age)": "2d (1 per-project override)", "block rules": "2",
                            "allow_only": "on, 2 projects"}
+
+
+def test_marks_without_upload_time_private_files_and_durations():
+    from pypicache.model import FileRecord
+    from pypicache.services.blocklist import NO_RULES, compile_rules
+    from pypicache.web.ui.policy import NO_MARKS, mark, policy_facts
+
+    files = (FileRecord("p-1.0.tar.gz", url="https://u.example/p-1.0.tar.gz"),
+             FileRecord("p-2.0.tar.gz", url="https://u.example/p-2.0.tar.gz", origin="local"))
+    assert mark(NO_RULES, PolicyConfig(min_age=DAY), "p", files, time.time()) is NO_MARKS  # "allow"
+    hide = mark(NO_RULES, PolicyConfig(min_age=DAY, missing_upload_time="hide"), "p", files, time.time())
+    assert hide.files == {"p-1.0.tar.gz": ("held", "held back: no upload time (cooldown)")}
+    assert hide.until is None and hide.held == 1  # never of age: the page need not expire for it
+    allow_only = compile_rules(PolicyConfig(allow_only=frozenset({"q"})))
+    assert mark(allow_only, None, "p", files[1:], 0.0) is NO_MARKS  # a private project is not concerned
+    assert mark(allow_only, None, "p", files, 0.0).project.startswith("not proxied by policy")
+    assert policy_facts(NO_RULES, PolicyConfig(min_age=5400.0))[0] == ("cooldown (min_age)", "90m")
 
 
 # ------------------------------------------------------------ services

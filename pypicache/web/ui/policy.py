@@ -65,15 +65,14 @@ def mark(rules: Any, policy: Any, name: str, files: Iterable[FileRecord], now: f
     if not (blockable or cooling or not proxied):
         return NO_MARKS
     project = rules.project_reason(name) if blockable else None
-    if project is None and not proxied:
-        project = f"not proxied by policy: {name} is not in policy.allow_only"
+    unlisted = None if proxied else f"not proxied by policy: {name} is not in policy.allow_only"
     marked: dict[str, tuple[str, str]] = {}
     blocked = held = 0
     until = cooldown.FOREVER
     for f in files:
         why = rules.file_reason(name, f.filename) if blockable else None
-        if why is None and not proxied and f.origin != LOCAL:
-            why = project
+        if why is None and unlisted is not None and f.origin != LOCAL:
+            why = project = project or unlisted  # a private project is not concerned
         if why is not None:
             marked[f.filename] = (BLOCKED, why)
             blocked += 1
