@@ -224,7 +224,7 @@ lazy = ["argon2", "pypicache.web.jsonapi", "pypicache.web.upload", "pypicache.we
         "pypicache.services.provenance",
         "packaging.requirements", "packaging.specifiers", "pypicache.cli.policy", "pypicache.cli.audit",
         "pypicache.web.asof",
-        "pypicache.web.ui", "pypicache.web.ui.routes", "pypicache.services.usage",
+        "pypicache.web.ui", "pypicache.web.ui.routes", "pypicache.web.ui.policy", "pypicache.services.usage",
         "pypicache.services.eviction", "pypicache.services.cachebook", "pypicache.cli.cache",
         "pypicache.web.draining"]
 before = [m for m in lazy if m in sys.modules]

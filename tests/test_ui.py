@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,9 @@ import pytest
 import pytest_twisted
 import treq
 
+from pypicache.daemon.config import PolicyConfig
+from pypicache.daemon.reload import apply_policy
+from pypicache.services import cooldown
 from pypicache.services.stats import PROJECTS_KEPT, Stats
 from pypicache.services.usage import DiskUsage, Usage
 from pypicache.web.ui.routes import PAGE_SIZE, search_key
@@ -152,6 +156,10 @@ async def test_a_big_project_is_rendered_off_the_reactor_and_kept(proxy):
     assert response.code == 200
     assert html.count("<tr><td>") == count and html.index('id="v1.2499"') < html.index('id="v1.0"')
     assert (await text(proxy.root + "/project/bigproj/"))[1] == html
+    apply_policy(proxy.app, PolicyConfig(block=("bigproj>=1.2000",)))  # marked in the thread pool too
+    _, html = await text(proxy.root + "/project/bigproj/")
+    assert html.count("<span class='tag blocked'>blocked by policy: bigproj&gt;=1.2000</span>") == 500
+    assert "<dt>policy</dt><dd>500 files blocked, 0 held back (cooldown)</dd>" in html
 
 
 @pytest_twisted.ensureDeferred
@@ -233,6 +241,141 @@ async def test_the_ui_is_behind_the_read_gate(tmp_path, fake_upstream):
         await response.content()
     finally:
         await server.stop()
+
+
+# ------------------------------------------------------------ the policy
+
+DAY = 86400.0
+
+
+def stamp(seconds: float) -> str:
+    """A PEP 700 upload time."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(seconds))
+
+
+def row(html: str, filename: str) -> str:
+    """The table row of ``filename``, linked or not."""
+    found = re.search(r"<tr><td>(?:<a [^>]*>)?" + re.escape(filename) + r"(?:</a>)?</td>.*?</tr>", html)
+    assert found is not None, filename
+    return found.group(0)
+
+
+def publish(fake_upstream: Any, tmp_path: Path, ages: dict[str, float]) -> dict[str, tuple[str, str]]:
+    """``coolproj`` releases ``version: age``: (wheel filename, upload time) by version."""
+    now = time.time()
+    published = {}
+    for version, age in ages.items():
+        wheel = build_wheel(tmp_path / "dists", "coolproj", version)
+        fake_upstream.add(wheel, upload_time=stamp(now - age))
+        published[version] = (wheel.name, stamp(now - age))
+    return published
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_files_are_tagged_counted_and_not_linked_and_a_change_shows_at_once(
+        proxy, fake_upstream, tmp_path):
+    releases = publish(fake_upstream, tmp_path, {"1.0": 30 * DAY, "1.1": DAY, "2.0": 3600})
+    await (await get(proxy.simple + "coolproj/")).content()  # the index holds the page now
+    _, plain = await text(proxy.root + "/project/coolproj/")
+    assert "<th>policy</th>" not in plain and "tag blocked" not in plain and "tag held" not in plain
+
+    apply_policy(proxy.app, PolicyConfig(min_age=2 * DAY, block=("coolproj==1.0",)))
+    response, html = await text(proxy.root + "/project/coolproj/")
+    assert response.code == 200  # the page is shown (to the admin), refusals and all
+    assert "<th>policy</th>" in html
+    blocked = row(html, releases["1.0"][0])
+    assert "<span class='tag blocked'>blocked by policy: coolproj==1.0</span>" in blocked
+    for version in ("1.1", "2.0"):
+        filename, uploaded = releases[version]
+        until = cooldown.rfc3339(cooldown.upload_seconds(uploaded) + 2 * DAY)
+        assert f"<span class='tag held'>held back until {until} (cooldown)</span>" in row(html, filename)
+    for filename, _ in releases.values():  # no download link for a refused file
+        assert "<a " not in row(html, filename) and f"/{filename}\"" not in html
+    assert "<dt>policy</dt><dd>1 file blocked, 2 held back (cooldown)</dd>" in html
+    # The file routes agree with what the page says.
+    for version, code in (("1.0", 403), ("1.1", 404)):
+        refused = await get(f"{proxy.root}/files/coolproj/{releases[version][0]}")
+        assert refused.code == code, version
+        await refused.content()
+
+    # The policy object is part of the render cache's key (a SIGHUP replaces it).
+    proxy.app.policy = attrs.evolve(proxy.app.policy, min_age_exempt=frozenset({"coolproj"}))
+    _, html = await text(proxy.root + "/project/coolproj/")
+    assert "tag held" not in html and "<dt>policy</dt><dd>1 file blocked, 0 held back (cooldown)</dd>" in html
+    assert f'href="../../files/coolproj/{releases["2.0"][0]}"' in html
+    # So is the block list's generation: blocked by name, at once.
+    apply_policy(proxy.app, PolicyConfig(block=("coolproj",)))
+    response, html = await text(proxy.root + "/project/coolproj/")
+    assert response.code == 200
+    assert "<p class=refusal><span class='tag blocked'>blocked by policy: coolproj</span></p>" in html
+    assert "<dt>policy</dt><dd>3 files blocked, 0 held back (cooldown)</dd>" in html
+    assert "href=\"../../files/" not in html
+    _, listed = await text(proxy.root + "/")
+    assert re.search(r'>coolproj</a> <span class=\'tag blocked\'[^>]*>blocked</span></li>', listed)
+    assert not re.search(r">tinyproj</a> <span", listed)
+    apply_policy(proxy.app, PolicyConfig())  # lifted: links again, nothing marked
+    _, html = await text(proxy.root + "/project/coolproj/")
+    assert html == plain
+    assert "tag blocked" not in (await text(proxy.root + "/"))[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_project_page_expires_when_its_first_held_file_comes_of_age(proxy, fake_upstream, tmp_path):
+    """The page is not kept past the moment a held file may be served: then
+    it links the file (as web/simple.py's pages do)."""
+    releases = publish(fake_upstream, tmp_path, {"1.0": 3600 - 1.5})
+    apply_policy(proxy.app, PolicyConfig(min_age=3600.0))
+    await (await get(proxy.simple + "coolproj/")).content()
+    filename = releases["1.0"][0]
+    for _ in range(2):  # the second answer is the kept page
+        _, html = await text(proxy.root + "/project/coolproj/")
+        assert "tag held" in row(html, filename) and "0 files blocked, 1 held back" in html
+    await deferred_sleep(2.0)
+    _, html = await text(proxy.root + "/project/coolproj/")
+    assert f'<a href="../../files/coolproj/{filename}">' in row(html, filename)
+    assert "<th>policy</th>" not in html
+
+
+@pytest_twisted.ensureDeferred
+async def test_allow_only_marks_the_upstream_files_of_an_unlisted_project(proxy):
+    await fill(proxy)
+    apply_policy(proxy.app, PolicyConfig(allow_only=frozenset({"depproj"})))
+    _, html = await text(proxy.root + "/project/tinyproj/")
+    assert "not proxied by policy: tinyproj is not in policy.allow_only" in html
+    assert "<dt>policy</dt><dd>4 files blocked, 0 held back (cooldown)</dd>" in html
+    assert "href=\"../../files/" not in html
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_statistics_page_shows_the_policy_in_force(proxy):
+    def facts(html: str) -> dict[str, str]:
+        block = html[html.index("<h2 id=policy>"):]
+        return dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", block))
+
+    _, html = await text(proxy.root + "/statistics")
+    assert facts(html) == {"cooldown (min_age)": "off", "block rules": "0", "allow_only": "off"}
+    apply_policy(proxy.app, PolicyConfig(min_age=2 * DAY, min_age_overrides={"x": 60.0},
+                                         block=("evil", "tinyproj==1.0"), allow_only=frozenset({"a", "b"})))
+    _, html = await text(proxy.root + "/statistics")  # read at request time
+    assert facts(html) == {"cooldown (min_age)": "2d (1 per-project override)", "block rules": "2",
+                           "allow_only": "on, 2 projects"}
+
+
+def test_marks_without_upload_time_private_files_and_durations():
+    from pypicache.model import FileRecord
+    from pypicache.services.blocklist import NO_RULES, compile_rules
+    from pypicache.web.ui.policy import NO_MARKS, mark, policy_facts
+
+    files = (FileRecord("p-1.0.tar.gz", url="https://u.example/p-1.0.tar.gz"),
+             FileRecord("p-2.0.tar.gz", url="https://u.example/p-2.0.tar.gz", origin="local"))
+    assert mark(NO_RULES, PolicyConfig(min_age=DAY), "p", files, time.time()) is NO_MARKS  # "allow"
+    hide = mark(NO_RULES, PolicyConfig(min_age=DAY, missing_upload_time="hide"), "p", files, time.time())
+    assert hide.files == {"p-1.0.tar.gz": ("held", "held back: no upload time (cooldown)")}
+    assert hide.until is None and hide.held == 1  # never of age: the page need not expire for it
+    allow_only = compile_rules(PolicyConfig(allow_only=frozenset({"q"})))
+    assert mark(allow_only, None, "p", files[1:], 0.0) is NO_MARKS  # a private project is not concerned
+    assert mark(allow_only, None, "p", files, 0.0).project.startswith("not proxied by policy")
+    assert policy_facts(NO_RULES, PolicyConfig(min_age=5400.0))[0] == ("cooldown (min_age)", "90m")
 
 
 # ------------------------------------------------------------ services
@@ -319,6 +462,11 @@ async def test_in_a_browser_list_search_project_and_statistics(tmp_path, fake_up
         project = await dom(server.root + "/project/tinyproj/")
         assert "A tiny project" in project and "2.0" in project and "cached" in project
         assert "&gt;=3.8" in project and re.search(r"\d+ B</td>", project)
+        apply_policy(server.app, PolicyConfig(block=("tinyproj==1.0",)))
+        project = await dom(server.root + "/project/tinyproj/")
+        assert '<span class="tag blocked">blocked by policy: tinyproj==1.0</span>' in project
+        assert "<td>tinyproj-1.0.tar.gz</td>" in project and "/tinyproj-1.0.tar.gz" not in project
+        assert '<a href="../../files/tinyproj/tinyproj-2.0.tar.gz">' in project
         statistics = await dom(server.root + "/statistics")
         assert statistics.count("<svg") == 4 and "<rect" in statistics and "Top projects" in statistics
     finally:

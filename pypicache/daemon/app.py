@@ -201,7 +201,7 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                 return Usage(*keeper.usage(), counts="cached files")
         else:
             usage = DiskUsage(storage, in_thread, reactor, None)
-        return build_ui(mirror, storage, downloader, stats, usage, in_thread)
+        return build_ui(mirror, storage, downloader, stats, usage, in_thread, policy=lambda: app.policy)
 
     # Parsed records get page_cache_bytes, rendered pages half as much again.
     root = build_root(mirror, downloader, storage, stats, upload=upload, manage=manage, jsonapi=jsonapi,

@@ -34,11 +34,14 @@ class UI:
 
 
 def build_ui(mirror: Any, storage: Any, downloader: Any, stats: Stats,
-             disk_usage: Callable[[], Awaitable[Usage]], in_thread: Callable[..., Any] | None = None) -> UI:
-    """``in_thread`` renders the pages of very big projects in the thread pool."""
+             disk_usage: Callable[[], Awaitable[Usage]], in_thread: Callable[..., Any] | None = None,
+             policy: Callable[[], Any] = lambda: None) -> UI:
+    """``in_thread`` renders the pages of very big projects in the thread pool;
+    ``policy()`` is the current ``[policy]`` (``app.policy``), read per request."""
     from pypicache.services.projectjson import ProjectJson
     from pypicache.web.ui.routes import ProjectList, ProjectPage, StatisticsPage
 
     documents = ProjectJson(storage, downloader, mirror.clock, cache_size=256)
-    return UI(home=ProjectList(mirror.index), project=ProjectPage(mirror, documents, in_thread),
-              statistics=StatisticsPage(stats, disk_usage))
+    return UI(home=ProjectList(mirror.index, mirror.blocklist),
+              project=ProjectPage(mirror, documents, in_thread, policy),
+              statistics=StatisticsPage(stats, disk_usage, mirror.blocklist, policy))

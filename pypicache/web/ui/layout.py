@@ -33,7 +33,7 @@ th,td{text-align:left;padding:.25em .6em;border-bottom:1px solid #e3e6ea;vertica
 th{background:#eef1f4;font-weight:600}td.n,th.n{text-align:right;white-space:nowrap}
 .tag{display:inline-block;padding:0 .45em;border-radius:.6em;font-size:.85em;background:#e3e6ea}
 .private{background:#e8dcf7}.cached{background:#d7efdc}.upstream{background:#e3e6ea}
-.yanked{background:#f9d9d4}.muted{color:#667085}.summary{font-size:1.05em;margin:.2em 0 1em}
+.yanked{background:#f9d9d4}.blocked{background:#c0533f;color:#fff}.held{background:#f5e3b8}.muted{color:#667085}.summary{font-size:1.05em;margin:.2em 0 1em}
 form{margin:.5em 0 1em}input[type=search]{font:inherit;padding:.3em .5em;width:22em}
 button{font:inherit;padding:.3em .9em}.pager{margin:1em 0;display:flex;gap:1.5em}
 ul.names{columns:3 16em;padding-left:1.2em}.charts{display:flex;flex-wrap:wrap;gap:1.5em}

@@ -21,6 +21,7 @@ from pypicache.services.usage import Usage
 from pypicache.services.visibility import LOCAL
 from pypicache.web.ui.charts import bars, split_bar
 from pypicache.web.ui.layout import esc, human_size, page
+from pypicache.web.ui.policy import NO_MARKS, Marks
 
 __all__ = ["ListView", "ProjectView", "project_list", "project_page", "statistics_page", "not_found"]
 
@@ -34,6 +35,8 @@ class ListView:
     page: int
     pages: int
     total: int
+    #: The names shown that the policy blocks by name (marked in the list).
+    blocked: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -46,6 +49,11 @@ class ProjectView:
     private: bool
     summary: str | None
     refreshed_at: str | None
+    #: What the supply-chain policy refuses (pypicache.web.ui.policy).
+    marks: Marks = NO_MARKS
+
+
+_BLOCKED_TAG = " <span class='tag blocked' title='blocked by policy'>blocked</span>"
 
 
 def project_list(view: ListView) -> bytes:
@@ -56,7 +64,9 @@ def project_list(view: ListView) -> bytes:
         heading = f"{view.total} project{'s' if view.total != 1 else ''} matching “{q}”"
     else:
         heading = f"{view.total} project{'s' if view.total != 1 else ''}"
-    items = "".join(f'<li><a href="project/{quote(name, safe="")}/">{esc(name)}</a></li>' for name in view.names)
+    blocked = view.blocked
+    items = "".join(f'<li><a href="project/{quote(name, safe="")}/">{esc(name)}</a>'
+                    f'{_BLOCKED_TAG if name in blocked else ""}</li>' for name in view.names)
     body = [f"<h1>Projects</h1>{form}<p class=muted>{heading}</p>"]
     empty = "<p>No project matches.</p>" if view.query else "<p>No projects yet: install through /simple/.</p>"
     body.append(f"<ul class=names>{items}</ul>" if items else empty)
@@ -91,8 +101,12 @@ def _yanked(record: FileRecord) -> str:
 _URL_SAFE = re.compile(r"[A-Za-z0-9._+!~-]+").fullmatch
 
 
-def _file_rows(files: Sequence[FileRecord], base: str) -> str:
-    """One row per file: the loop a 601-file page spends its time in."""
+def _file_rows(files: Sequence[FileRecord], base: str, marks: Marks = NO_MARKS) -> str:
+    """One row per file: the loop a 601-file page spends its time in.
+
+    With ``marks`` (a policy refuses some files) a "policy" cell ends each
+    row, and a refused file gets its reason there and no link."""
+    refused = marks.files if marks is not NO_MARKS else None
     rows = []
     escaped: dict[str | None, str] = {None: ""}  # requires-python repeats across a release's files
     for f in files:
@@ -101,14 +115,25 @@ def _file_rows(files: Sequence[FileRecord], base: str) -> str:
         requires = escaped.get(f.requires_python)
         if requires is None:
             requires = escaped[f.requires_python] = escape(f.requires_python or "")
-        rows.append(f'<tr><td><a href="{base}{href}">{escape(name)}</a></td>'
-                    f"<td class=n>{human_size(f.size)}</td><td>{_origin(f)}</td>"
-                    f"<td>{requires}</td><td>{_yanked(f) if f.yanked else ''}</td></tr>")
+        if refused is None:
+            rows.append(f'<tr><td><a href="{base}{href}">{escape(name)}</a></td>'
+                        f"<td class=n>{human_size(f.size)}</td><td>{_origin(f)}</td>"
+                        f"<td>{requires}</td><td>{_yanked(f) if f.yanked else ''}</td></tr>")
+            continue
+        why = refused.get(name)
+        cells = (f"<td class=n>{human_size(f.size)}</td><td>{_origin(f)}</td>"
+                 f"<td>{requires}</td><td>{_yanked(f) if f.yanked else ''}</td>")
+        if why is None:
+            rows.append(f'<tr><td><a href="{base}{href}">{escape(name)}</a></td>{cells}<td></td></tr>')
+        else:  # refused: its reason, and no link to follow
+            rows.append(f"<tr><td>{escape(name)}</td>{cells}"
+                        f"<td><span class='tag {why[0]}'>{escape(why[1])}</span></td></tr>")
     return "".join(rows)
 
 
 _FILE_HEAD = ("<table><tr><th>file</th><th class=n>size</th><th>origin</th><th>requires-python</th>"
               "<th>yanked</th></tr>")
+_POLICY_HEAD = _FILE_HEAD[:-5] + "<th>policy</th></tr>"
 
 
 def project_page(view: ProjectView) -> bytes:
@@ -123,9 +148,16 @@ def project_page(view: ProjectView) -> bytes:
              ("releases", str(len(view.releases))), ("files", f"{count}, {human_size(total)}")]
     if view.refreshed_at:
         facts.append(("checked upstream", esc(view.refreshed_at)))
+    marks = view.marks
+    if marks.blocked or marks.held:
+        facts.append(("policy", f"{marks.blocked} file{'s' if marks.blocked != 1 else ''} blocked, "
+                                f"{marks.held} held back (cooldown)"))
+    if marks.project:
+        head.append(f"<p class=refusal><span class='tag blocked'>{esc(marks.project)}</span></p>")
     head.append("<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>")
     head.append(f'<p><a href="../../simple/{quote(view.name, safe="")}/">simple page</a> · '
                 f'<a href="../../pypi/{quote(view.name, safe="")}/json">JSON</a></p>')
+    table_head = _FILE_HEAD if marks is NO_MARKS else _POLICY_HEAD
     sections = []
     for release in view.releases:
         state = ""
@@ -134,18 +166,20 @@ def project_page(view: ProjectView) -> bytes:
             state = f" <span class='tag yanked'>yanked{reason}</span>"
         requires = next((f.requires_python for f, _, _ in release.files if f.requires_python), None)
         note = f" <span class=muted>requires-python {esc(requires)}</span>" if requires else ""
-        rows = _file_rows([f for f, _, _ in release.files], files_base)
+        rows = _file_rows([f for f, _, _ in release.files], files_base, marks)
         sections.append(f'<h2 id="v{esc(release.key)}">{esc(release.key)}{state}{note}</h2>'
-                        f"{_FILE_HEAD}{rows}</table>" if rows else
+                        f"{table_head}{rows}</table>" if rows else
                         f'<h2 id="v{esc(release.key)}">{esc(release.key)}{state}</h2><p class=muted>no files</p>')
     if view.other_files:
-        sections.append(f"<h2>Other files</h2>{_FILE_HEAD}{_file_rows(view.other_files, files_base)}</table>")
+        sections.append(f"<h2>Other files</h2>{table_head}{_file_rows(view.other_files, files_base, marks)}</table>")
     if not sections:
         sections.append("<p>No files.</p>")
     return page(view.name, "".join(head) + "".join(sections), root="../../", active="projects")
 
 
-def statistics_page(stats: Stats, usage: Usage, top: Sequence[tuple[str, int]]) -> bytes:
+def statistics_page(stats: Stats, usage: Usage, top: Sequence[tuple[str, int]],
+                    policy: Sequence[tuple[str, str]] = ()) -> bytes:
+    """``policy``: the supply-chain policy in force, as (label, value) lines."""
     requests = stats.file_hits + stats.file_misses
     ratio = f"{100 * stats.file_hits / requests:.1f} %" if requests else "no file requests yet"
     used = human_size(usage.used) if usage.used is not None else "unknown (the storage cannot say)"
@@ -173,6 +207,10 @@ def statistics_page(stats: Stats, usage: Usage, top: Sequence[tuple[str, int]]) 
             '<a href="stats">stats</a>.</p>'
             "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl>"
             "<div class=charts>" + "".join(charts) + "</div>")
+    if policy:
+        body += ('<h2 id=policy>Policy</h2><p class=muted>The supply-chain policy in force '
+                 "(docs/security.md, “Supply chain”).</p><dl>"
+                 + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in policy) + "</dl>")
     return page("Statistics", body, root="./", active="statistics")
 
 

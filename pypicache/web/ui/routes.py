@@ -4,7 +4,9 @@ They only read: the index's names, the mirror's records (never asking the
 upstream: the UI shows what this server holds, and browsing it costs the
 upstream nothing), the counters.  Which files a page shows is decided by
 pypicache.services.visibility, as for ``/simple/``; the read gate of
-pypicache.web.request guards these routes like every other.
+pypicache.web.request guards these routes like every other.  What the
+supply-chain policy refuses is shown, not hidden (pypicache.web.ui.policy):
+the pages are for the administrator, the refusals are the file routes'.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pypicache.services.stats import Stats
 from pypicache.services.usage import Usage
 from pypicache.services.visibility import LOCAL, visible_files
 from pypicache.web.ui import pages
+from pypicache.web.ui.policy import mark, policy_facts
 from pypicache.web.ui.layout import send_html
 from pypicache.web.util import HTTPError, finish_bytes, handle, safe_header
 
@@ -60,9 +63,11 @@ class ProjectList(Resource):
 
     isLeaf = True
 
-    def __init__(self, index: Any) -> None:
+    def __init__(self, index: Any, blocklist: Any = None) -> None:
         super().__init__()
         self.index = index
+        #: pypicache.services.blocklist.Blocklist: projects blocked by name are marked.
+        self.blocklist = blocklist
 
     def render_GET(self, request: Any) -> Any:
         return handle(request, lambda: self._serve(request))
@@ -83,21 +88,33 @@ class ProjectList(Resource):
         count = max(1, -(-len(names) // PAGE_SIZE))
         number = min(int(raw_page), count)
         shown = names[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
-        send_html(request, pages.project_list(pages.ListView(shown, query, number, count, len(names))))
+        rules = self.blocklist.rules if self.blocklist is not None else None
+        blocked = frozenset(n for n in shown if rules.project_reason(n)) if rules and rules.by_name else frozenset()
+        send_html(request, pages.project_list(pages.ListView(shown, query, number, count, len(names), blocked)))
 
 
 class ProjectPage(Resource):
-    """``/project/<name>/``: releases, files, sizes, origin, yanked state."""
+    """``/project/<name>/``: releases, files, sizes, origin, yanked state,
+    and what the policy refuses.
+
+    A rendered page is kept while the record's files are the same object,
+    it was not refreshed, and the block list's generation and the policy
+    object are those it was rendered under -- and no longer than until its
+    first held-back file comes of age (as web/simple.py's ``Rendered.current``).
+    """
 
     isLeaf = True
 
-    def __init__(self, mirror: Any, documents: Any, in_thread: Callable[..., Any] | None = None) -> None:
+    def __init__(self, mirror: Any, documents: Any, in_thread: Callable[..., Any] | None = None,
+                 policy: Callable[[], Any] = lambda: None) -> None:
         super().__init__()
         self.mirror = mirror
         self.in_thread = in_thread
+        #: The current ``[policy]`` (``app.policy``), read per request.
+        self.policy = policy
         #: pypicache.services.projectjson.ProjectJson: METADATA (the summary) from storage.
         self.documents = documents
-        self._rendered: OrderedDict[str, tuple[Any, float | None, bytes]] = OrderedDict()
+        self._rendered: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._rendered_bytes = 0
 
     def render_GET(self, request: Any) -> Any:
@@ -129,16 +146,22 @@ class ProjectPage(Resource):
         return "../" * len(post) if post else "./"
 
     async def _page(self, name: str, record: ProjectRecord) -> bytes:
+        blocklist = self.mirror.blocklist
+        rules, generation, policy = blocklist.rules, blocklist.generation, self.policy()
+        now = self.mirror.clock.seconds()
         kept = self._rendered.get(name)
-        if kept is not None and kept[0] is record.files and kept[1] == record.refreshed_at:
+        if (kept is not None and kept[0] is record.files and kept[1] == record.refreshed_at
+                and kept[2] == generation and kept[3] is policy and (kept[4] is None or now < kept[4])):
             self._rendered.move_to_end(name)
-            return kept[2]
+            return kept[-1]
         files = visible_files(record, local=False, merged=name in self.mirror.merge)
         big = self.in_thread is not None and len(files) > THREAD_FILES
         if big:
             releases = await self.in_thread(group_releases, files, record.versions or ())
+            marks = await self.in_thread(mark, rules, policy, name, files, now)
         else:
             releases = group_releases(files, record.versions or ())
+            marks = mark(rules, policy, name, files, now)
         summary = None
         newest = latest(releases)
         if newest is not None and newest.files:
@@ -152,28 +175,31 @@ class ProjectPage(Resource):
         view = pages.ProjectView(
             name=name, releases=list(reversed(releases.values())),
             other_files=[f for f in files if f.filename not in grouped],
-            private=record.origin == LOCAL, summary=summary, refreshed_at=refreshed)
+            private=record.origin == LOCAL, summary=summary, refreshed_at=refreshed, marks=marks)
         body = await self.in_thread(pages.project_page, view) if big else pages.project_page(view)
         old = self._rendered.pop(name, None)
         if old is not None:
-            self._rendered_bytes -= len(old[2])
+            self._rendered_bytes -= len(old[-1])
         if len(body) <= RENDERED_BYTES // 4:
-            self._rendered[name] = (record.files, record.refreshed_at, body)
+            self._rendered[name] = (record.files, record.refreshed_at, generation, policy, marks.until, body)
             self._rendered_bytes += len(body)
             while self._rendered_bytes > RENDERED_BYTES:
-                self._rendered_bytes -= len(self._rendered.popitem(last=False)[1][2])
+                self._rendered_bytes -= len(self._rendered.popitem(last=False)[1][-1])
         return body
 
 
 class StatisticsPage(Resource):
-    """``/statistics``: hit ratio, bytes saved, top projects, disk used."""
+    """``/statistics``: hit ratio, bytes saved, top projects, disk used, the policy."""
 
     isLeaf = True
 
-    def __init__(self, stats: Stats, disk_usage: Callable[[], Awaitable[Usage]]) -> None:
+    def __init__(self, stats: Stats, disk_usage: Callable[[], Awaitable[Usage]], blocklist: Any = None,
+                 policy: Callable[[], Any] = lambda: None) -> None:
         super().__init__()
         self.stats = stats
         self.disk_usage = disk_usage
+        self.blocklist = blocklist
+        self.policy = policy
 
     def render_GET(self, request: Any) -> Any:
         return handle(request, lambda: self._serve(request))
@@ -183,4 +209,5 @@ class StatisticsPage(Resource):
             root = "../" * len(request.postpath)
             return send_html(request, pages.not_found("Not found", "No such page.", root), 404)
         usage = await self.disk_usage()
-        send_html(request, pages.statistics_page(self.stats, usage, self.stats.top_projects(10)))
+        facts = policy_facts(self.blocklist.rules, self.policy()) if self.blocklist is not None else ()
+        send_html(request, pages.statistics_page(self.stats, usage, self.stats.top_projects(10), facts))
