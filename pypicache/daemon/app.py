@@ -234,7 +234,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                   traffic=traffic)
     factory = ConnectionLimits(factory, reactor, max_connections=config.max_connections,
                                max_per_client=config.max_connections_per_client,
-                               header_timeout=config.header_timeout, fast_path=factory is not site)
+                               header_timeout=config.header_timeout, fast_path=factory is not site,
+                               traffic=traffic)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
               accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic,
