@@ -56,7 +56,7 @@ class Ready(Resource):
         self.readiness = readiness
 
     def render_GET(self, request: Any) -> Any:
-        if getattr(request.site, "draining", False):
+        if getattr(getattr(request, "site", None), "draining", False):
             return _plain(request, 503, b"not ready\nshutting down\n")
         watch_disconnect(request)
         d = defer.ensureDeferred(self.readiness.problems())
