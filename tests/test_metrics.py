@@ -6,6 +6,7 @@ answer is what a Prometheus server reads, not what a regex finds.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +398,67 @@ def test_counting_a_request_costs_less_than_prometheus_client_objects():
                                         histogram.labels("simple_page").observe(0.0004)))
     print(f"per request: Traffic.request {ours * 1e6:.2f} µs, prometheus_client {theirs * 1e6:.2f} µs")
     assert ours < theirs
+
+
+# ------------------------------------- refused before twisted.web handles a request
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "site-only"])
+@pytest_twisted.ensureDeferred
+async def test_connections_refused_before_a_request_are_counted_by_reason(tmp_path, fake_upstream, fast_path):
+    """Each refusal of pypicache.web.limits (the caps' 503, the deadlines'
+    408) and twisted.web's 400 for an unparsable head, provoked over raw
+    sockets, shows once under its reason; none is a request by route."""
+    from twisted.internet.threads import deferToThread
+
+    from tests.test_limits import SLOW_GET, held, raw_from, trickle
+
+    server = await start_server(make_config(tmp_path, fake_upstream.url, header_timeout=1, min_body_rate=100,
+                                            max_connections=3, max_connections_per_client=2, fast_path=fast_path))
+    port = server.port.getHost().port
+    conns: list[Any] = []
+
+    async def refusals() -> dict[str, float]:
+        response, body = await get(server.root + "/metrics", persistent=False)  # holds no connection after
+        assert response.code == 200
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        assert families["pypicache_http_refused"].type == "counter"
+        return {s.labels["reason"]: s.value for s in families["pypicache_http_refused"].samples
+                if s.name == "pypicache_http_refused_total"}
+
+    try:
+        assert await refusals() == dict.fromkeys(
+            ["connection_cap", "client_cap", "header_timeout", "body_rate", "bad_request"], 0)
+        answer = await deferToThread(raw_from, port, "127.0.0.1", b"NONSENSE\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        # A head trickled on a fresh connection, and on one kept alive after a first request.
+        for first in (b"", b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"):
+            got, closed_after = await deferToThread(trickle, port, SLOW_GET, 0.1, 6, first)
+            assert got.startswith(b"HTTP/1.1 408 ") and closed_after is not None, got[:200]
+        head = b"POST /simple/ HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 500\r\n\r\n"
+        got, closed_after = await deferToThread(trickle, port, b"x" * 500, 0.1, 8, head, False)
+        assert got.startswith(b"HTTP/1.1 408 ") and closed_after is not None, got[:200]
+        conns += [await held(server, b""), await held(server, b"")]  # 127.0.0.1's two
+        over = await held(server, b"")
+        conns.append(over)
+        data, closed = await deferToThread(over.read, 5)
+        assert data.startswith(b"HTTP/1.1 503 ") and closed, data[:200]
+        conns.append(await held(server, b"", "127.0.0.2"))  # three in all: the total cap
+        data = await deferToThread(raw_from, port, "127.0.0.3", b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 503 "), data[:200]
+        for conn in conns:
+            conn.close()
+        conns = []
+        await deferToThread(time.sleep, 0.3)  # the closes reach the server
+
+        assert await refusals() == {"connection_cap": 1, "client_cap": 1, "header_timeout": 2, "body_rate": 1,
+                                    "bad_request": 1}
+        found = await labelled(server.root)
+        statuses = {dict(labels).get("status") for name, labels in found if name == "pypicache_http_requests_total"}
+        assert statuses.isdisjoint({"400", "408", "503"}), statuses  # not counted twice
+    finally:
+        for conn in conns:
+            conn.close()
+        await server.stop()
 
 
 # ---------------------------------------------------- the monitoring listener

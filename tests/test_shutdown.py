@@ -243,6 +243,90 @@ async def test_drain_with_nothing_open_is_immediate(tmp_path, fake_upstream):
         await server.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_stopping_drains_the_monitoring_listener_and_ready_says_shutting_down(tmp_path, fake_upstream,
+                                                                                      monkeypatch):
+    """The whole service tree in process, with a [monitoring] listener:
+    stopping closes its idle keep-alive connection at once and stops its
+    port, a scrape half sent when the stop began is answered, ``/ready``
+    answers 503 from the start of the drain on both listeners while
+    ``/health`` answers 200, and systemd hears how many connections are left."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from twisted.internet import reactor
+
+    from pypicache.daemon import config as configuration
+    from pypicache.daemon import tap
+    from tests.daemon import free_port
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"@pypicache-test-{uuid.uuid4().hex}"
+    notify.bind("\0" + name[1:])
+    notify.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", name)
+    main, monitoring = free_port(), free_port()
+    top = tap.Server(configuration.parse({
+        "server": {"data_dir": str(tmp_path / "data"), "access_log": False, "shutdown_timeout": 10,
+                   "listen": f"tcp:{main}:interface=127.0.0.1"},
+        "http": {"connect_timeout": 2, "read_timeout": 2, "page_timeout": 3},
+        "upstream": {"provider": "simple", "url": fake_upstream.url},
+        "monitoring": {"listen": f"tcp:{monitoring}:interface=127.0.0.1"},
+    }, source="<test>"))
+    top.privilegedStartService()
+    top.startService()
+    clients: list[RawClient] = []
+    stopping: Any = None
+    try:
+        idle = RawClient(monitoring)
+        idle.send(get("/health"))
+        await idle.until(lambda c: whole_answer(c.received))
+        assert idle.received.startswith(b"HTTP/1.1 200") and not idle.closed
+        scrape = RawClient(monitoring)
+        scrape.send(get("/metrics")[:10])  # a scrape in flight
+        probes = {(port, path): RawClient(port) for port in (main, monitoring) for path in ("/ready", "/health")}
+        clients += [idle, scrape, *probes.values()]
+        await sleep(0.3)
+
+        began = reactor.seconds()
+        stopping = top.stopService()
+        await idle.until(lambda c: c.closed, timeout=1.0)
+        assert reactor.seconds() - began < 1.0
+        await sleep(0.1)
+        with pytest.raises(ConnectionRefusedError):  # the monitoring port no longer accepts
+            socket.create_connection(("127.0.0.1", monitoring), timeout=2).close()
+        for (port, path), probe in probes.items():
+            probe.send(get(path))
+            await probe.until(lambda c: c.closed)
+            head, _, body = probe.received.partition(b"\r\n\r\n")
+            assert b"\r\nconnection: close" in head.lower(), probe.received[:300]
+            if path == "/ready":
+                assert head.startswith(b"HTTP/1.1 503") and b"shutting down" in body, (port, probe.received[:300])
+            else:
+                assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n", (port, probe.received[:300])
+        scrape.send(get("/metrics")[10:])
+        await scrape.until(lambda c: c.closed)
+        head, _, body = scrape.received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close" in head.lower(), head
+        assert any(f.name == "pypicache_http_requests" for f in text_string_to_metric_families(body.decode()))
+        await stopping
+        stopping = None
+        assert top.app_service.drained is True
+        assert not top.app_service.app.monitoring.live
+        told = [line for line in notify.recv(65536).decode().split("\n")]
+        while True:
+            try:
+                told += notify.recv(65536).decode().split("\n")
+            except BlockingIOError:
+                break
+        counts = [int(line.split(": ")[1].split()[0]) for line in told if line.startswith("STATUS=shutting down")]
+        assert counts[-1] == 0 and counts[0] > 0 and counts == sorted(counts, reverse=True), told
+    finally:
+        for client in clients:
+            client.close()
+        if stopping is not None:
+            await stopping
+        notify.close()
+
+
 # ------------------------------------------------------------ sd_notify
 
 
@@ -470,7 +554,8 @@ async def test_a_restart_under_a_client_loop_fails_no_request(tmp_path, fake_ups
 @pytest_twisted.ensureDeferred
 async def test_sigterm_lets_a_slow_download_finish_and_cuts_at_the_timeout(tmp_path, fake_upstream, activation):
     """A first download (the upstream trickles it over ~3 s) in flight when
-    SIGTERM arrives completes intact and the exit is 0; with
+    SIGTERM arrives completes intact, systemd's STATUS= counts the
+    connections left, and the exit is 0; with
     shutdown_timeout = 1 a longer one is cut and the exit status is 1."""
     from twisted.internet import reactor
 
@@ -495,6 +580,11 @@ async def test_sigterm_lets_a_slow_download_finish_and_cuts_at_the_timeout(tmp_p
             response = await download
             assert response.code == 200
             assert await treq.content(response) == data
+            # systemd heard how many connections the drain waited for, down to none.
+            first = await activation.message(daemon, "STATUS=shutting down: ")
+            assert first != "STATUS=shutting down: 0 connection(s) left", first
+            assert await activation.message(daemon, "STATUS=shutting down: 0 ") == \
+                "STATUS=shutting down: 0 connection(s) left"
         else:
             assert reactor.seconds() - began < 10.0
             assert "still busy after server.shutdown_timeout" in daemon.output

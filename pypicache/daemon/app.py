@@ -51,7 +51,7 @@ class App:
     factory: Any = None  # what listeners serve: the fast path in front of the Site
     scrubber: Scrubber | None = None  # None: the storage cannot be scrubbed or scrub_rate is 0
     traffic: Traffic | None = None  # requests, upstream latency and errors (/metrics)
-    monitoring: Any = None  # the Site for [monitoring] listen; None when not configured
+    monitoring: Any = None  # what [monitoring] listen serves (its Site in ConnectionLimits); None when not configured
     policy: Any = None  # the current PolicyConfig: replaced on reload (pypicache.daemon.reload)
     audit: Any = None  # the audit log (pypicache.services.audit)
     cache_keeper: Any = None  # pypicache.services.eviction.CacheKeeper when [cache] max_size is set
@@ -234,7 +234,8 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                   traffic=traffic)
     factory = ConnectionLimits(factory, reactor, max_connections=config.max_connections,
                                max_per_client=config.max_connections_per_client,
-                               header_timeout=config.header_timeout, fast_path=factory is not site)
+                               header_timeout=config.header_timeout, fast_path=factory is not site,
+                               traffic=traffic)
     app = App(config=config, reactor=reactor, threadpool=threadpool, storage=storage, index=index,
               upstream=upstream, mirror=mirror, downloader=downloader, site=site, stats=stats,
               accounts=accounts, factory=factory, scrubber=scrubber, traffic=traffic,
@@ -246,6 +247,10 @@ def build(config: Config, reactor: Any, *, upstream: Any = None) -> App:
                                    traffic=traffic, access_log_format=config.monitoring.access_log_format,
                                    header_timeout=config.header_timeout, min_body_rate=config.min_body_rate)
         app.monitoring.route_of = monitoring_route_of
+        # Capped and tracked as the main listeners are: the shutdown drains it too (pypicache.web.draining).
+        app.monitoring = ConnectionLimits(app.monitoring, reactor, max_connections=config.max_connections,
+                                          max_per_client=config.max_connections_per_client,
+                                          header_timeout=config.header_timeout, fast_path=False, traffic=traffic)
     try:
         apply_policy(app, config.policy)  # the config's block and allow lists, and pypicache policy's
     except ValueError as e:

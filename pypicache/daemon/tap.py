@@ -105,12 +105,17 @@ class AppService(service.Service):
         return defer.ensureDeferred(self._stop(self.app))
 
     async def _stop(self, app: Any) -> None:
-        """Drain the connections (the listeners stopped first), then close."""
+        """Drain the connections, the monitoring listener's too (the
+        listeners stopped first), telling systemd how many are left; then close."""
         try:
             if hasattr(app.factory, "live"):
+                from pypicache.daemon import systemd
                 from pypicache.web import draining
 
-                self.drained = await draining.drain(app.factory, app.reactor, app.config.shutdown_timeout)
+                also = [app.monitoring] if hasattr(app.monitoring, "live") else []
+                self.drained = await draining.drain(
+                    app.factory, app.reactor, app.config.shutdown_timeout, also=also,
+                    report=lambda n: systemd.notify(f"STATUS=shutting down: {n} connection(s) left"))
         finally:
             await app.close()
 

@@ -150,6 +150,13 @@ class TrafficCollector:
         for kind, n in sorted(dict(t.coalesced).items()):
             coalesced.add_metric([kind], n)
         yield coalesced
+        refused = CounterMetricFamily("pypicache_http_refused", "Connections answered and closed before a request "
+                                      "was handled, by reason: connection_cap and client_cap (503), header_timeout "
+                                      "and body_rate (408), bad_request (400, a head that cannot be parsed).",
+                                      labels=["reason"])
+        for reason, n in dict(t.refusals).items():
+            refused.add_metric([reason], n)
+        yield refused
         if t.in_flight is not None:
             yield GaugeMetricFamily("pypicache_upstream_downloads_in_flight",
                                     "File downloads from the upstream running now.", value=t.in_flight())

@@ -7,7 +7,11 @@ costs several times that (tests/test_metrics.py measures both).  The metrics
 collector (pypicache.services.metrics) turns these numbers into metric
 families when ``/metrics`` is scraped.
 
-Labels come from small fixed sets (:data:`ROUTES`, :data:`ERROR_REASONS`):
+Connections refused before twisted.web has a request (pypicache.web.limits:
+the connection caps, the header and body deadlines, heads it cannot parse)
+never reach the site's finish path; they are counted by :data:`REFUSALS`.
+
+Labels come from small fixed sets (:data:`ROUTES`, :data:`ERROR_REASONS`, :data:`REFUSALS`):
 a client can never grow the number of time series by inventing paths.
 """
 
@@ -29,6 +33,13 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 #: Why an upstream call failed: the ``reason`` label.
 ERROR_REASONS = ("timeout", "connect", "reset", "status_4xx", "status_5xx", "status_429", "hash_mismatch",
                  "size_mismatch", "malformed", "refused", "circuit_open", "other")
+
+#: Why a connection was answered and closed before any request was handled
+#: (the ``reason`` label of ``pypicache_http_refused_total``): over
+#: ``max_connections`` or ``max_connections_per_client`` (503), headers not
+#: complete within ``header_timeout`` or a body under ``min_body_rate`` (408),
+#: a head twisted.web cannot parse (400).
+REFUSALS = ("connection_cap", "client_cap", "header_timeout", "body_rate", "bad_request")
 
 #: First path segment -> route (the ``/simple/`` families are split further).
 _FIRST = {b"files": "file", b"pypi": "json_api", b"legacy": "upload", b"api": "manage",
@@ -131,6 +142,8 @@ class Traffic:
         self.upstream_durations: dict[str, Timings] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.coalesced: dict[str, int] = {}
+        #: Every reason from the start, at 0: a series exists before its first refusal.
+        self.refusals: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         self.in_flight: Callable[[], int] | None = None
 
     def snapshot(self) -> "Traffic":
@@ -142,6 +155,7 @@ class Traffic:
         copy.upstream_durations = {k: t.copy() for k, t in self.upstream_durations.items()}
         copy.upstream_errors = dict(self.upstream_errors)
         copy.coalesced = dict(self.coalesced)
+        copy.refusals = dict(self.refusals)
         if self.in_flight is not None:
             running = self.in_flight()
             copy.in_flight = lambda: running
@@ -154,6 +168,11 @@ class Traffic:
         timings = self.durations[route]
         timings.counts[bisect_left(BUCKETS, seconds)] += 1
         timings.total += seconds
+
+    def refused(self, reason: str) -> None:
+        """A connection answered 503, 408 or 400 and closed by
+        pypicache.web.limits; ``reason`` is one of :data:`REFUSALS`."""
+        self.refusals[reason] += 1
 
     def upstream_call(self, kind: str, seconds: float) -> None:
         """An upstream request of ``kind`` ("page", "file") that got an answer."""

@@ -16,6 +16,13 @@ queue for the next process.  The drain then
   listeners stopped, and its client is about to ask;
 * aborts whatever is still open after ``timeout`` seconds.
 
+The main listeners and the ``[monitoring]`` listener are drained together,
+within the one ``timeout``: a scrape in flight finishes, an idle scraper's
+keep-alive connection is closed.  From the start of the drain ``/ready``
+answers ``503`` (pypicache.web.monitoring reads the Site's ``draining``
+flag), so a load balancer probing a connection it already holds stops
+routing here; ``/health`` stays ``200`` to the end.
+
 It polls the open connections (every :data:`POLL` seconds, only while
 shutting down) rather than hooking into every request: the hot paths stay
 as they are.  Imported at shutdown only.
@@ -23,6 +30,7 @@ as they are.  Imported at shutdown only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.task import deferLater
@@ -78,24 +86,34 @@ def close_idle(limits: Any, fresh_too: bool) -> int:
     return len(limits.live)
 
 
-async def drain(limits: Any, clock: Any, timeout: float) -> bool:
+async def drain(limits: Any, clock: Any, timeout: float, *, also: Iterable[Any] = (),
+                report: Callable[[int], Any] | None = None) -> bool:
     """Drain ``limits`` (the :class:`~pypicache.web.limits.ConnectionLimits`
-    the listeners served); True if every connection closed by itself within
-    ``timeout`` seconds, False if some had to be cut."""
-    start(limits)
+    the listeners served) and those in ``also`` (the monitoring listener's);
+    True if every connection closed by itself within ``timeout`` seconds,
+    False if some had to be cut.  ``report`` hears the number of
+    connections still open whenever it changes (systemd's ``STATUS=``)."""
+    groups = (limits, *also)
+    for group in groups:
+        start(group)
     began = clock.seconds()
-    if limits.live:
-        log.info("shutting down: waiting up to {timeout:g} s for {n} open connection(s)",
-                 timeout=timeout, n=len(limits.live))
+    opened = sum(len(group.live) for group in groups)
+    if opened:
+        log.info("shutting down: waiting up to {timeout:g} s for {n} open connection(s)", timeout=timeout, n=opened)
+    told = None
     while True:
         elapsed = clock.seconds() - began
-        if not close_idle(limits, fresh_too=elapsed >= FRESH_GRACE):
+        left_now = sum([close_idle(group, fresh_too=elapsed >= FRESH_GRACE) for group in groups])
+        if report is not None and left_now != told:
+            told = left_now
+            report(left_now)
+        if not left_now:
             return True
         if elapsed >= timeout:
             break
         await deferLater(clock, min(POLL, max(timeout - elapsed, 0)), lambda: None)
     await deferLater(clock, 0, lambda: None)  # connections closed just now report it on the next turn
-    left = list(limits.live)
+    left = [guard for group in groups for guard in group.live]
     if not left:
         return True
     log.warn("shutting down: {n} connection(s) still busy after server.shutdown_timeout ({timeout:g} s): cut",

@@ -16,6 +16,11 @@ and its transport: the fast path still writes to the socket itself.  It
 follows the fast path's hand-over of a connection to twisted.web, and times
 the headers while the fast path reads them; once twisted.web has a
 connection, :class:`LimitedChannel` (the Site's protocol) times them.
+
+None of these answers reaches the Site's access log or request counters, so
+each is counted here by reason into the app's Traffic
+(:data:`pypicache.services.traffic.REFUSALS`, ``pypicache_http_refused_total``),
+as are the ``400`` answers twisted.web gives heads it cannot parse.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ def _answer(transport: Any, status: bytes, message: bytes, extra: bytes = b"") -
 
 def _too_slow(transport: Any, what: bytes) -> None:
     _answer(transport, b"408 Request Timeout", what)
+
+
+def _count(traffic: Any, reason: str) -> None:
+    """One refusal for ``/metrics`` (a dict increment), if the app counts."""
+    if traffic is not None:
+        traffic.refused(reason)
 
 
 class _Refuse(protocol.Protocol):
@@ -108,6 +119,7 @@ class _Guard(protocol.Protocol):
         if self._fast and self.transport is not None:
             log.info("closing a connection from {client}: headers not complete after {timeout} s",
                      client=self.host, timeout=self.factory.header_timeout)
+            _count(self.factory.traffic, "header_timeout")
             _too_slow(self.transport, b"request headers too slow")
 
     def _cancel(self) -> None:
@@ -126,14 +138,16 @@ class ConnectionLimits(protocol.Factory):
     """Wraps the factory listeners serve; see the module docstring.
 
     ``live`` holds every open connection; ``reap_idle`` is the inner
-    factory's, if it has one.
+    factory's, if it has one.  ``traffic`` (a
+    :class:`~pypicache.services.traffic.Traffic`, or None) counts refusals.
     """
 
     noisy = False
 
     def __init__(self, inner: Any, clock: Any, *, max_connections: int, max_per_client: int,
-                 header_timeout: float, fast_path: bool) -> None:
+                 header_timeout: float, fast_path: bool, traffic: Any = None) -> None:
         self.inner = inner
+        self.traffic = traffic
         self.fast_path = fast_path  # inner is the fast path (else the Site, which times its own heads)
         self.clock = clock
         self.max_connections = max_connections
@@ -155,8 +169,10 @@ class ConnectionLimits(protocol.Factory):
         if len(self.live) >= self.max_connections:
             log.warn("refusing a connection from {client}: {n} connections open (server.max_connections)",
                      client=host, n=len(self.live))
+            _count(self.traffic, "connection_cap")
             return _Refuse(b"too many connections to this server: retry shortly")
         if host is not None and self.per_client.get(host, 0) >= self.max_per_client:
+            _count(self.traffic, "client_cap")
             return _Refuse(b"too many connections from your address: retry shortly")
         inner = self.inner.buildProtocol(addr)
         if inner is None:
@@ -235,6 +251,7 @@ class LimitedChannel(HTTPChannel):
         if self.transport is not None and not _twisted.handling_request(self):
             log.info("closing a connection from {client}: headers not complete in time",
                      client=str(self.transport.getPeer()))
+            _count(getattr(self.site, "traffic", None), "header_timeout")
             _too_slow(self.transport, b"request headers too slow")
 
     def _check_body_rate(self, window: float, rate: float) -> None:
@@ -247,6 +264,7 @@ class LimitedChannel(HTTPChannel):
         if received < rate * window and not paused:
             log.info("closing a connection from {client}: request body slower than {rate} bytes/s",
                      client=str(self.transport.getPeer()), rate=rate)
+            _count(getattr(self.site, "traffic", None), "body_rate")
             _too_slow(self.transport, b"request body too slow")
             return
         self._body_watch = self.callLater(window, self._check_body_rate, window, rate)
@@ -262,6 +280,13 @@ class LimitedChannel(HTTPChannel):
             if self._body_watch.active():
                 self._body_watch.cancel()
             self._body_watch = None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """twisted.web's ``400`` for a head (or chunked body) it cannot
+        parse, counted.  The name is Twisted's own, private: were it renamed,
+        these 400s would go uncounted, nothing else."""
+        _count(getattr(getattr(self, "site", None), "traffic", None), "bad_request")
+        super()._respondToBadRequestAndDisconnect()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """Also no keep-alive once the server shuts down (pypicache.web.draining)."""

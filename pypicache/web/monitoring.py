@@ -44,7 +44,10 @@ class Health(Resource):
 
 class Ready(Resource):
     """``/ready``: 200 ``ready`` when the index and storage answer in time
-    (pypicache.services.health), else 503 naming each failed check."""
+    (pypicache.services.health), else 503 naming each failed check; 503
+    ``shutting down`` once the shutdown drain began (the Site's ``draining``
+    flag, pypicache.web.draining): a load balancer stops routing here
+    while the requests in flight finish."""
 
     isLeaf = True
 
@@ -53,6 +56,8 @@ class Ready(Resource):
         self.readiness = readiness
 
     def render_GET(self, request: Any) -> Any:
+        if getattr(getattr(request, "site", None), "draining", False):
+            return _plain(request, 503, b"not ready\nshutting down\n")
         watch_disconnect(request)
         d = defer.ensureDeferred(self.readiness.problems())
         d.addCallback(self._answer, request)
