@@ -55,7 +55,7 @@ try:
 except ImportError:  # pragma: no cover - a Twisted that moved it
     from twisted.web.client import ResponseDone
 
-__all__ = ["ResponseDone", "Support", "support", "self_check"]
+__all__ = ["ResponseDone", "Support", "support", "self_check", "BadRequestHook"]
 
 log = Logger()
 
@@ -191,6 +191,22 @@ _EFFECT = {
     "request_line": "uploads are recognised only after their body; every body gets the upload size limit",
     "head_progress": "no deadline for slow request headers beyond the idle timeout",
 }
+
+
+class BadRequestHook:
+    """Mixin for an HTTPChannel subclass: ``bad_request()`` runs just before
+    twisted.web answers ``400`` to a head (or chunked body) it cannot parse.
+
+    Twisted does that in a private method, ``_respondToBadRequestAndDisconnect``;
+    were it renamed, the hook would go uncalled and nothing else would change
+    (the 400 would go uncounted in ``/metrics``)."""
+
+    def bad_request(self) -> None:
+        """Override: called once per 400 for an unparsable request."""
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.bad_request()
+        super()._respondToBadRequestAndDisconnect()  # type: ignore[misc]
 
 
 # ------------------------------------------------------------ TCP transports

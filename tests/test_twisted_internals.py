@@ -156,3 +156,14 @@ async def test_without_them_reads_still_need_credentials(tmp_path, fake_upstream
         await treq.content(allowed)
     finally:
         await server.stop()
+
+
+def test_the_bad_request_hook_wraps_a_method_twisted_has():
+    """The hook counts twisted.web's 400s by wrapping a private method: this
+    fails first when a Twisted upgrade renames it (the 400s would go uncounted)."""
+    from twisted.web.http import HTTPChannel
+
+    from pypicache._twisted import BadRequestHook
+
+    assert callable(getattr(HTTPChannel, "_respondToBadRequestAndDisconnect", None))
+    assert "_respondToBadRequestAndDisconnect" in vars(BadRequestHook)

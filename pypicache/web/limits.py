@@ -200,7 +200,7 @@ class ConnectionLimits(protocol.Factory):
         self.inner.doStop()
 
 
-class LimitedChannel(HTTPChannel):
+class LimitedChannel(_twisted.BadRequestHook, HTTPChannel):
     """twisted.web's channel with a deadline for each request's headers and
     a minimum body rate (the Site's ``header_timeout`` and ``min_body_rate``;
     either None turns its check off).
@@ -281,12 +281,10 @@ class LimitedChannel(HTTPChannel):
                 self._body_watch.cancel()
             self._body_watch = None
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        """twisted.web's ``400`` for a head (or chunked body) it cannot
-        parse, counted.  The name is Twisted's own, private: were it renamed,
-        these 400s would go uncounted, nothing else."""
+    def bad_request(self) -> None:
+        """twisted.web's ``400`` for a head it cannot parse, counted
+        (the hook is in pypicache._twisted: the method it wraps is private)."""
         _count(getattr(getattr(self, "site", None), "traffic", None), "bad_request")
-        super()._respondToBadRequestAndDisconnect()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """Also no keep-alive once the server shuts down (pypicache.web.draining)."""
