@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
+from pypicache.cli.common import CommandError, fail as _fail, open_storage as _open_storage, out as _out, \
+    run_reactor
 from pypicache.daemon import config as configuration
 from pypicache.errors import ConfigError
 from pypicache.model import FileRecord, InvalidName, normalize
@@ -30,8 +32,6 @@ ACCOUNTS_FILE = "accounts.sqlite3"
 _DONE = {"yank": "yanked", "unyank": "unyanked", "delete": "deleted"}
 
 
-class CommandError(Exception):
-    """An operation failed: print the message, exit 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,9 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "fetches them again), fix sizes, re-attach blobs the index lost, empty the "
                         "quarantine")
     p.add_argument("--quick", action="store_true", help="check presence and size only, do not hash")
-    from pypicache.cli import prefetch
-
-    prefetch.add_parser(commands)
     for module in _command_modules():
         module.add_parser(commands)
     return parser
@@ -124,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``add_parser(commands)`` (adds its sub-commands)
 #: and ``run(cfg, args) -> int`` (the exit status); ``COMMANDS`` names the
 #: sub-commands it adds.
-COMMAND_MODULES: tuple[str, ...] = ("bundles", "policy", "audit", "cache")
+COMMAND_MODULES: tuple[str, ...] = ("prefetch", "bundles", "policy", "audit", "cache")
 
 
 def _command_modules() -> list[Any]:
@@ -163,20 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.group in ("yank", "unyank", "delete"):
             return _run_catalog(cfg, args)
         if args.group == "verify":
-            return _run_reactor(cfg, args, verify_command)
-        if args.group == "prefetch":
-            from pypicache.cli import prefetch
-            from pypicache.services.environments import InvalidEnvironment
-
-            try:
-                prefetch.prepare(cfg, args)
-            except InvalidEnvironment as e:
-                return _fail(str(e), 2)
-            return _run_reactor(cfg, args, prefetch.prefetch_command)
+            return run_reactor(cfg, args, verify_command)
         return _run_accounts(cfg, args)
     except ConfigError as e:
         return _fail(f"config error: {e}", 2)
-    except (CommandError, ValueError) as e:  # AccountError and InvalidName are ValueErrors
+    except CommandError as e:
+        return _fail(str(e), e.code)
+    except ValueError as e:  # AccountError and InvalidName are ValueErrors
         return _fail(str(e), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 1)
@@ -184,13 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{type(e).__name__}: {e}", 1)
 
 
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"pypicache: error: {message}\n")
-    return code
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
 
 
 # ------------------------------------------------------------------ accounts
@@ -381,17 +364,7 @@ def _run_catalog(cfg: Any, args: argparse.Namespace) -> int:
                                     reason=getattr(args, "reason", None), confirm=confirm.get("ask"),
                                     audit_dir=cfg.data_dir)
 
-    return _run_reactor(cfg, args, act, prepare=prepare)
-
-
-def _open_storage(cfg: Any, context: Any) -> Any:
-    """The configured storage, by name through the registry as the server
-    builds it.  The context is not ``exclusive`` (see :func:`_run_reactor`),
-    so a filesystem store skips its start-up clean-up, which would delete a
-    running server's files in progress."""
-    from pypicache import providers
-
-    return providers.create("storage", cfg.storage.name, cfg.storage.options, context)
+    return run_reactor(cfg, args, act, prepare=prepare)
 
 
 async def verify_command(cfg: Any, args: argparse.Namespace, index: Any, context: Any) -> int:
@@ -411,57 +384,5 @@ async def verify_command(cfg: Any, args: argparse.Namespace, index: Any, context
     return 0
 
 
-def _run_reactor(cfg: Any, args: argparse.Namespace,
-                 command: Callable[[Any, argparse.Namespace, Any, Any], Any],
-                 prepare: Callable[[Any, Any], None] | None = None) -> int:
-    """Build the configured index, then run the reactor just for
-    ``command(cfg, args, index, context)`` (a coroutine returning the exit
-    status) and close the index.  ``prepare(reactor, threadpool)`` runs first.
-    Everything that can fail in the config fails before the reactor runs,
-    like the daemon's start-up.  Providers come from the registry with a
-    context that is not ``exclusive``: a server may be running on the same
-    data."""
-    from twisted.internet import defer, reactor, task
-
-    from pypicache import providers
-    from pypicache.daemon.context import start_context, stop_context
-
-    context = start_context(reactor, cfg.data_dir, threads=2, name="pypicache-admin", http=cfg.http,
-                            exclusive=False)
-    threadpool = context.threadpool
-    try:
-        if prepare is not None:
-            prepare(reactor, threadpool)
-        index = providers.create("index", cfg.index.name, cfg.index.options, context)
-    except BaseException:
-        stop_context(context)
-        raise
-    outcome: dict[str, Any] = {}
-
-    async def run(reactor: Any) -> None:
-        try:
-            outcome["code"] = await command(cfg, args, index, context)
-        except BaseException as e:
-            outcome["error"] = e
-        finally:
-            try:
-                await index.close()
-            finally:
-                stop_context(context)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit:
-        pass  # react always exits; the outcome says how it went
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("code", 1)
-
-
 if __name__ == "__main__":  # python -m pypicache.cli.admin
     raise SystemExit(main())
-
-
-#: For command modules: run ``command(cfg, args, index, context)`` with the
-#: configured index on a reactor of its own (see ``_run_reactor``).
-run_reactor = _run_reactor

@@ -46,7 +46,7 @@ def _time(entry: dict[str, Any]) -> datetime | None:
 
 
 def run(cfg: Any, args: argparse.Namespace) -> int:
-    from pypicache.cli.admin import _out
+    from pypicache.cli.common import out as _out
     from pypicache.model import normalize
     from pypicache.services import audit
 

@@ -53,7 +53,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(cfg: Any, args: argparse.Namespace) -> int:
-    from pypicache.cli import admin
+    from pypicache.cli import common
 
     if args.group == "export":
         if (args.out is None) == (args.static is None):
@@ -73,10 +73,10 @@ def run(cfg: Any, args: argparse.Namespace) -> int:
                 sys.stderr.write(f"pypicache: error: {e}\n")
                 return 2
             args.inputs = read_inputs(args.requirements, args.format)  # ValueError: exit 1
-        return admin.run_reactor(cfg, args, export_command)
+        return common.run_reactor(cfg, args, export_command)
     if not Path(args.bundle).is_file():
-        raise admin.CommandError(f"no such file: {args.bundle}")
-    return admin.run_reactor(cfg, args, import_command)
+        raise common.CommandError(f"no such file: {args.bundle}")
+    return common.run_reactor(cfg, args, import_command)
 
 
 def _size(n: int) -> str:
@@ -138,7 +138,7 @@ async def export_command(cfg: Any, args: argparse.Namespace, index: Any, context
                          out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Select (everything, ``--project`` or ``--requirements``), then write
     the bundle or the static tree."""
-    from pypicache.cli.admin import CommandError, _open_storage
+    from pypicache.cli.common import CommandError, open_storage as _open_storage
     from pypicache.services import bundles
 
     out, err, progress = _progress(out, err)
@@ -177,7 +177,7 @@ async def import_command(cfg: Any, args: argparse.Namespace, index: Any, context
     """Verify the bundle whole, then load it; nothing changes when it is refused."""
     import secrets
 
-    from pypicache.cli.admin import CommandError, _open_storage
+    from pypicache.cli.common import CommandError, open_storage as _open_storage
     from pypicache.services import bundles
 
     out, err, progress = _progress(out, err)

@@ -66,7 +66,7 @@ def _book(cfg: Any) -> Any:
 
 
 def run(cfg: Any, args: argparse.Namespace) -> int:
-    from pypicache.cli.admin import run_reactor
+    from pypicache.cli.common import run_reactor
 
     if args.group == "unpin":
         if not (cfg.data_dir / "cache.sqlite3").exists():
@@ -162,7 +162,7 @@ async def gc_command(cfg: Any, args: argparse.Namespace, index: Any, context: An
     """Evict down to ``args.target`` bytes; blobs first, records after."""
     from twisted.internet.threads import deferToThreadPool
 
-    from pypicache.cli.admin import CommandError, _open_storage
+    from pypicache.cli.common import CommandError, open_storage as _open_storage
     from pypicache.cli.prefetch import _size
     from pypicache.interfaces import IBlobInventory, IIndexRepair
     from pypicache.services.cachebook import BOOK_FILE, Book

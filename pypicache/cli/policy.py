@@ -37,7 +37,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(cfg: Any, args: argparse.Namespace) -> int:
-    from pypicache.cli.admin import CommandError, _out
+    from pypicache.cli.common import CommandError, out as _out
     from pypicache.model import normalize
     from pypicache.services import audit
     from pypicache.services.blocklist import RuntimePolicy, load_runtime, parse_rule, save_runtime

@@ -26,7 +26,9 @@ from typing import Any, TextIO
 
 from pypicache.services.lockfiles import FORMATS, Inputs, parse_any
 
-__all__ = ["add_parser", "read_inputs", "prepare", "prefetch_command", "Progress"]
+__all__ = ["COMMANDS", "add_parser", "run", "read_inputs", "prepare", "prefetch_command", "Progress"]
+
+COMMANDS = ("prefetch",)
 
 
 def add_parser(commands: Any) -> None:
@@ -40,6 +42,19 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--platform", action="append", default=[], metavar="TAG",
                    help="a target platform tag such as manylinux_2_28_x86_64 (repeatable)")
     p.add_argument("--format", choices=FORMATS, default=None, help="the files' format (default: detected)")
+
+
+def run(cfg: Any, args: Any) -> int:
+    """``pypicache prefetch``: the inputs and environments are checked before
+    the reactor runs (a bad one is a usage error, exit 2)."""
+    from pypicache.cli.common import CommandError, run_reactor
+    from pypicache.services.environments import InvalidEnvironment
+
+    try:
+        prepare(cfg, args)
+    except InvalidEnvironment as e:
+        raise CommandError(str(e), code=2) from None
+    return run_reactor(cfg, args, prefetch_command)
 
 
 def read_inputs(paths: list[str], fmt: str | None = None) -> Inputs:
@@ -125,7 +140,7 @@ async def prefetch_command(cfg: Any, args: argparse.Namespace, index: Any, conte
                            out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a pre-fill against ``index`` and the configured storage and upstream."""
     from pypicache import providers
-    from pypicache.cli.admin import _open_storage
+    from pypicache.cli.common import open_storage as _open_storage
     from pypicache.providers.upstream.breaker import with_breaker
     from pypicache.services.downloads import Downloader
     from pypicache.services.mirror import Mirror
