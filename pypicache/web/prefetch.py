@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet import defer
@@ -28,13 +28,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from pypicache.daemon.config import PrefetchConfig
 from pypicache.services.environments import InvalidEnvironment, environments
 from pypicache.services.lockfiles import FORMATS, detect_format, parse_any
 from pypicache.services.prefetch import Prefetcher, Report
 from pypicache.uploads.multipart import UploadError, parse_upload
 from pypicache.web.auth import AUTH_CHALLENGE, authenticate
 from pypicache.web.util import HTTPError, finish_bytes, handle
+
+if TYPE_CHECKING:  # the daemon builds the routes: only the type comes from it
+    from pypicache.daemon.config import PrefetchConfig
 
 log = Logger()
 

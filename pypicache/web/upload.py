@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.web.resource import Resource
 
-from pypicache.daemon.config import UploadConfig
 from pypicache.services.publishing import FilenameUsed, NotAllowed, Publisher, PublishRefused, UpstreamUnknown
 from pypicache.uploads.multipart import UploadError, parse_upload
 from pypicache.web.auth import AUTH_CHALLENGE, authenticate, client_of
 from pypicache.web.util import HTTPError, finish_bytes, handle
+
+if TYPE_CHECKING:  # the daemon builds the routes: only the type comes from it
+    from pypicache.daemon.config import UploadConfig
 
 
 def refusal(e: PublishRefused) -> HTTPError:
