@@ -76,6 +76,12 @@ ROUTES = [
     ("DELETE", "/api/projects/privproj/{}"),
     ("POST", "/legacy/{}"),
     ("GET", "/legacy/{}"),
+    ("GET", "/files/tinyproj/{}.provenance"),
+    ("GET", "/as-of/{}/simple/"),
+    ("GET", "/as-of/2024-05-01/simple/{}/"),
+    ("GET", "/project/{}/"),
+    ("HEAD", "/project/{}/"),
+    ("GET", "/requirements/jobs/{}"),
 ]
 
 
